@@ -1,0 +1,64 @@
+"""Service settings: one object, read from the environment (prefix TUNESERVE_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Tests build their own instance instead of reading the env."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNESERVE_", extra="ignore")
+
+    data_dir: Path = Path("tuneserve-data")
+    # Defaults to SQLite under data_dir when unset.
+    database_url: str | None = None
+    # When unset, `tuneserve up` starts an embedded Redis server and sets this for its children.
+    redis_url: str | None = None
+
+    # Uploads and request limits.
+    max_upload_bytes: int = 1024 * 1024 * 1024
+    max_dataset_rows: int = 2_000_000
+    max_text_chars: int = 100_000
+    max_predict_inputs: int = 256
+    max_predict_text_chars: int = 20_000
+
+    # Base models: a folder of local model directories, and hub ids allowed to be named.
+    local_models_dir: Path | None = None
+    allowed_hub_models: list[str] = Field(default_factory=list)
+
+    # Serving.
+    predictor_cache_size: int = 4
+    inference_threads: int = 1
+
+    # Training (worker side).
+    training_threads: int | None = None
+    cancel_poll_seconds: float = 1.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tuneserve.db').resolve()}"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,43 @@
+"""Thin producer: the API enqueues job ids by task name and never imports the worker."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+RUN_JOB_TASK = "tuneserve.run_job"
+TRAINING_QUEUE = "training"
+
+
+class JobQueue(Protocol):
+    def enqueue(self, job_id: str) -> None: ...
+
+
+def celery_config(redis_url: str) -> dict[str, object]:
+    """Celery settings shared by the producer and the worker: JSON only, long-job friendly."""
+    return {
+        "broker_url": redis_url,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": TRAINING_QUEUE,
+        "broker_connection_retry_on_startup": True,
+        # Redis re-delivers unacked messages after this; it must exceed the longest job.
+        "broker_transport_options": {"visibility_timeout": 24 * 3600},
+    }
+
+
+class CeleryJobQueue:
+    """Sends `RUN_JOB_TASK(job_id)` to Redis. The message only wakes a worker; the row is the truth."""
+
+    def __init__(self, redis_url: str) -> None:
+        from celery import Celery
+
+        self._celery = Celery("tuneserve-producer")
+        self._celery.conf.update(celery_config(redis_url))
+
+    def enqueue(self, job_id: str) -> None:
+        self._celery.send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)

@@ -1,0 +1,119 @@
+"""Job spec and job resource schemas. Option names follow peft's LoraConfig and TrainingArguments."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Learning rates that worked for all-MiniLM-sized encoders here; the resolved value is stored.
+DEFAULT_LEARNING_RATE = {"full": 1e-4, "lora": 1e-3}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FullMethod(_Strict):
+    """Every weight trains."""
+
+    type: Literal["full"] = "full"
+
+
+class LoraMethod(_Strict):
+    """LoRA adapters (peft.LoraConfig); the task head trains with them and is saved beside them."""
+
+    type: Literal["lora"]
+    r: int = Field(default=8, ge=1, le=512, description="Rank of the update matrices.")
+    lora_alpha: float = Field(default=16, gt=0, le=4096, description="Scaling numerator (alpha/r).")
+    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Module names to adapt; found from the architecture when omitted.",
+    )
+
+
+Method = Annotated[FullMethod | LoraMethod, Field(discriminator="type")]
+
+
+class Hyperparameters(_Strict):
+    """Training options; omitted ones take the service's defaults."""
+
+    epochs: float = Field(default=3, gt=0, le=100, description="Passes over the training set.")
+    learning_rate: float | None = Field(
+        default=None, gt=0, le=1, description="Peak learning rate; default depends on the method."
+    )
+    batch_size: int = Field(default=32, ge=1, le=1024, description="Per-device train batch size.")
+    max_length: int = Field(default=128, ge=8, le=8192, description="Tokens per example (truncated).")
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0, le=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    validation_split: float = Field(
+        default=0.1,
+        gt=0,
+        lt=0.5,
+        description="Share of the train set held out (stratified, seeded) when no validation set is given.",
+    )
+
+
+class JobCreate(_Strict):
+    """Body of POST /v1/jobs."""
+
+    task: str = Field(description="classification")
+    base_model: str = Field(min_length=1, max_length=300, description="An id from /v1/base-models.")
+    train_dataset: str
+    validation_dataset: str | None = None
+    method: Method = Field(default_factory=FullMethod)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+
+
+class JobSpec(BaseModel):
+    """The resolved spec stored on the job row and read by the worker."""
+
+    method: Method
+    hyperparameters: Hyperparameters
+    seed: int
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobProgress(BaseModel):
+    step: int
+    total: int
+    epoch: float
+
+
+class JobRead(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    task: str
+    base_model: str
+    train_dataset: str
+    validation_dataset: str | None
+    method: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    seed: int
+    status: str
+    attempt: int
+    progress: JobProgress
+    train_loss: float | None
+    metrics: dict[str, Any] | None
+    model_id: str | None
+    error: JobError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobEventRead(BaseModel):
+    id: int
+    type: str
+    message: str
+    data: dict[str, Any] | None
+    created_at: datetime

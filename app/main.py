@@ -1,0 +1,92 @@
+"""create_app(settings): routers, error handlers, lifespan. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.core.config import Settings, get_settings
+from app.core.errors import ServiceError
+from app.core.queue import CeleryJobQueue, JobQueue
+from app.db.session import make_engine, make_sessionmaker
+
+log = logging.getLogger("tuneserve.api")
+
+
+def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return JSONResponse(status_code=status, content={"error": body})
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    errors = []
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        where = ".".join(loc) or "body"
+        msg = str(err.get("msg", "invalid"))
+        errors.append({"field": where, "message": msg, "type": err.get("type")})
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts) or "invalid request", errors
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"error": exc.to_dict()})
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, errors = _describe_validation(exc)
+        return _error(422, "invalid_input", message, {"errors": errors})
+
+    @app.exception_handler(Exception)
+    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _error(500, "internal_error", "internal server error")
+
+
+def create_app(settings: Settings | None = None, *, queue: JobQueue | None = None) -> FastAPI:
+    """Build the API. Tests pass their own settings and, where the queue is not under test, a queue."""
+    from app.basemodel.router import router as base_models_router
+    from app.dataset.router import router as datasets_router
+    from app.job.router import router as jobs_router
+    from app.predict.router import build_router as build_predict_router
+    from app.registry.router import router as models_router
+
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings)
+
+    app = FastAPI(title="Tuneserve", version="0.1.0", description="Fine-tune transformers and serve them.")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    if queue is None:
+        if not settings.redis_url:
+            raise RuntimeError("TUNESERVE_REDIS_URL is not set (`tuneserve up` sets it for you)")
+        queue = CeleryJobQueue(settings.redis_url)
+    app.state.queue = queue
+
+    install_error_handlers(app)
+    for router in (
+        datasets_router,
+        base_models_router,
+        jobs_router,
+        models_router,
+        build_predict_router(),
+    ):
+        app.include_router(router, prefix="/v1")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,24 @@
+"""The task registry: one entry per ML task; everything task-specific lives behind it."""
+
+from __future__ import annotations
+
+from app.core.errors import InvalidInput
+from app.ml.tasks.base import DatasetSummary, TaskSpec
+from app.ml.tasks.classification import ClassificationTask
+
+REGISTRY: dict[str, TaskSpec] = {
+    "classification": ClassificationTask(),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The task called `name`, or InvalidInput listing the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown task '{name}'; expected one of {sorted(REGISTRY)}", field="task"
+        ) from None
+
+
+__all__ = ["REGISTRY", "DatasetSummary", "TaskSpec", "get_task"]

@@ -1,0 +1,234 @@
+"""Text classification (single sentences or pairs): schema, preprocessing, metrics, serving."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.errors import InvalidInput
+from app.ml.tasks.base import DatasetSummary
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+
+class TextPair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1)
+    text_pair: str | None = None
+
+
+class ClassificationPredictRequest(BaseModel):
+    """Body of POST /v1/predict/classification."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Model id from /v1/models.")
+    inputs: list[str | TextPair] = Field(
+        min_length=1, description="Texts, or objects with `text` and optional `text_pair`."
+    )
+    top_k: int | None = Field(
+        default=1, ge=1, description="Labels returned per input, best first; null for all."
+    )
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+def _label_to_str(value: Any, row: int) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        raise InvalidInput(f"row {row}: column 'label' is empty", row=row, field="label")
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    if not text:
+        raise InvalidInput(f"row {row}: column 'label' is empty", row=row, field="label")
+    return text
+
+
+def _check_text(value: Any, row: int, column: str, *, required: bool) -> str | None:
+    if value is None:
+        if required:
+            raise InvalidInput(f"row {row}: column '{column}' is empty", row=row, field=column)
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    if required and not value.strip():
+        raise InvalidInput(f"row {row}: column '{column}' is empty", row=row, field=column)
+    return value
+
+
+class ClassificationTask:
+    name = "classification"
+    required_columns = ("text", "label")
+    optional_columns = ("text_pair",)
+    auto_model_class_name = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    primary_metric = "accuracy"
+    predict_request = ClassificationPredictRequest
+
+    def normalize(self, ds: datasets.Dataset) -> datasets.Dataset:
+        import datasets as hf
+
+        # Rows are reported 1-based, counting data rows only (not a header line).
+        texts = [_check_text(v, i + 1, "text", required=True) for i, v in enumerate(ds["text"])]
+        labels = [_label_to_str(v, i + 1) for i, v in enumerate(ds["label"])]
+        columns: dict[str, list[Any]] = {"text": texts, "label": labels}
+        if "text_pair" in ds.column_names:
+            columns["text_pair"] = [
+                _check_text(v, i + 1, "text_pair", required=False)
+                for i, v in enumerate(ds["text_pair"])
+            ]
+        if len(set(labels)) < 2 and len(labels) > 0:
+            # A one-label set is fine as a validation set; training refuses it at job submission.
+            pass
+        return hf.Dataset.from_dict(columns)
+
+    def summarize(self, ds: datasets.Dataset) -> DatasetSummary:
+        counts = Counter(ds["label"])
+        names = sorted(counts, key=_label_sort_key)
+        return DatasetSummary(
+            num_rows=ds.num_rows,
+            columns=list(ds.column_names),
+            label_names=names,
+            label_counts={k: counts[k] for k in names},
+        )
+
+    def label_names(self, train: datasets.Dataset, validation: datasets.Dataset | None) -> list[str]:
+        return sorted(set(train["label"]), key=_label_sort_key)
+
+    def check_compatible(self, train: DatasetSummary, validation: DatasetSummary) -> None:
+        train_labels = set(train.label_names or [])
+        if len(train_labels) < 2:
+            raise InvalidInput(
+                "train_dataset has fewer than 2 distinct labels; classification needs at least 2",
+                field="train_dataset",
+            )
+        unknown = sorted(set(validation.label_names or []) - train_labels, key=_label_sort_key)
+        if unknown:
+            raise InvalidInput(
+                f"validation_dataset has labels not in train_dataset: {unknown[:10]}",
+                field="validation_dataset",
+            )
+        if ("text_pair" in train.columns) != ("text_pair" in validation.columns):
+            raise InvalidInput(
+                "train_dataset and validation_dataset disagree on the text_pair column",
+                field="validation_dataset",
+            )
+
+    def stratify_column(self) -> str | None:
+        return "label"
+
+    def preprocess(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        label2id: Mapping[str, int],
+        max_length: int,
+    ) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
+        def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            pairs = batch.get("text_pair")
+            enc = tokenizer(
+                batch["text"],
+                pairs if pairs is not None and any(p is not None for p in pairs) else None,
+                truncation=True,
+                max_length=max_length,
+            )
+            out: dict[str, list[Any]] = dict(enc)
+            out["labels"] = [label2id[label] for label in batch["label"]]
+            return out
+
+        return encode
+
+    def compute_metrics(self, label_names: Sequence[str]) -> Callable[[Any], dict[str, Any]]:
+        return lambda pred: classification_metrics(
+            np.asarray(pred.predictions), np.asarray(pred.label_ids), label_names
+        )
+
+    def predict(
+        self,
+        model: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        request: BaseModel,
+        *,
+        label_names: Sequence[str],
+        max_length: int,
+        batch_size: int,
+    ) -> list[Any]:
+        import torch
+
+        assert isinstance(request, ClassificationPredictRequest)
+        items = [x if isinstance(x, TextPair) else TextPair(text=x) for x in request.inputs]
+        top_k = len(label_names) if request.top_k is None else min(request.top_k, len(label_names))
+        # Sort by length so each batch pads little; answers are put back in input order.
+        order = sorted(range(len(items)), key=lambda i: len(items[i].text) + len(items[i].text_pair or ""))
+        results: list[Any] = [None] * len(items)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            texts = [items[i].text for i in idx]
+            pairs = [items[i].text_pair for i in idx]
+            enc = tokenizer(
+                texts,
+                pairs if any(p is not None for p in pairs) else None,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            with torch.inference_mode():
+                logits = model(**enc).logits.float()
+            probs = torch.softmax(logits, dim=-1)
+            scores, labels = probs.topk(top_k, dim=-1)
+            for row, i in enumerate(idx):
+                results[i] = [
+                    LabelScore(label=label_names[int(j)], score=float(s))
+                    for s, j in zip(scores[row].tolist(), labels[row].tolist(), strict=True)
+                ]
+        return results
+
+
+def _label_sort_key(label: str) -> tuple[int, float, str]:
+    # Numeric labels sort numerically ("2" before "10"), the rest alphabetically.
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def classification_metrics(
+    logits: np.ndarray, label_ids: np.ndarray, label_names: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    preds = logits.argmax(axis=-1)
+    labels = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        label_ids, preds, labels=labels, zero_division=0
+    )
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(label_names)
+    }
+    present = [i for i in labels if support[i] > 0]
+    return {
+        "accuracy": float((preds == label_ids).mean()) if len(label_ids) else 0.0,
+        "macro_f1": float(np.mean([f1[i] for i in present])) if present else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(label_ids, preds, labels=labels).tolist(),
+    }
