@@ -32,6 +32,9 @@ class TaskSpec(Protocol):
     # Columns a dataset must have after the client's column_mapping is applied, and optional ones.
     required_columns: tuple[str, ...]
     optional_columns: tuple[str, ...]
+    # Common alternative names accepted for a canonical column when the canonical one is absent
+    # and no column_mapping names it (banking77's `category` for `label`, GLUE's `sentence`...).
+    column_aliases: Mapping[str, tuple[str, ...]]
     # The transformers Auto class that builds the model, and peft's TaskType name.
     auto_model_class_name: str
     peft_task_type: str

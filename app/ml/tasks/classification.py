@@ -72,6 +72,11 @@ class ClassificationTask:
     name = "classification"
     required_columns = ("text", "label")
     optional_columns = ("text_pair",)
+    column_aliases: Mapping[str, tuple[str, ...]] = {
+        "text": ("sentence", "sentence1", "content", "review", "document", "question"),
+        "text_pair": ("sentence2", "text_b", "hypothesis"),
+        "label": ("labels", "category", "class", "intent", "target", "sentiment", "label_text"),
+    }
     auto_model_class_name = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     primary_metric = "accuracy"
