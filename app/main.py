@@ -17,7 +17,9 @@ from app.db.session import make_engine, make_sessionmaker
 log = logging.getLogger("tuneserve.api")
 
 
-def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
+def _error(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if details:
         body["details"] = details
@@ -64,7 +66,9 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings)
 
-    app = FastAPI(title="Tuneserve", version="0.1.0", description="Fine-tune transformers and serve them.")
+    app = FastAPI(
+        title="Tuneserve", version="0.1.0", description="Fine-tune transformers and serve them."
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)

@@ -46,7 +46,9 @@ class Hyperparameters(_Strict):
         default=None, gt=0, le=1, description="Peak learning rate; default depends on the method."
     )
     batch_size: int = Field(default=32, ge=1, le=1024, description="Per-device train batch size.")
-    max_length: int = Field(default=128, ge=8, le=8192, description="Tokens per example (truncated).")
+    max_length: int = Field(
+        default=128, ge=8, le=8192, description="Tokens per example (truncated)."
+    )
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0, le=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"

@@ -51,7 +51,9 @@ class TaskSpec(Protocol):
         """Row count, label names and counts of a normalized dataset."""
         ...
 
-    def label_names(self, train: datasets.Dataset, validation: datasets.Dataset | None) -> list[str]:
+    def label_names(
+        self, train: datasets.Dataset, validation: datasets.Dataset | None
+    ) -> list[str]:
         """The label set the model is trained with (sorted, stable)."""
         ...
 

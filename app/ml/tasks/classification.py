@@ -109,7 +109,9 @@ class ClassificationTask:
             label_counts={k: counts[k] for k in names},
         )
 
-    def label_names(self, train: datasets.Dataset, validation: datasets.Dataset | None) -> list[str]:
+    def label_names(
+        self, train: datasets.Dataset, validation: datasets.Dataset | None
+    ) -> list[str]:
         return sorted(set(train["label"]), key=_label_sort_key)
 
     def check_compatible(self, train: DatasetSummary, validation: DatasetSummary) -> None:
@@ -176,7 +178,9 @@ class ClassificationTask:
         items = [x if isinstance(x, TextPair) else TextPair(text=x) for x in request.inputs]
         top_k = len(label_names) if request.top_k is None else min(request.top_k, len(label_names))
         # Sort by length so each batch pads little; answers are put back in input order.
-        order = sorted(range(len(items)), key=lambda i: len(items[i].text) + len(items[i].text_pair or ""))
+        order = sorted(
+            range(len(items)), key=lambda i: len(items[i].text) + len(items[i].text_pair or "")
+        )
         results: list[Any] = [None] * len(items)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]

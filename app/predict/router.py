@@ -1,0 +1,93 @@
+"""/v1/predict/{task}: one route per task in the registry, each with that task's request schema."""
+
+# No `from __future__ import annotations` here: the route signatures are built per task at runtime.
+
+import threading
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from app.core.config import Settings
+from app.core.deps import SessionDep
+from app.core.errors import InvalidInput
+from app.ml.tasks import REGISTRY, TaskSpec
+from app.registry.service import get_model_for_task
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Any]
+
+
+def _text_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, BaseModel):
+        return sum(_text_chars(v) for v in value.__dict__.values())
+    if isinstance(value, list | tuple):
+        return sum(_text_chars(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_text_chars(v) for v in value.values())
+    return 0
+
+
+def check_limits(settings: Settings, inputs: list[Any]) -> None:
+    """Refuse input lists and texts over the configured limits, naming the input at fault."""
+    if len(inputs) > settings.max_predict_inputs:
+        raise InvalidInput(
+            f"inputs has {len(inputs)} items; at most {settings.max_predict_inputs} per request",
+            field="inputs",
+        )
+    for i, item in enumerate(inputs):
+        chars = _text_chars(item)
+        if chars > settings.max_predict_text_chars:
+            raise InvalidInput(
+                f"inputs[{i}] has {chars} characters; at most {settings.max_predict_text_chars}",
+                field=f"inputs[{i}]",
+            )
+
+
+def _state(request: Request) -> tuple[Settings, Any, threading.Lock]:
+    state = request.app.state
+    if not hasattr(state, "predictors"):
+        from app.predict.cache import PredictorCache
+
+        state.predictors = PredictorCache(state.settings.predictor_cache_size)
+        # One model call at a time per process: concurrent calls on 2 cores only thrash.
+        state.inference_lock = threading.Lock()
+    return state.settings, state.predictors, state.inference_lock
+
+
+def _make_route(task: TaskSpec) -> Any:
+    request_model = task.predict_request
+
+    def predict(body: request_model, request: Request, session: SessionDep) -> PredictResponse:  # type: ignore[valid-type]
+        settings, cache, lock = _state(request)
+        inputs = body.inputs  # type: ignore[attr-defined]
+        check_limits(settings, inputs)
+        model_row = get_model_for_task(session, model_id=body.model, task=task.name)  # type: ignore[attr-defined]
+        session.close()  # release the connection before the slow part
+
+        from app.predict.predictor import load_predictor
+
+        predictor = cache.get_or_load(model_row.id, lambda: load_predictor(settings, model_row))
+        with lock:
+            predictions = predictor.predict(body)
+        return PredictResponse(model=model_row.id, predictions=predictions)
+
+    predict.__doc__ = f"Predict with a registered {task.name} model; answers are in input order."
+    return predict
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/predict", tags=["predict"])
+    for name, task in REGISTRY.items():
+        router.add_api_route(
+            f"/{name}",
+            _make_route(task),
+            methods=["POST"],
+            response_model=PredictResponse,
+            name=f"predict_{name}",
+        )
+    return router

@@ -1,0 +1,50 @@
+"""/v1/models: the registry of fine-tuned models."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.core.deps import SessionDep
+from app.core.schemas import Page
+from app.db.models import Model
+from app.registry import service
+from app.registry.schemas import ModelRead
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+def to_read(model: Model) -> ModelRead:
+    return ModelRead(
+        id=model.id,
+        task=model.task,
+        base_model=model.base_model,
+        method=model.method,
+        label_names=list(model.label_names),
+        metrics=model.metrics or {},
+        hyperparameters=model.hyperparameters or {},
+        job_id=model.job_id,
+        train_dataset=model.train_dataset_id,
+        validation_dataset=model.validation_dataset_id,
+        size_bytes=model.size_bytes,
+        created_at=model.created_at,
+    )
+
+
+@router.get("", response_model=Page[ModelRead])
+def list_models(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+    task: str | None = None,
+) -> Page[ModelRead]:
+    """List registered models, newest first."""
+    rows, cursor = service.list_models(session, limit=limit, after=after, task=task)
+    return Page[ModelRead](data=[to_read(m) for m in rows], next_cursor=cursor)
+
+
+@router.get("/{model_id}", response_model=ModelRead)
+def get_model(model_id: str, session: SessionDep) -> ModelRead:
+    """A registered model: task, base, method, labels, metrics and provenance."""
+    return to_read(service.get_model(session, model_id=model_id))

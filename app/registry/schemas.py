@@ -1,0 +1,24 @@
+"""Registered model resources."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+
+class ModelRead(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    task: str
+    base_model: str
+    method: str
+    label_names: list[str]
+    metrics: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    job_id: str
+    train_dataset: str
+    validation_dataset: str | None
+    size_bytes: int
+    created_at: datetime

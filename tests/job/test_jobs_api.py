@@ -1,0 +1,154 @@
+"""Job submission, validation, listing, events and cancellation through the real API."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+
+BASE = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def upload(client: TestClient, rows: list[tuple[str, str]], *, task: str = "classification") -> str:
+    body = "text,label\n" + "".join(f"{t},{label}\n" for t, label in rows)
+    resp = client.post(
+        "/v1/datasets",
+        data={"task": task},
+        files={"file": ("rows.csv", io.BytesIO(body.encode()), "text/csv")},
+    )
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+ROWS = [(f"good text {i}", "pos") for i in range(6)] + [(f"bad text {i}", "neg") for i in range(6)]
+
+
+@pytest.fixture
+def train_id(client: TestClient) -> str:
+    return upload(client, ROWS)
+
+
+def submit(client: TestClient, **spec: object) -> object:
+    return client.post("/v1/jobs", json={"task": "classification", "base_model": BASE, **spec})
+
+
+def test_submit_commits_then_enqueues_with_defaults(client, queue, train_id):  # type: ignore[no-untyped-def]
+    resp = submit(client, train_dataset=train_id)
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    assert job["status"] == "queued"
+    assert job["method"] == {"type": "full"}
+    hp = job["hyperparameters"]
+    assert hp["learning_rate"] > 0 and hp["epochs"] > 0 and hp["batch_size"] > 0
+    assert job["seed"] == 42
+    assert queue.enqueued == [job["id"]]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_lora_defaults_follow_peft_names(client, train_id):  # type: ignore[no-untyped-def]
+    resp = submit(client, train_dataset=train_id, method={"type": "lora", "r": 16})
+    assert resp.status_code == 201, resp.text
+    method = resp.json()["method"]
+    assert method["type"] == "lora" and method["r"] == 16
+    assert {"lora_alpha", "lora_dropout", "target_modules"} <= set(method)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"hyperparameters": {"epochs": 1, "bogus": 1}}, "bogus"),
+        ({"method": {"type": "lora", "r": 0}}, "r"),
+        ({"method": {"type": "magic"}}, "method"),
+        ({"hyperparameters": {"learning_rate": 5}}, "learning_rate"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_spec_is_422_naming_the_field(client, queue, train_id, spec, field):  # type: ignore[no-untyped-def]
+    resp = submit(client, train_dataset=train_id, **spec)
+    assert resp.status_code == 422, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "invalid_input"
+    assert field in err["message"]
+    assert queue.enqueued == []
+
+
+def test_unknown_dataset_base_model_and_task(client, train_id):  # type: ignore[no-untyped-def]
+    resp = submit(client, train_dataset="ds_missing")
+    assert resp.status_code == 422 and "ds_missing" in resp.json()["error"]["message"]
+    resp = client.post(
+        "/v1/jobs",
+        json={"task": "classification", "base_model": "nobody/nothing", "train_dataset": train_id},
+    )
+    assert resp.status_code == 422 and "nobody/nothing" in resp.json()["error"]["message"]
+    resp = client.post(
+        "/v1/jobs", json={"task": "summarize", "base_model": BASE, "train_dataset": train_id}
+    )
+    assert resp.status_code == 422 and "summarize" in resp.json()["error"]["message"]
+
+
+def test_validation_set_with_unseen_label_is_refused(client, train_id):  # type: ignore[no-untyped-def]
+    val = upload(client, [("x", "pos"), ("y", "neutral")])
+    resp = submit(client, train_dataset=train_id, validation_dataset=val)
+    assert resp.status_code == 422
+    assert "neutral" in resp.json()["error"]["message"]
+
+
+def test_single_label_train_set_is_refused(client):  # type: ignore[no-untyped-def]
+    one = upload(client, [(f"t{i}", "a") for i in range(8)])
+    resp = submit(client, train_dataset=one)
+    assert resp.status_code == 422
+    assert "2 distinct labels" in resp.json()["error"]["message"]
+
+
+def test_cancel_queued_job_never_runs(client, train_id):  # type: ignore[no-untyped-def]
+    job = submit(client, train_dataset=train_id).json()
+    resp = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert resp.status_code == 200
+    assert resp.json()["status"] == "cancelled"
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    assert [e["data"]["status"] for e in events if e["type"] == "status"] == ["queued", "cancelled"]
+
+
+def test_cancel_finished_job_is_conflict(client, app, train_id):  # type: ignore[no-untyped-def]
+    from app.db.models import Job
+
+    job = submit(client, train_dataset=train_id).json()
+    with app.state.sessionmaker() as s:
+        s.get(Job, job["id"]).status = "succeeded"
+        s.commit()
+    resp = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert resp.status_code == 409
+    assert resp.json()["error"]["code"] == "conflict"
+
+
+def test_list_paginates_newest_first(client, train_id):  # type: ignore[no-untyped-def]
+    ids = [submit(client, train_dataset=train_id).json()["id"] for _ in range(5)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2} | ({"after": cursor} if cursor else {})
+        page = client.get("/v1/jobs", params=params).json()
+        seen += [j["id"] for j in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    assert client.get("/v1/jobs", params={"after": "garbage!"}).status_code == 422
+
+
+def test_missing_job_is_404(client):  # type: ignore[no-untyped-def]
+    resp = client.get("/v1/jobs/job_nope")
+    assert resp.status_code == 404
+    assert "job_nope" in resp.json()["error"]["message"]
+
+
+def test_queue_down_gives_503_and_a_failed_job(client, queue, train_id):  # type: ignore[no-untyped-def]
+    def broken(job_id: str) -> None:
+        raise ConnectionError("redis refused")
+
+    queue.enqueue = broken
+    resp = submit(client, train_dataset=train_id)
+    assert resp.status_code == 503
+    jobs = client.get("/v1/jobs").json()["data"]
+    assert jobs[0]["status"] == "failed" and jobs[0]["error"]["code"] == "enqueue_failed"
