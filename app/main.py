@@ -55,7 +55,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings | None = None, *, queue: JobQueue | None = None) -> FastAPI:
-    """Build the API. Tests pass their own settings and, where the queue is not under test, a queue."""
+    """Build the API. Tests pass their own settings and, when not testing the queue, a queue."""
     from app.basemodel.router import router as base_models_router
     from app.dataset.router import router as datasets_router
     from app.job.router import router as jobs_router

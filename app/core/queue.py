@@ -31,7 +31,7 @@ def celery_config(redis_url: str) -> dict[str, object]:
 
 
 class CeleryJobQueue:
-    """Sends `RUN_JOB_TASK(job_id)` to Redis. The message only wakes a worker; the row is the truth."""
+    """Sends `RUN_JOB_TASK(job_id)` to Redis. The message only wakes a worker; the row rules."""
 
     def __init__(self, redis_url: str) -> None:
         from celery import Celery

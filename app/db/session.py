@@ -1,4 +1,4 @@
-"""Engine and session factory, built from settings by create_app() or the worker, never at import."""
+"""Engine and session factory, built from settings by create_app() or the worker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Job spec and job resource schemas. Option names follow peft's LoraConfig and TrainingArguments."""
+"""Job spec and job schemas. Option names follow peft's LoraConfig and TrainingArguments."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class Hyperparameters(_Strict):
         default=0.1,
         gt=0,
         lt=0.5,
-        description="Share of the train set held out (stratified, seeded) when no validation set is given.",
+        description="Share of the train set held out (stratified, seeded) if no validation set.",
     )
 
 
