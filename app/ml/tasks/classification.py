@@ -56,6 +56,12 @@ def _label_to_str(value: Any, row: int) -> str:
     return text
 
 
+def _column(ds: datasets.Dataset, name: str) -> list[Any]:
+    # datasets >= 4 returns a lazy Column whose iteration formats one row at a time (seconds for
+    # 67k rows); a slice reads the whole column at once.
+    return list(ds[name][:])
+
+
 def _check_text(value: Any, row: int, column: str, *, required: bool) -> str | None:
     if value is None:
         if required:
@@ -86,13 +92,16 @@ class ClassificationTask:
         import datasets as hf
 
         # Rows are reported 1-based, counting data rows only (not a header line).
-        texts = [_check_text(v, i + 1, "text", required=True) for i, v in enumerate(ds["text"])]
-        labels = [_label_to_str(v, i + 1) for i, v in enumerate(ds["label"])]
+        texts = [
+            _check_text(v, i + 1, "text", required=True)
+            for i, v in enumerate(_column(ds, "text"))
+        ]
+        labels = [_label_to_str(v, i + 1) for i, v in enumerate(_column(ds, "label"))]
         columns: dict[str, list[Any]] = {"text": texts, "label": labels}
         if "text_pair" in ds.column_names:
             columns["text_pair"] = [
                 _check_text(v, i + 1, "text_pair", required=False)
-                for i, v in enumerate(ds["text_pair"])
+                for i, v in enumerate(_column(ds, "text_pair"))
             ]
         if len(set(labels)) < 2 and len(labels) > 0:
             # A one-label set is fine as a validation set; training refuses it at job submission.
@@ -100,7 +109,7 @@ class ClassificationTask:
         return hf.Dataset.from_dict(columns)
 
     def summarize(self, ds: datasets.Dataset) -> DatasetSummary:
-        counts = Counter(ds["label"])
+        counts = Counter(_column(ds, "label"))
         names = sorted(counts, key=_label_sort_key)
         return DatasetSummary(
             num_rows=ds.num_rows,
@@ -112,7 +121,7 @@ class ClassificationTask:
     def label_names(
         self, train: datasets.Dataset, validation: datasets.Dataset | None
     ) -> list[str]:
-        return sorted(set(train["label"]), key=_label_sort_key)
+        return sorted(set(_column(train, "label")), key=_label_sort_key)
 
     def check_compatible(self, train: DatasetSummary, validation: DatasetSummary) -> None:
         train_labels = set(train.label_names or [])
