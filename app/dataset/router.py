@@ -1,0 +1,158 @@
+"""/v1/datasets: upload, list, read and delete datasets."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from app.core.deps import SessionDep, SettingsDep
+from app.core.errors import InvalidInput
+from app.core.pagination import MAX_LIMIT
+from app.core.schemas import ErrorResponse, Page
+from app.dataset import service
+from app.dataset.parsing import FORMATS
+from app.dataset.schemas import DatasetCreate, DatasetFormat, DatasetRead
+from app.dataset.upload import FILE_FIELD, receive_upload
+from app.ml.tasks import REGISTRY
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+FORM_FIELDS = ("task", "name", "format", "column_mapping")
+
+# The body is read as a stream (so size limits apply while it arrives), not through FastAPI's
+# form parsing; this documents it for OpenAPI.
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD, "task"],
+                    "properties": {
+                        FILE_FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": f"The data: {FORMATS}.",
+                        },
+                        "task": {"type": "string", "enum": sorted(REGISTRY)},
+                        "name": {"type": "string", "maxLength": 200},
+                        "format": {"type": "string", "enum": [f.value for f in DatasetFormat]},
+                        "column_mapping": {
+                            "type": "string",
+                            "description": "A JSON object: source column -> canonical column, "
+                            'e.g. {"sentence": "text", "category": "label"}.',
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422)
+}
+
+
+def dataset_create_from_form(fields: dict[str, str]) -> DatasetCreate:
+    """Validate the upload's text fields; errors name the field."""
+    unknown = sorted(set(fields) - set(FORM_FIELDS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown form field '{unknown[0]}'; expected {FILE_FIELD}, {', '.join(FORM_FIELDS)}",
+            field=unknown[0],
+        )
+    task = fields.get("task", "").strip()
+    if not task:
+        raise InvalidInput("field 'task' is required, e.g. 'classification'", field="task")
+    fmt: DatasetFormat | None = None
+    raw_format = fields.get("format", "").strip().lower()
+    if raw_format:
+        try:
+            fmt = DatasetFormat(raw_format)
+        except ValueError:
+            raise InvalidInput(
+                f"unknown format '{raw_format}'; expected one of: {FORMATS}",
+                code="unknown_format",
+                field="format",
+            ) from None
+    name = fields.get("name")
+    if name is not None and len(name) > 200:
+        raise InvalidInput("field 'name' is longer than 200 characters", field="name")
+    return DatasetCreate(
+        task=task,
+        name=name,
+        format=fmt,
+        column_mapping=_parse_mapping(fields.get("column_mapping", "")),
+    )
+
+
+def _parse_mapping(raw: str) -> dict[str, str]:
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"column_mapping is not valid JSON ({exc.msg} at column {exc.colno}); "
+            'expected an object like {"sentence": "text"}',
+            field="column_mapping",
+        ) from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
+    ):
+        raise InvalidInput(
+            'column_mapping must be a JSON object of non-empty strings, like {"sentence": "text"}',
+            field="column_mapping",
+        )
+    return value
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetRead,
+    openapi_extra=_UPLOAD_BODY,
+    responses=_ERRORS,
+)
+async def create_dataset(
+    request: Request, session: SessionDep, settings: SettingsDep
+) -> DatasetRead:
+    """Upload a csv, tsv, jsonl, json or parquet file and validate it for a task."""
+    upload = await receive_upload(request, settings=settings)
+    try:
+        spec = dataset_create_from_form(upload.fields)
+        # Parsing and validation are CPU-bound: keep them off the event loop.
+        row = await run_in_threadpool(
+            service.create_dataset, session, settings=settings, spec=spec, upload=upload
+        )
+    finally:
+        upload.discard()
+    return DatasetRead.from_row(row)
+
+
+@router.get("", response_model=Page[DatasetRead])
+def list_datasets(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
+    after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> Page[DatasetRead]:
+    """List datasets, newest first."""
+    rows, cursor = service.list_datasets(session, limit=limit, after=after)
+    return Page[DatasetRead](data=[DatasetRead.from_row(r) for r in rows], next_cursor=cursor)
+
+
+@router.get("/{dataset_id}", response_model=DatasetRead, responses=_ERRORS)
+def get_dataset(dataset_id: str, session: SessionDep) -> DatasetRead:
+    """A dataset's columns, labels and counts."""
+    return DatasetRead.from_row(service.get_dataset(session, dataset_id=dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
+def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete a dataset and its files; refused while a job references it."""
+    service.delete_dataset(session, settings=settings, dataset_id=dataset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,288 @@
+"""Datasets: parse and validate an upload, publish its files atomically, list, read, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.pagination import page_newest_first
+from app.core.storage import atomic_move_dir, remove_tree, resolve
+from app.dataset import parsing
+from app.dataset.schemas import DatasetCreate
+from app.dataset.upload import ReceivedUpload, staging_dir
+from app.db.models import Dataset, DatasetStatus, Job, new_id
+from app.ml.tasks import TaskSpec, get_task
+
+if TYPE_CHECKING:
+    import datasets
+
+DATA_FILE = "data.parquet"
+SOURCE_FILE = "source"
+
+
+def create_dataset(
+    session: Session, *, settings: Settings, spec: DatasetCreate, upload: ReceivedUpload
+) -> Dataset:
+    """Parse, map, validate and summarize an upload; publish its files, then commit the row."""
+    task = get_task(spec.task)
+    check_mapping(task, spec.column_mapping)
+    fmt = spec.format or parsing.detect_format(upload.path, filename=upload.filename)
+    parsed = parsing.read_table(upload.path, fmt, max_rows=settings.max_dataset_rows)
+    if parsed.table.num_rows == 0:
+        what = "a header line but no data rows" if parsed.had_header else "no rows"
+        raise InvalidInput(f"the file has {what}", code="empty_file", field="file")
+    chosen = resolve_columns(task, parsed.table.column_names, spec.column_mapping)
+    normalized = _normalize(task, _select(parsed.table, chosen), parsed, chosen)
+    summary = task.summarize(normalized)
+    applied = {source: name for name, source in chosen.items() if source != name}
+
+    dataset_id = new_id("ds")
+    storage_path = f"datasets/{dataset_id}"
+    final = resolve(settings, storage_path)
+    staging = Path(tempfile.mkdtemp(dir=staging_dir(settings), prefix=f"{dataset_id}-"))
+    try:
+        _write_parquet(normalized, staging / DATA_FILE)
+        # The original bytes, kept under a name we chose: same filesystem, so a rename.
+        os.replace(upload.path, staging / SOURCE_FILE)
+        atomic_move_dir(staging, final)
+    except BaseException:
+        remove_tree(staging)
+        raise
+
+    row = Dataset(
+        id=dataset_id,
+        name=display_name(spec.name, upload.filename),
+        task=task.name,
+        format=fmt.value,
+        status=DatasetStatus.READY,
+        num_rows=summary.num_rows,
+        columns=summary.columns,
+        label_names=summary.label_names,
+        label_counts=summary.label_counts,
+        stats={**summary.stats, "column_mapping": applied},
+        sha256=upload.sha256,
+        size_bytes=upload.size_bytes,
+        storage_path=storage_path,
+    )
+    try:
+        session.add(row)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        remove_tree(final)
+        raise
+    return row
+
+
+def check_mapping(task: TaskSpec, mapping: dict[str, str]) -> None:
+    """Every target of a column_mapping is a column the task knows, named once."""
+    known = task.required_columns + task.optional_columns
+    seen: dict[str, str] = {}
+    for source, target in mapping.items():
+        if target not in known:
+            raise InvalidInput(
+                f"column_mapping maps '{source}' to '{target}', which is not a column of task "
+                f"'{task.name}' (its columns: {', '.join(known)})",
+                field="column_mapping",
+            )
+        if target in seen:
+            raise InvalidInput(
+                f"column_mapping maps both '{seen[target]}' and '{source}' to '{target}'",
+                field="column_mapping",
+            )
+        seen[target] = source
+
+
+def resolve_columns(task: TaskSpec, columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
+    """Canonical column -> file column: the client's mapping, the name itself, or one alias."""
+    unknown = [source for source in mapping if source not in columns]
+    if unknown:
+        raise InvalidInput(
+            f"column_mapping names {_names(unknown)} but the file has columns {_names(columns)}",
+            code="missing_column",
+            field="column_mapping",
+            columns=columns,
+        )
+    canonical = task.required_columns + task.optional_columns
+    chosen = {target: source for source, target in mapping.items()}
+    used = set(mapping)
+    for name in canonical:
+        if name in chosen:
+            continue
+        if name in columns and name not in used:
+            chosen[name] = name
+            used.add(name)
+            continue
+        accepted = {name, *task.column_aliases.get(name, ())}
+        candidates = [
+            c
+            for c in columns
+            if c not in used and c not in canonical and c.strip().lower() in accepted
+        ]
+        if len(candidates) > 1:
+            raise InvalidInput(
+                f"column '{name}' is missing and several columns could stand for it: "
+                f"{_names(candidates)}; choose one with column_mapping, "
+                f"e.g. {json.dumps({candidates[0]: name})}",
+                code="ambiguous_column",
+                field=name,
+                columns=columns,
+            )
+        if candidates:
+            chosen[name] = candidates[0]
+            used.add(candidates[0])
+    missing = [name for name in task.required_columns if name not in chosen]
+    if missing:
+        raise _missing_columns(task, columns, missing, used)
+    return chosen
+
+
+def _missing_columns(
+    task: TaskSpec, columns: list[str], missing: list[str], used: set[str]
+) -> InvalidInput:
+    spare = [c for c in columns if c not in used]
+    example = {
+        spare[i] if i < len(spare) else f"<your {m} column>": m for i, m in enumerate(missing)
+    }
+    hint = ""
+    if len(columns) == 1 and ("," in columns[0] or "\t" in columns[0]):
+        hint = " (the header holds a single column with a delimiter in it: is format right?)"
+    return InvalidInput(
+        f"missing required column{'s' if len(missing) > 1 else ''} {_names(missing)}: "
+        f"the file has columns {_names(columns)}{hint}; task '{task.name}' requires "
+        f"{_names(list(task.required_columns))} (optional: "
+        f"{_names(list(task.optional_columns))}); rename yours with column_mapping, "
+        f"e.g. {json.dumps(example)}",
+        code="missing_column",
+        field=missing[0],
+        columns=columns,
+        required=list(task.required_columns),
+    )
+
+
+def _names(names: list[str]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
+def _select(table: pa.Table, chosen: dict[str, str]) -> datasets.Dataset:
+    import datasets as hf
+
+    sub = table.select(list(chosen.values())).rename_columns(list(chosen))
+    try:
+        return hf.Dataset(sub)
+    except (pa.ArrowException, TypeError, ValueError, NotImplementedError) as exc:
+        raise InvalidInput(
+            f"unsupported column types in the file: {exc}", code="parse_error"
+        ) from None
+
+
+def _normalize(
+    task: TaskSpec, ds: datasets.Dataset, parsed: parsing.ParsedTable, chosen: dict[str, str]
+) -> datasets.Dataset:
+    try:
+        return task.normalize(ds)
+    except InvalidInput as exc:
+        # The task names a data row and a canonical column; add the file's line and column name.
+        row, column = exc.details.get("row"), exc.details.get("field")
+        if isinstance(column, str) and chosen.get(column, column) != column:
+            exc.message += f" (column '{chosen[column]}' in the file)"
+            exc.details["column"] = chosen[column]
+        line = parsed.line_of(row) if isinstance(row, int) else None
+        if line is not None:
+            exc.message += f" (line {line} of the file)"
+            exc.details["line"] = line
+        exc.args = (exc.message,)
+        raise
+    except (pa.ArrowException, TypeError, ValueError, NotImplementedError) as exc:
+        raise InvalidInput(f"could not read the rows: {exc}", code="invalid_rows") from None
+
+
+def _write_parquet(ds: datasets.Dataset, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = ds.with_format("arrow")[:]
+    pq.write_table(table, path)
+
+
+_UNSAFE = re.compile(r"\s+")
+
+
+def display_name(name: str | None, filename: str | None) -> str:
+    """The dataset's label: the given name, else the base name of the client's file name."""
+    if name is not None and name.strip():
+        return _clean(name)
+    base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = _clean(base)
+    return cleaned if cleaned not in ("", ".", "..") else "dataset"
+
+
+def _clean(text: str) -> str:
+    # Drop control and format characters (newlines, RTL overrides), squeeze whitespace.
+    kept = "".join(c for c in text if not unicodedata.category(c).startswith("C"))
+    return _UNSAFE.sub(" ", kept).strip()[:200]
+
+
+def get_dataset(session: Session, *, dataset_id: str) -> Dataset:
+    """The dataset with this id, or NotFound naming it."""
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise NotFound(f"dataset '{dataset_id}' not found", id=dataset_id)
+    return row
+
+
+def list_datasets(
+    session: Session, *, limit: int, after: str | None
+) -> tuple[list[Dataset], str | None]:
+    """One page of datasets, newest first, and the cursor of the next page."""
+    return page_newest_first(session, select(Dataset), Dataset, limit=limit, after=after)
+
+
+def delete_dataset(session: Session, *, settings: Settings, dataset_id: str) -> None:
+    """Delete a dataset no job references: the row, then its files."""
+    row = get_dataset(session, dataset_id=dataset_id)
+    refs = or_(Job.train_dataset_id == dataset_id, Job.validation_dataset_id == dataset_id)
+    job_ids = list(session.scalars(select(Job.id).where(refs).order_by(Job.id).limit(10)))
+    if job_ids:
+        raise _in_use(dataset_id, job_ids)
+    session.delete(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        # A job was submitted between the check and the commit; the foreign key said no.
+        session.rollback()
+        raise _in_use(dataset_id, []) from None
+    path = resolve(settings, row.storage_path)
+    if path.is_relative_to(settings.datasets_dir.resolve()):
+        remove_tree(path)
+
+
+def _in_use(dataset_id: str, job_ids: list[str]) -> Conflict:
+    which = f" by job(s) {', '.join(job_ids)}" if job_ids else " by a job"
+    return Conflict(
+        f"dataset '{dataset_id}' is used{which}; delete those jobs first",
+        id=dataset_id,
+        jobs=job_ids,
+    )
+
+
+def load_rows(settings: Settings, dataset: Dataset) -> datasets.Dataset:
+    """The stored, normalized rows of a dataset, for training and evaluation."""
+    import datasets as hf
+    import pyarrow.parquet as pq
+
+    path = resolve(settings, dataset.storage_path) / DATA_FILE
+    if not path.is_file():
+        raise NotFound(f"the files of dataset '{dataset.id}' are missing", id=dataset.id)
+    return hf.Dataset(pq.read_table(path))
