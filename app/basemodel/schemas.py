@@ -1,0 +1,45 @@
+"""Base-model catalog schemas: what can be fine-tuned, and where the worker finds it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class BaseModelSource(StrEnum):
+    PACKAGE = "package"
+    LOCAL = "local"
+    HUB = "hub"
+
+
+class BaseModelRead(BaseModel):
+    """One fine-tunable base model. Paths on disk are never exposed."""
+
+    id: str = Field(description="The id to name as `base_model` in a job.")
+    object: Literal["base_model"] = "base_model"
+    source: BaseModelSource
+    model_type: str | None = Field(default=None, description="config.json's model_type.")
+    architectures: list[str] = Field(default_factory=list)
+    num_parameters: int | None = Field(
+        default=None, description="Weights in the checkpoint, read from its safetensors header."
+    )
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    max_position_embeddings: int | None = None
+    available: bool = Field(
+        default=True, description="False for a hub id that is not in the local cache."
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedBaseModel:
+    """Where a base-model id lives on this machine; only the worker and the predictor see this."""
+
+    id: str
+    source: BaseModelSource
+    # A local directory (package, local, cached hub snapshot) that from_pretrained reads offline.
+    path_or_hub_id: str
+    model_type: str | None = None

@@ -1,0 +1,106 @@
+"""Load tokenizers and models: offline, safetensors only, never remote code."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from app.ml.tasks import TaskSpec
+
+log = logging.getLogger("tuneserve.loading")
+
+# Beside the weights of every trained model: task, labels, base model, method, metrics, hashes.
+METADATA_FILE = "tuneserve.json"
+
+# Passed to every from_pretrained: read only what is on disk, run no code shipped with a model.
+SAFE_LOAD: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
+
+
+def quiet_transformers() -> None:
+    """No progress bars or load reports in service logs."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    # peft calls a transformers property that transformers 5 deprecated; nothing for us to do.
+    warnings.filterwarnings(
+        "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+    )
+
+
+def auto_model_class(task: TaskSpec) -> Any:
+    """The transformers Auto class the task names (AutoModelForSequenceClassification...)."""
+    import transformers
+
+    cls = getattr(transformers, task.auto_model_class_name, None)
+    if cls is None:
+        raise RuntimeError(f"transformers has no class {task.auto_model_class_name}")
+    return cls
+
+
+def label_kwargs(label_names: Sequence[str]) -> dict[str, Any]:
+    """Config overrides that give the head one output per label, with names in config.json."""
+    if not label_names:
+        return {}
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a model directory."""
+    from transformers import AutoTokenizer
+
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(str(path), **SAFE_LOAD)
+    return tokenizer
+
+
+def load_model_for_training(
+    task: TaskSpec, path: str | Path, *, label_names: Sequence[str]
+) -> tuple[PreTrainedModel, list[str]]:
+    """A base model with a fresh task head, in fp32; also the names of the newly made weights."""
+    import torch
+
+    model, info = auto_model_class(task).from_pretrained(
+        str(path),
+        use_safetensors=True,
+        dtype=torch.float32,
+        output_loading_info=True,
+        **label_kwargs(label_names),
+        **SAFE_LOAD,
+    )
+    if info.get("mismatched_keys"):
+        log.info("re-initialised mismatched weights: %s", info["mismatched_keys"])
+    return model, sorted(set(info.get("missing_keys", ())))
+
+
+def load_model(
+    task: TaskSpec, path: str | Path, *, label_names: Sequence[str] | None = None
+) -> PreTrainedModel:
+    """A model for inference (fp32, eval mode); label_names overrides the head for adapter bases."""
+    import torch
+
+    model: PreTrainedModel = auto_model_class(task).from_pretrained(
+        str(path),
+        use_safetensors=True,
+        dtype=torch.float32,
+        **label_kwargs(label_names or ()),
+        **SAFE_LOAD,
+    )
+    model.eval()  # type: ignore[no-untyped-call]
+    return model
+
+
+def read_model_metadata(path: str | Path) -> dict[str, Any]:
+    """The tuneserve.json of a trained model directory."""
+    data: dict[str, Any] = json.loads((Path(path) / METADATA_FILE).read_text())
+    return data

@@ -1,0 +1,81 @@
+"""A thread-safe LRU of loaded predictors; each model loads once even under concurrent requests."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from app.predict.predictor import Predictor
+
+T = TypeVar("T")
+
+
+class LRUCache(Generic[T]):
+    """At most `capacity` values; the least recently used one is dropped first."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._items: OrderedDict[str, T] = OrderedDict()
+        self._lock = threading.Lock()
+        # One lock per key being loaded, so two requests for one model load it once
+        # while requests for other (cached) models are not held up.
+        self._loading: dict[str, threading.Lock] = {}
+
+    def get(self, key: str) -> T | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def get_or_load(self, key: str, loader: Callable[[], T]) -> T:
+        """The cached value for `key`, or `loader()`'s, cached. A failed load caches nothing."""
+        value = self.get(key)
+        if value is not None:
+            return value
+        with self._lock:
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            try:
+                value = self.get(key)
+                if value is None:
+                    value = loader()
+                    self._put(key, value)
+                return value
+            finally:
+                with self._lock:
+                    if self._loading.get(key) is key_lock:
+                        del self._loading[key]
+
+    def _put(self, key: str, value: T) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def evict(self, key: str) -> None:
+        """Forget `key` (a deleted model)."""
+        with self._lock:
+            self._items.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def keys(self) -> list[str]:
+        """Cached keys, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+class PredictorCache(LRUCache[Predictor]):
+    """Loaded predictors by model id: `get_or_load(model_id, lambda: load_predictor(...))`."""

@@ -1,0 +1,100 @@
+"""Load a registered model for serving, and run a task's predict on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from app.core.config import Settings
+from app.core.errors import Unavailable
+from app.core.storage import resolve
+from app.db.models import Model
+from app.ml import device as devices
+from app.ml.loading import load_model, load_tokenizer, quiet_transformers, read_model_metadata
+from app.ml.tasks import TaskSpec, get_task
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass
+class Predictor:
+    """A model in eval mode with its tokenizer and labels. Callers serialize calls to predict."""
+
+    model_id: str
+    task: TaskSpec
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    label_names: list[str]
+    max_length: int
+    threads: int
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def predict(self, request: BaseModel) -> list[Any]:
+        """One result per input of a validated predict request, in input order."""
+        import torch
+
+        # set_num_threads also sets the OpenMP team of the calling (threadpool) thread.
+        devices.set_torch_threads(self.threads)
+        with torch.inference_mode():
+            return self.task.predict(
+                self.model,
+                self.tokenizer,
+                request,
+                label_names=self.label_names,
+                max_length=self.max_length,
+                batch_size=self.batch_size,
+            )
+
+
+def _load_adapter_model(
+    settings: Settings, task: TaskSpec, path: Path, meta: dict[str, Any], labels: list[str]
+) -> torch.nn.Module:
+    from peft import PeftModel
+
+    from app.basemodel.service import resolve_base_model
+
+    base = resolve_base_model(settings, meta["base_model"]["id"])
+    model = load_model(task, base.path_or_hub_id, label_names=labels)
+    # The head's trained weights come with the adapter (modules_to_save).
+    peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    # Folding the adapters into the base weights makes inference as fast as a full model.
+    merged: torch.nn.Module = peft_model.merge_and_unload()
+    return merged
+
+
+def load_predictor(settings: Settings, model_row: Model) -> Predictor:
+    """Load a registered model (full or LoRA) for inference on the best device."""
+    quiet_transformers()
+    path = resolve(settings, model_row.storage_path)
+    try:
+        meta = read_model_metadata(path)
+    except (OSError, ValueError) as exc:
+        raise Unavailable(
+            f"model '{model_row.id}' has no readable files on this server", model=model_row.id
+        ) from exc
+    task = get_task(model_row.task)
+    labels = list(meta.get("label_names") or model_row.label_names)
+    threads = devices.thread_count(settings.inference_threads)
+    devices.set_torch_threads(threads)
+    if meta.get("method", {}).get("type", model_row.method) == "lora":
+        model = _load_adapter_model(settings, task, path, meta, labels)
+    else:
+        model = load_model(task, path)
+    model.eval()
+    model.to(devices.select_device())
+    return Predictor(
+        model_id=model_row.id,
+        task=task,
+        model=model,
+        tokenizer=load_tokenizer(path),
+        label_names=labels,
+        max_length=int(meta.get("max_length") or 512),
+        threads=threads,
+    )

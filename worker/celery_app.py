@@ -1,0 +1,62 @@
+"""The Celery app of the training worker: `celery -A worker.celery_app worker`.
+
+Importing this module builds a Celery object and nothing else: settings are read when Celery first
+needs its configuration, and torch, the database and models are only touched inside the child
+process that runs a job (one job per child, so every job starts from a fresh process).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from app.core.config import Settings, get_settings
+from app.core.queue import RUN_JOB_TASK, TRAINING_QUEUE, celery_config
+
+log = logging.getLogger("tuneserve.worker")
+
+WORKER_CONFIG: dict[str, Any] = {
+    # A fresh child per job: memory, threads and CUDA state never leak from one job to the next.
+    "worker_max_tasks_per_child": 1,
+    "worker_prefetch_multiplier": 1,
+    "worker_concurrency": 1,
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "task_track_started": False,
+    "worker_hijack_root_logger": False,
+    "task_queues": None,
+    "task_default_queue": TRAINING_QUEUE,
+}
+
+
+def _config(settings: Settings) -> dict[str, Any]:
+    if not settings.redis_url:
+        raise RuntimeError("TUNESERVE_REDIS_URL is not set (`tuneserve up` sets it for you)")
+    return {**celery_config(settings.redis_url), **WORKER_CONFIG}
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    """The worker's Celery app; without settings, they are read lazily from the environment."""
+    app = Celery("tuneserve-worker")
+    if settings is not None:
+        app.conf.update(_config(settings))
+    else:
+        app.add_defaults(lambda: _config(get_settings()))
+    bound = settings
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=RUN_JOB_TASK, ignore_result=True, acks_late=True, shared=False
+    )
+    def run_job_task(job_id: str) -> str | None:
+        # Imported here, in the child process: the parent never loads torch.
+        from worker.jobs import run_job
+
+        status = run_job(bound or get_settings(), job_id)
+        return None if status is None else str(status)
+
+    return app
+
+
+celery_app = create_celery()

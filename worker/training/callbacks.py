@@ -1,0 +1,149 @@
+"""A TrainerCallback that reports progress to the job row and stops training on cancellation."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from worker.training.state import AttemptFence, JobCancelled
+
+# Trainer bookkeeping that is not a model-quality metric.
+_RUNTIME_KEYS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch"}
+
+
+def clean_eval_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Trainer's eval_* metrics without the prefix (eval_loss keeps its name) or runtime figures."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key in _RUNTIME_KEYS:
+            continue
+        if key == "eval_loss":
+            out[key] = value
+        elif key.startswith("eval_"):
+            out[key.removeprefix("eval_")] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+class JobProgressCallback(TrainerCallback):
+    """Heartbeat and progress every `poll_seconds`, loss per logging step, eval per epoch."""
+
+    def __init__(
+        self,
+        fence: AttemptFence,
+        *,
+        poll_seconds: float,
+        primary_metric: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fence = fence
+        self.poll_seconds = poll_seconds
+        self.primary_metric = primary_metric
+        self.clock = clock
+        self.last_sync = clock()
+        self.last_loss: float | None = None
+        self.step_seconds = 0.0
+        self._step_started: float | None = None
+        # (global step, cleaned metrics) of the latest evaluation.
+        self.last_eval: tuple[int, dict[str, Any]] | None = None
+
+    def _sync(self, state: TrainerState, *, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self.last_sync < self.poll_seconds:
+            return
+        self.last_sync = now
+        values: dict[str, Any] = {
+            "progress_step": state.global_step,
+            "progress_total": state.max_steps,
+            "epoch": float(state.epoch or 0.0),
+        }
+        if self.last_loss is not None:
+            values["train_loss"] = self.last_loss
+        if self.fence.progress(**values):
+            raise JobCancelled()
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._sync(state, force=True)
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if self._step_started is not None:
+            self.step_seconds += time.perf_counter() - self._step_started
+            self._step_started = None
+        self._sync(state)
+
+    def on_prediction_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        # Evaluation can be long too: keep polling for cancellation during it.
+        self._sync(state)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        if not logs or "loss" not in logs:
+            return
+        self.last_loss = _finite(logs["loss"])
+        data = {
+            "kind": "train",
+            "step": state.global_step,
+            "total": state.max_steps,
+            "epoch": round(float(state.epoch or 0.0), 4),
+            "loss": self.last_loss,
+            "learning_rate": _finite(logs.get("learning_rate")),
+            "grad_norm": _finite(logs.get("grad_norm")),
+        }
+        self.last_sync = self.clock()
+        self.fence.metrics(
+            f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}",
+            data,
+            progress_step=state.global_step,
+            progress_total=state.max_steps,
+            epoch=float(state.epoch or 0.0),
+            train_loss=self.last_loss,
+        )
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        cleaned = clean_eval_metrics(metrics or {})
+        self.last_eval = (state.global_step, cleaned)
+        epoch = float(state.epoch or 0.0)
+        headline = ", ".join(
+            f"{k} {cleaned[k]:.4f}"
+            for k in (self.primary_metric, "eval_loss")
+            if isinstance(cleaned.get(k), int | float)
+        )
+        self.fence.metrics(
+            f"evaluation at epoch {epoch:.2f}: {headline}",
+            {"kind": "eval", "step": state.global_step, "epoch": round(epoch, 4), **cleaned},
+        )
