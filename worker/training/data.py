@@ -111,11 +111,5 @@ class DropColumnsCollator:
 
 
 def make_collator(task: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> DropColumnsCollator:
-    """The task's collator when it defines one, else dynamic padding; lengths dropped first."""
-    from transformers import DataCollatorWithPadding
-
-    task_collator = getattr(task, "data_collator", None)
-    inner = (
-        task_collator(tokenizer) if callable(task_collator) else DataCollatorWithPadding(tokenizer)
-    )
-    return DropColumnsCollator(inner, [LENGTH_COLUMN])
+    """The task's collator, with the length column (used only for grouping) dropped first."""
+    return DropColumnsCollator(task.data_collator(tokenizer), [LENGTH_COLUMN])

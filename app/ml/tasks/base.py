@@ -75,6 +75,10 @@ class TaskSpec(Protocol):
         """A batched `datasets.map` function turning rows into model features (no padding)."""
         ...
 
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[Any]], Any]:
+        """Pads a list of features to the longest in the batch (never to max_length)."""
+        ...
+
     def compute_metrics(self, label_names: Sequence[str]) -> Callable[[Any], dict[str, Any]]:
         """A Trainer `compute_metrics` function."""
         ...

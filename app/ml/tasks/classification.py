@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InvalidInput
+from app.ml.batching import sorted_batches
 from app.ml.tasks.base import DatasetSummary
 
 if TYPE_CHECKING:
@@ -67,26 +68,25 @@ def _check_text(value: Any, row: int, column: str, *, required: bool) -> str | N
         if required:
             raise InvalidInput(f"row {row}: column '{column}' is empty", row=row, field=column)
         return None
-    if not isinstance(value, str):
-        value = str(value)
-    if required and not value.strip():
+    text = value if isinstance(value, str) else str(value)
+    if required and not text.strip():
         raise InvalidInput(f"row {row}: column '{column}' is empty", row=row, field=column)
-    return value
+    return text
 
 
 class ClassificationTask:
-    name = "classification"
-    required_columns = ("text", "label")
-    optional_columns = ("text_pair",)
+    name: str = "classification"
+    required_columns: tuple[str, ...] = ("text", "label")
+    optional_columns: tuple[str, ...] = ("text_pair",)
     column_aliases: Mapping[str, tuple[str, ...]] = {
         "text": ("sentence", "sentence1", "content", "review", "document", "question"),
         "text_pair": ("sentence2", "text_b", "hypothesis"),
         "label": ("labels", "category", "class", "intent", "target", "sentiment", "label_text"),
     }
-    auto_model_class_name = "AutoModelForSequenceClassification"
-    peft_task_type = "SEQ_CLS"
-    primary_metric = "accuracy"
-    predict_request = ClassificationPredictRequest
+    auto_model_class_name: str = "AutoModelForSequenceClassification"
+    peft_task_type: str = "SEQ_CLS"
+    primary_metric: str = "accuracy"
+    predict_request: type[BaseModel] = ClassificationPredictRequest
 
     def normalize(self, ds: datasets.Dataset) -> datasets.Dataset:
         import datasets as hf
@@ -166,6 +166,11 @@ class ClassificationTask:
 
         return encode
 
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[Any]], Any]:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
     def compute_metrics(self, label_names: Sequence[str]) -> Callable[[Any], dict[str, Any]]:
         return lambda pred: classification_metrics(
             np.asarray(pred.predictions), np.asarray(pred.label_ids), label_names
@@ -186,27 +191,26 @@ class ClassificationTask:
         assert isinstance(request, ClassificationPredictRequest)
         items = [x if isinstance(x, TextPair) else TextPair(text=x) for x in request.inputs]
         top_k = len(label_names) if request.top_k is None else min(request.top_k, len(label_names))
-        # Sort by length so each batch pads little; answers are put back in input order.
-        order = sorted(
-            range(len(items)), key=lambda i: len(items[i].text) + len(items[i].text_pair or "")
-        )
         results: list[Any] = [None] * len(items)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            texts = [items[i].text for i in idx]
+        # Pairs and single texts are encoded differently, so they never share a batch.
+        for idx in sorted_batches(
+            items,
+            batch_size=batch_size,
+            length=lambda x: len(x.text) + len(x.text_pair or ""),
+            kind=lambda x: x.text_pair is not None,
+        ):
             pairs = [items[i].text_pair for i in idx]
             enc = tokenizer(
-                texts,
-                pairs if any(p is not None for p in pairs) else None,
+                [items[i].text for i in idx],
+                pairs if pairs[0] is not None else None,
                 truncation=True,
                 max_length=max_length,
                 padding=True,
                 return_tensors="pt",
-            )
+            ).to(model.device)
             with torch.inference_mode():
                 logits = model(**enc).logits.float()
-            probs = torch.softmax(logits, dim=-1)
-            scores, labels = probs.topk(top_k, dim=-1)
+            scores, labels = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
             for row, i in enumerate(idx):
                 results[i] = [
                     LabelScore(label=label_names[int(j)], score=float(s))
