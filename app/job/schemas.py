@@ -26,7 +26,9 @@ class LoraMethod(_Strict):
 
     type: Literal["lora"]
     r: int = Field(default=8, ge=1, le=512, description="Rank of the update matrices.")
-    lora_alpha: float = Field(default=16, gt=0, le=4096, description="Scaling numerator (alpha/r).")
+    lora_alpha: float | None = Field(
+        default=None, gt=0, le=4096, description="Scaling numerator (alpha/r); default 2 * r."
+    )
     lora_dropout: float = Field(default=0.1, ge=0, lt=1)
     target_modules: list[str] | None = Field(
         default=None,
@@ -49,7 +51,7 @@ class Hyperparameters(_Strict):
     max_length: int = Field(
         default=128, ge=8, le=8192, description="Tokens per example (truncated)."
     )
-    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of steps warming up.")
     weight_decay: float = Field(default=0.01, ge=0, le=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     validation_split: float = Field(

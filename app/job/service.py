@@ -12,7 +12,7 @@ from app.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.core.queue import JobQueue
 from app.db.models import Dataset, EventType, Job, JobEvent, JobStatus, new_id, utcnow
-from app.job.schemas import DEFAULT_LEARNING_RATE, JobCreate, JobSpec
+from app.job.schemas import DEFAULT_LEARNING_RATE, JobCreate, JobSpec, LoraMethod
 from app.ml.tasks import DatasetSummary, get_task
 
 log = logging.getLogger("tuneserve.jobs")
@@ -47,7 +47,10 @@ def resolve_spec(spec: JobCreate) -> JobSpec:
     hp = spec.hyperparameters
     if hp.learning_rate is None:
         hp = hp.model_copy(update={"learning_rate": DEFAULT_LEARNING_RATE[spec.method.type]})
-    return JobSpec(method=spec.method, hyperparameters=hp, seed=spec.seed)
+    method = spec.method
+    if isinstance(method, LoraMethod) and method.lora_alpha is None:
+        method = method.model_copy(update={"lora_alpha": 2.0 * method.r})
+    return JobSpec(method=method, hyperparameters=hp, seed=spec.seed)
 
 
 def submit_job(session: Session, *, settings: Settings, queue: JobQueue, spec: JobCreate) -> Job:

@@ -43,7 +43,7 @@ def apply_lora(
         task_type=TaskType(task.peft_task_type),
         r=method.r,
         # peft types alpha as int; any positive number works (scaling = alpha / r).
-        lora_alpha=method.lora_alpha,  # type: ignore[arg-type]
+        lora_alpha=method.lora_alpha or 2 * method.r,  # type: ignore[arg-type]
         lora_dropout=method.lora_dropout,
         target_modules=target_modules(model, method.target_modules),
         modules_to_save=head_modules(new_weights) or None,
