@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from app.core.config import Settings, get_settings
 from app.core.errors import ServiceError
+from app.core.limits import BodyLimitMiddleware
 from app.core.queue import CeleryJobQueue, JobQueue
 from app.db.session import make_engine, make_sessionmaker
 
@@ -79,6 +80,9 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     app.state.queue = queue
 
     install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware, limit=settings.max_request_bytes, exempt=("/v1/datasets",)
+    )
     for router in (
         datasets_router,
         base_models_router,

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 1024 * 1024 * 1024
     max_dataset_rows: int = 2_000_000
     max_text_chars: int = 100_000
+    # JSON bodies (everything but dataset uploads, which have max_upload_bytes).
+    max_request_bytes: int = 16 * 1024 * 1024
     max_predict_inputs: int = 256
     max_predict_text_chars: int = 20_000
 

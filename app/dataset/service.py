@@ -44,6 +44,7 @@ def create_dataset(
         what = "a header line but no data rows" if parsed.had_header else "no rows"
         raise InvalidInput(f"the file has {what}", code="empty_file", field="file")
     chosen = resolve_columns(task, parsed.table.column_names, spec.column_mapping)
+    check_cell_lengths(parsed.table, chosen, limit=settings.max_text_chars)
     normalized = _normalize(task, _select(parsed.table, chosen), parsed, chosen)
     summary = task.summarize(normalized)
     applied = {source: name for name, source in chosen.items() if source != name}
@@ -174,6 +175,25 @@ def _missing_columns(
 
 def _names(names: list[str]) -> str:
     return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
+def check_cell_lengths(table: pa.Table, chosen: dict[str, str], *, limit: int) -> None:
+    """Refuse a text cell longer than `limit` characters, naming its row and column."""
+    import pyarrow.compute as pc
+
+    for source in chosen.values():
+        column = table.column(source)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        too_long = pc.greater(pc.utf8_length(column), limit)
+        if pc.any(too_long).as_py():
+            row = pc.index(too_long, True).as_py() + 1
+            raise InvalidInput(
+                f"row {row}: column '{source}' has more than {limit} characters",
+                code="cell_too_long",
+                row=row,
+                field=source,
+            )
 
 
 def _select(table: pa.Table, chosen: dict[str, str]) -> datasets.Dataset:

@@ -49,3 +49,25 @@ def test_too_many_rows_names_the_line(client, settings):  # type: ignore[no-unty
     assert err["code"] == "too_many_rows"
     assert err["message"].startswith("line 7: ")
     assert leftovers(settings) == []
+
+
+def test_overlong_text_cell_names_row_and_column(tmp_path):  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from app.core.config import Settings
+    from app.db.migrate import upgrade
+    from app.main import create_app
+    from tests.conftest import RecordingQueue
+
+    settings = Settings(data_dir=tmp_path / "d", max_text_chars=50)
+    upgrade(settings)
+    body = "text,label\nshort,a\n" + "x" * 51 + ",b\n"
+    with TestClient(create_app(settings, queue=RecordingQueue())) as client:
+        resp = client.post(
+            "/v1/datasets",
+            data={"task": "classification"},
+            files={"file": ("f.csv", body.encode(), "text/csv")},
+        )
+    assert resp.status_code == 422, resp.text
+    assert "row 2" in resp.json()["error"]["message"]
+    assert "'text'" in resp.json()["error"]["message"]
