@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -160,15 +161,22 @@ def list_events(
     return rows, next_after
 
 
+def _update(session: Session, stmt: Any) -> int:
+    """Run a conditional UPDATE; the number of rows it changed."""
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return int(result.rowcount)
+
+
 def cancel_job(session: Session, *, job_id: str) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next step."""
     job = get_job(session, job_id=job_id)
     now = utcnow()
-    done = session.execute(
+    done = _update(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now)
-    ).rowcount
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now),
+    )
     if done:
         session.add(
             JobEvent(
@@ -179,11 +187,12 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
             )
         )
     else:
-        done = session.execute(
+        done = _update(
+            session,
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-            .values(cancel_requested=True)
-        ).rowcount
+            .values(cancel_requested=True),
+        )
         if done:
             session.add(
                 JobEvent(
