@@ -9,10 +9,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
 from app.core.embedded_redis import EmbeddedRedis
 
 
@@ -32,8 +34,15 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
             proc.wait(5)
 
 
+@dataclass
+class Service:
+    client: httpx.Client
+    redis_url: str
+    data_dir: Path
+
+
 @contextmanager
-def running_service(data_dir: Path, *, database_url: str | None = None) -> Iterator[httpx.Client]:
+def running_service(data_dir: Path, *, database_url: str | None = None) -> Iterator[Service]:
     """Start Redis, one worker process and the API; yield an HTTP client on the API."""
     data_dir.mkdir(parents=True, exist_ok=True)
     redis = EmbeddedRedis(data_dir / "redis")
@@ -79,7 +88,7 @@ def running_service(data_dir: Path, *, database_url: str | None = None) -> Itera
                 raise RuntimeError("service did not start:\n" + tail_logs(data_dir))
             time.sleep(0.3)
         with httpx.Client(base_url=base, timeout=120) as client:
-            yield client
+            yield Service(client, redis.url, data_dir)
     finally:
         for proc in reversed(procs):
             _stop(proc)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.core.queue import CeleryJobQueue
 from tests.conftest import shared_data
-from tests.e2e.service import running_service, wait_for_job
+from tests.e2e.service import Service, running_service, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +51,12 @@ def upload(client: httpx.Client, name: str, content: bytes) -> dict:  # type: ig
     return resp.json()  # type: ignore[no-any-return]
 
 
-def train_and_check(client: httpx.Client, data_dir: Path, method: dict, min_acc: float) -> None:  # type: ignore[type-arg]
+def train_and_check(
+    client: httpx.Client,
+    data_dir: Path,
+    method: dict,
+    min_acc: float,  # type: ignore[type-arg]
+) -> dict:  # type: ignore[type-arg]
     train_bytes, _ = sst2_slice("train.tsv", TRAIN_ROWS)
     dev_bytes, dev_rows = sst2_slice("dev.tsv", HELD_OUT)
     train = upload(client, "train.tsv", train_bytes)
@@ -95,17 +102,65 @@ def train_and_check(client: httpx.Client, data_dir: Path, method: dict, min_acc:
     statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
     assert statuses[0] == "queued" and statuses[-1] == "succeeded"
     assert any(e["type"] == "metrics" for e in events)
+    return job
 
 
 def test_sqlite_full_and_lora(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    with running_service(data_dir) as client:
-        train_and_check(client, data_dir, {"type": "full"}, min_acc=0.72)
-        train_and_check(client, data_dir, {"type": "lora", "r": 16}, min_acc=0.65)
+    with running_service(data_dir) as svc:
+        job = train_and_check(svc.client, data_dir, {"type": "full"}, min_acc=0.72)
+        train_and_check(svc.client, data_dir, {"type": "lora", "r": 16}, min_acc=0.65)
+        duplicate_delivery_does_nothing(svc, job)
+        cancel_running_job(svc, job)
+
+
+def duplicate_delivery_does_nothing(svc: Service, job: dict) -> None:  # type: ignore[type-arg]
+    """Redis delivers the id of a finished job again: the claim finds it taken; nothing changes."""
+    models_before = svc.client.get("/v1/models").json()["data"]
+    CeleryJobQueue(svc.redis_url).enqueue(job["id"])
+    deadline = time.monotonic() + 60
+    log = svc.data_dir / "worker.log"
+    while "skipped" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert f"job {job['id']} is not queued" in log.read_text()
+    after = svc.client.get(f"/v1/jobs/{job['id']}").json()
+    assert (after["status"], after["attempt"], after["model_id"]) == (
+        "succeeded",
+        job["attempt"],
+        job["model_id"],
+    )
+    assert svc.client.get("/v1/models").json()["data"] == models_before
+
+
+def cancel_running_job(svc: Service, done: dict) -> None:  # type: ignore[type-arg]
+    """A running job asked to cancel stops at its next step and registers nothing."""
+    models_before = len(svc.client.get("/v1/models").json()["data"])
+    resp = svc.client.post(
+        "/v1/jobs",
+        json={
+            "task": "classification",
+            "base_model": BASE,
+            "train_dataset": done["train_dataset"],
+            "hyperparameters": {"epochs": 50, "max_length": 64},
+        },
+    )
+    job_id = resp.json()["id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = svc.client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] == "running" and job["progress"]["step"] > 0:
+            break
+        time.sleep(0.5)
+    assert svc.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    job = wait_for_job(svc.client, job_id, timeout=60, data_dir=svc.data_dir)
+    assert job["status"] == "cancelled" and job["model_id"] is None
+    assert job["progress"]["step"] < job["progress"]["total"]
+    assert len(svc.client.get("/v1/models").json()["data"]) == models_before
+    assert not list((svc.data_dir / "models").glob("*" + job_id[4:] + "*"))
 
 
 @pytest.mark.postgres
 def test_postgres_lora(tmp_path: Path, postgres_url: str) -> None:
     data_dir = tmp_path / "data"
-    with running_service(data_dir, database_url=postgres_url) as client:
-        train_and_check(client, data_dir, {"type": "lora", "r": 16}, min_acc=0.65)
+    with running_service(data_dir, database_url=postgres_url) as svc:
+        train_and_check(svc.client, data_dir, {"type": "lora", "r": 16}, min_acc=0.65)
