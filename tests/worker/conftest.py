@@ -104,7 +104,14 @@ def add_job(db: Session, add_dataset: Callable[..., str]) -> Callable[..., str]:
         seed: int = 7,
         **hyperparameters: Any,
     ) -> str:
-        hp = {"epochs": 2, "batch_size": 8, "learning_rate": 5e-3, **hyperparameters}
+        # Pinned, so a change of the service defaults does not change what these tests train.
+        hp = {
+            "epochs": 2,
+            "batch_size": 8,
+            "learning_rate": 5e-3,
+            "warmup_ratio": 0.06,
+            **hyperparameters,
+        }
         spec = JobSpec(
             method=method or {"type": "full"},  # type: ignore[arg-type]
             hyperparameters=Hyperparameters(**hp),
