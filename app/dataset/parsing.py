@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -13,6 +12,7 @@ import pyarrow as pa
 
 from app.core.errors import InvalidInput
 from app.dataset.schemas import DatasetFormat
+from app.ml.tables import ParsedTable
 
 SNIFF_BYTES = 64 * 1024
 FORMATS = ", ".join(f.value for f in DatasetFormat)
@@ -26,23 +26,6 @@ EXTENSIONS: dict[str, DatasetFormat] = {
     ".parquet": DatasetFormat.PARQUET,
     ".pq": DatasetFormat.PARQUET,
 }
-
-
-@dataclass
-class ParsedTable:
-    """The file's rows as read, before any renaming or validation."""
-
-    table: pa.Table
-    # The 1-based line of the file where each data row starts; None where lines mean nothing.
-    lines: list[int] | None = None
-    # True when the first line was a header (an empty table then still had a header).
-    had_header: bool = False
-
-    def line_of(self, row: int) -> int | None:
-        """The file line of 1-based data row `row`, when known."""
-        if self.lines is None or not 1 <= row <= len(self.lines):
-            return None
-        return self.lines[row - 1]
 
 
 def _parse_error(message: str, *, line: int | None = None, **details: Any) -> InvalidInput:

@@ -20,7 +20,7 @@ from app.ml.tasks import REGISTRY
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
-FORM_FIELDS = ("task", "name", "format", "column_mapping")
+FORM_FIELDS = ("task", "name", "format", "column_mapping", "strict")
 
 # The body is read as a stream (so size limits apply while it arrives), not through FastAPI's
 # form parsing; this documents it for OpenAPI.
@@ -45,6 +45,11 @@ _UPLOAD_BODY: dict[str, Any] = {
                             "type": "string",
                             "description": "A JSON object: source column -> canonical column, "
                             'e.g. {"sentence": "text", "category": "label"}.',
+                        },
+                        "strict": {
+                            "type": "boolean",
+                            "description": "Refuse rows that would be repaired instead of "
+                            "repairing and counting them.",
                         },
                     },
                 }
@@ -87,7 +92,17 @@ def dataset_create_from_form(fields: dict[str, str]) -> DatasetCreate:
         name=name,
         format=fmt,
         column_mapping=_parse_mapping(fields.get("column_mapping", "")),
+        strict=_parse_bool(fields.get("strict", ""), field="strict"),
     )
+
+
+def _parse_bool(raw: str, *, field: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise InvalidInput(f"field '{field}' must be true or false, not '{raw[:40]}'", field=field)
 
 
 def _parse_mapping(raw: str) -> dict[str, str]:

@@ -17,6 +17,9 @@ class DatasetFormat(StrEnum):
     JSONL = "jsonl"
     JSON = "json"
     PARQUET = "parquet"
+    # Read by the task that declares them in native_formats.
+    CONLL = "conll"
+    SQUAD = "squad"
 
 
 class DatasetCreate(BaseModel):
@@ -30,6 +33,10 @@ class DatasetCreate(BaseModel):
     column_mapping: dict[str, str] = Field(
         default_factory=dict,
         description='Source column -> canonical column, e.g. {"sentence": "text"}.',
+    )
+    strict: bool = Field(
+        default=False,
+        description="Refuse rows that would be repaired (e.g. an I- tag that follows nothing).",
     )
 
 

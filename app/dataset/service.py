@@ -7,6 +7,8 @@ import os
 import re
 import tempfile
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,10 +22,11 @@ from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.pagination import page_newest_first
 from app.core.storage import atomic_move_dir, remove_tree, resolve
 from app.dataset import parsing
-from app.dataset.schemas import DatasetCreate
+from app.dataset.schemas import DatasetCreate, DatasetFormat
 from app.dataset.upload import ReceivedUpload, staging_dir
 from app.db.models import Dataset, DatasetStatus, Job, new_id
-from app.ml.tasks import TaskSpec, get_task
+from app.ml.tables import ParsedTable
+from app.ml.tasks import REGISTRY, TaskSpec, get_task
 
 if TYPE_CHECKING:
     import datasets
@@ -38,14 +41,18 @@ def create_dataset(
     """Parse, map, validate and summarize an upload; publish its files, then commit the row."""
     task = get_task(spec.task)
     check_mapping(task, spec.column_mapping)
-    fmt = spec.format or parsing.detect_format(upload.path, filename=upload.filename)
-    parsed = parsing.read_table(upload.path, fmt, max_rows=settings.max_dataset_rows)
+    fmt = spec.format or detect_format(task, upload)
+    parsed = read_rows(task, fmt, upload.path, max_rows=settings.max_dataset_rows)
     if parsed.table.num_rows == 0:
         what = "a header line but no data rows" if parsed.had_header else "no rows"
         raise InvalidInput(f"the file has {what}", code="empty_file", field="file")
+    with file_context(parsed, {}):
+        parsed.table = task.adapt_table(parsed.table)
     chosen = resolve_columns(task, parsed.table.column_names, spec.column_mapping)
     check_cell_lengths(parsed.table, chosen, limit=settings.max_text_chars)
-    normalized = _normalize(task, _select(parsed.table, chosen), parsed, chosen)
+    with file_context(parsed, chosen):
+        result = task.normalize(_select(parsed.table, chosen), strict=spec.strict)
+    normalized = result.rows
     summary = task.summarize(normalized)
     applied = {source: name for name, source in chosen.items() if source != name}
 
@@ -72,7 +79,7 @@ def create_dataset(
         columns=summary.columns,
         label_names=summary.label_names,
         label_counts=summary.label_counts,
-        stats={**summary.stats, "column_mapping": applied},
+        stats={**summary.stats, **result.notes, "column_mapping": applied},
         sha256=upload.sha256,
         size_bytes=upload.size_bytes,
         storage_path=storage_path,
@@ -208,11 +215,38 @@ def _select(table: pa.Table, chosen: dict[str, str]) -> datasets.Dataset:
         ) from None
 
 
-def _normalize(
-    task: TaskSpec, ds: datasets.Dataset, parsed: parsing.ParsedTable, chosen: dict[str, str]
-) -> datasets.Dataset:
+def detect_format(task: TaskSpec, upload: ReceivedUpload) -> DatasetFormat:
+    """The task's own format when the content looks like one, else a generic one."""
+    with upload.path.open("rb") as f:
+        head = f.read(parsing.SNIFF_BYTES).decode("utf-8", errors="replace")
+    native = task.sniff_format(head, filename=upload.filename)
+    if native is not None:
+        return DatasetFormat(native)
+    return parsing.detect_format(upload.path, filename=upload.filename)
+
+
+def read_rows(task: TaskSpec, fmt: DatasetFormat, path: Path, *, max_rows: int) -> ParsedTable:
+    """Parse the upload: task-specific formats by their task, the generic ones here."""
+    if fmt.value in task.native_formats:
+        if path.stat().st_size == 0:
+            raise InvalidInput("the uploaded file is empty", code="empty_file", field="file")
+        return task.read_native(path, fmt.value, max_rows=max_rows)
+    owners = sorted(name for name, t in REGISTRY.items() if fmt.value in t.native_formats)
+    if owners:
+        raise InvalidInput(
+            f"format '{fmt.value}' is for task {' or '.join(repr(o) for o in owners)}, "
+            f"not '{task.name}'",
+            code="unknown_format",
+            field="format",
+        )
+    return parsing.read_table(path, fmt, max_rows=max_rows)
+
+
+@contextmanager
+def file_context(parsed: ParsedTable, chosen: dict[str, str]) -> Iterator[None]:
+    """Add the file's line (and column name, when renamed) to a task's row error."""
     try:
-        return task.normalize(ds)
+        yield
     except InvalidInput as exc:
         # The task names a data row and a canonical column; add the file's line and column name.
         row, column = exc.details.get("row"), exc.details.get("field")

@@ -28,6 +28,7 @@ def to_read(job: Job) -> JobRead:
         validation_dataset=job.validation_dataset_id,
         method=spec.get("method", {}),
         hyperparameters=spec.get("hyperparameters", {}),
+        task_options=spec.get("task_options", {}),
         seed=spec.get("seed", 0),
         status=job.status,
         attempt=job.attempt,

@@ -71,6 +71,10 @@ class JobCreate(_Strict):
     validation_dataset: str | None = None
     method: Method = Field(default_factory=FullMethod)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    task_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options of the task itself (see the task's documentation); defaults filled.",
+    )
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
 
 
@@ -79,6 +83,7 @@ class JobSpec(BaseModel):
 
     method: Method
     hyperparameters: Hyperparameters
+    task_options: dict[str, Any] = Field(default_factory=dict)
     seed: int
 
 
@@ -102,6 +107,7 @@ class JobRead(BaseModel):
     validation_dataset: str | None
     method: dict[str, Any]
     hyperparameters: dict[str, Any]
+    task_options: dict[str, Any]
     seed: int
     status: str
     attempt: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
@@ -14,7 +15,7 @@ from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.core.queue import JobQueue
 from app.db.models import Dataset, EventType, Job, JobEvent, JobStatus, new_id, utcnow
 from app.job.schemas import DEFAULT_LEARNING_RATE, JobCreate, JobSpec, LoraMethod
-from app.ml.tasks import DatasetSummary, get_task
+from app.ml.tasks import DatasetSummary, TaskSpec, get_task
 
 log = logging.getLogger("tuneserve.jobs")
 
@@ -43,7 +44,7 @@ def _dataset_for(session: Session, dataset_id: str, *, field: str, task: str) ->
     return ds
 
 
-def resolve_spec(spec: JobCreate) -> JobSpec:
+def resolve_spec(spec: JobCreate, task: TaskSpec) -> JobSpec:
     """Fill the defaults that depend on other fields, so the stored spec says what will run."""
     hp = spec.hyperparameters
     if hp.learning_rate is None:
@@ -51,7 +52,21 @@ def resolve_spec(spec: JobCreate) -> JobSpec:
     method = spec.method
     if isinstance(method, LoraMethod) and method.lora_alpha is None:
         method = method.model_copy(update={"lora_alpha": 2.0 * method.r})
-    return JobSpec(method=method, hyperparameters=hp, seed=spec.seed)
+    try:
+        options = task.options_model.model_validate(spec.task_options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(
+            f"task_options.{where}: {first['msg']} (task '{task.name}')",
+            field=f"task_options.{where}",
+        ) from None
+    return JobSpec(
+        method=method,
+        hyperparameters=hp,
+        task_options=options.model_dump(mode="json"),
+        seed=spec.seed,
+    )
 
 
 def submit_job(session: Session, *, settings: Settings, queue: JobQueue, spec: JobCreate) -> Job:
@@ -75,7 +90,7 @@ def submit_job(session: Session, *, settings: Settings, queue: JobQueue, spec: J
             )
         task.check_compatible(_summary(train), _summary(train))
 
-    resolved = resolve_spec(spec)
+    resolved = resolve_spec(spec, task)
     job = Job(
         id=new_id("job"),
         task=task.name,

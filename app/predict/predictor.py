@@ -34,6 +34,7 @@ class Predictor:
     label_names: list[str]
     max_length: int
     threads: int
+    options: BaseModel
     batch_size: int = DEFAULT_BATCH_SIZE
 
     def predict(self, request: BaseModel) -> list[Any]:
@@ -50,6 +51,7 @@ class Predictor:
                 label_names=self.label_names,
                 max_length=self.max_length,
                 batch_size=self.batch_size,
+                options=self.options,
             )
 
 
@@ -97,4 +99,5 @@ def load_predictor(settings: Settings, model_row: Model) -> Predictor:
         label_names=labels,
         max_length=int(meta.get("max_length") or 512),
         threads=threads,
+        options=task.options_model.model_validate(meta.get("task_options") or {}),
     )

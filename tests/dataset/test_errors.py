@@ -245,3 +245,13 @@ def test_failure_while_publishing_leaves_nothing(app, monkeypatch):  # type: ign
 
         monkeypatch.setattr(service, "_write_parquet", broken_write)
         assert upload(client, b"text,label\na,b\n").status_code == 500
+
+
+def test_strict_must_be_a_boolean(client):  # type: ignore[no-untyped-def]
+    resp = client.post(
+        "/v1/datasets",
+        data={"task": "classification", "strict": "maybe"},
+        files={"file": ("x.csv", b"text,label\na,b\n", "text/csv")},
+    )
+    assert resp.status_code == 422
+    assert "strict" in resp.json()["error"]["message"]

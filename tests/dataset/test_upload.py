@@ -202,4 +202,11 @@ def test_openapi_documents_the_multipart_body(client: TestClient) -> None:
     body = spec["paths"]["/v1/datasets"]["post"]["requestBody"]["content"]
     schema = body["multipart/form-data"]["schema"]
     assert schema["required"] == ["file", "task"]
-    assert set(schema["properties"]) == {"file", "task", "name", "format", "column_mapping"}
+    assert set(schema["properties"]) == {
+        "file",
+        "task",
+        "name",
+        "format",
+        "column_mapping",
+        "strict",
+    }

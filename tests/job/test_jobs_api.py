@@ -152,3 +152,11 @@ def test_queue_down_gives_503_and_a_failed_job(client, queue, train_id):  # type
     assert resp.status_code == 503
     jobs = client.get("/v1/jobs").json()["data"]
     assert jobs[0]["status"] == "failed" and jobs[0]["error"]["code"] == "enqueue_failed"
+
+
+def test_task_options_are_validated_by_the_task(client, train_id):  # type: ignore[no-untyped-def]
+    resp = submit(client, train_dataset=train_id, task_options={"doc_stride": 64})
+    assert resp.status_code == 422
+    assert "task_options.doc_stride" in resp.json()["error"]["message"]
+    ok = submit(client, train_dataset=train_id)
+    assert ok.json()["task_options"] == {}

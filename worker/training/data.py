@@ -111,5 +111,7 @@ class DropColumnsCollator:
 
 
 def make_collator(task: TaskSpec, tokenizer: PreTrainedTokenizerBase) -> DropColumnsCollator:
-    """The task's collator, with the length column (used only for grouping) dropped first."""
-    return DropColumnsCollator(task.data_collator(tokenizer), [LENGTH_COLUMN])
+    """The task's collator; the length column and the eval-only columns are dropped first."""
+    return DropColumnsCollator(
+        task.data_collator(tokenizer), [LENGTH_COLUMN, *task.eval_only_columns]
+    )

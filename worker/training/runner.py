@@ -164,16 +164,22 @@ def _build_trainer(
         task, inputs.base.path_or_hub_id, label_names=prepared.label_names
     )
     max_length = effective_max_length(spec.hyperparameters.max_length, tokenizer, model.config)
-    encode = task.preprocess(
-        tokenizer,
-        label2id={name: i for i, name in enumerate(prepared.label_names)},
-        max_length=max_length,
-    )
+    options = task.options_model.model_validate(spec.task_options)
+    label2id = {name: i for i, name in enumerate(prepared.label_names)}
+
+    def encoder(for_eval: bool) -> Any:
+        return task.preprocess(
+            tokenizer, label2id=label2id, max_length=max_length, options=options, for_eval=for_eval
+        )
+
     keep = training_data.model_input_columns(model)
     first_input = tokenizer.model_input_names[0]
-    train = training_data.tokenize(prepared.train, encode, keep=keep, length_of=first_input)
+    train = training_data.tokenize(prepared.train, encoder(False), keep=keep, length_of=first_input)
     validation = training_data.tokenize(
-        prepared.validation, encode, keep=keep, length_of=first_input
+        prepared.validation,
+        encoder(True),
+        keep=keep | set(task.eval_only_columns),
+        length_of=first_input,
     )
 
     details: dict[str, Any] = {"max_length": max_length, "new_weights": new_weights}
@@ -211,7 +217,12 @@ def _build_trainer(
         eval_dataset=validation,
         data_collator=training_data.make_collator(task, tokenizer),
         processing_class=tokenizer,
-        compute_metrics=task.compute_metrics(prepared.label_names),
+        compute_metrics=task.compute_metrics(
+            prepared.label_names,
+            options=options,
+            eval_rows=prepared.validation,
+            eval_features=validation,
+        ),
         callbacks=[callback],
     )
     # Losses go to the job's events; the Trainer's own printing of them would only fill the log.
@@ -250,6 +261,7 @@ def _metadata(
         },
         "method": {**inputs.spec.method.model_dump(mode="json"), **details.get("lora", {})},
         "hyperparameters": details["hyperparameters"],
+        "task_options": inputs.spec.task_options,
         "max_length": details["max_length"],
         "seed": inputs.spec.seed,
         "metrics": metrics,

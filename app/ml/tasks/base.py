@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     import datasets
+    import pyarrow as pa
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from app.ml.tables import ParsedTable
 
 
 @dataclass
@@ -25,6 +29,20 @@ class DatasetSummary:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Normalized:
+    """A validated dataset in canonical columns, and notes on what was repaired or converted."""
+
+    rows: datasets.Dataset
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class NoOptions(BaseModel):
+    """A task without task-specific options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class TaskSpec(Protocol):
     """One ML task: dataset schema, preprocessing, metrics, and serving."""
 
@@ -35,16 +53,37 @@ class TaskSpec(Protocol):
     # Common alternative names accepted for a canonical column when the canonical one is absent
     # and no column_mapping names it (banking77's `category` for `label`, GLUE's `sentence`...).
     column_aliases: Mapping[str, tuple[str, ...]]
+    # File formats only this task reads (CoNLL columns, SQuAD JSON), beside the generic ones.
+    native_formats: tuple[str, ...]
     # The transformers Auto class that builds the model, and peft's TaskType name.
     auto_model_class_name: str
     peft_task_type: str
     # The metric that decides which checkpoint is best, and the one shown first.
     primary_metric: str
+    # Job-spec `task_options` (e.g. NER's label_all_tokens, QA's doc_stride), validated on submit.
+    options_model: type[BaseModel]
     # Request schema for POST /v1/predict/{name}.
     predict_request: type[BaseModel]
+    # Columns the evaluation features carry for compute_metrics that the model must not see.
+    eval_only_columns: tuple[str, ...]
 
-    def normalize(self, ds: datasets.Dataset) -> datasets.Dataset:
-        """Check rows and bring columns to canonical types; raise InvalidInput naming the row."""
+    def sniff_format(self, head: str, *, filename: str | None) -> str | None:
+        """One of native_formats when the file's first characters look like it, else None."""
+        ...
+
+    def read_native(self, path: Path, fmt: str, *, max_rows: int) -> ParsedTable:
+        """Parse a file in one of native_formats; raise InvalidInput naming the line at fault."""
+        ...
+
+    def adapt_table(self, table: pa.Table) -> pa.Table:
+        """Convert an alternative row schema to the canonical one (same rows, same order)."""
+        ...
+
+    def normalize(self, ds: datasets.Dataset, *, strict: bool) -> Normalized:
+        """Check rows and bring columns to canonical types; raise InvalidInput naming the row.
+
+        With `strict`, refuse data that would otherwise be repaired (and counted in the notes).
+        """
         ...
 
     def summarize(self, ds: datasets.Dataset) -> DatasetSummary:
@@ -54,7 +93,7 @@ class TaskSpec(Protocol):
     def label_names(
         self, train: datasets.Dataset, validation: datasets.Dataset | None
     ) -> list[str]:
-        """The label set the model is trained with (sorted, stable)."""
+        """The label set the model is trained with (sorted, stable); empty when there is none."""
         ...
 
     def check_compatible(self, train: DatasetSummary, validation: DatasetSummary) -> None:
@@ -71,16 +110,29 @@ class TaskSpec(Protocol):
         *,
         label2id: Mapping[str, int],
         max_length: int,
+        options: BaseModel,
+        for_eval: bool,
     ) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
-        """A batched `datasets.map` function turning rows into model features (no padding)."""
+        """A batched `datasets.map` function turning rows into model features (no padding).
+
+        A row may give several features (QA's document stride). With `for_eval`, features may
+        also carry `eval_only_columns` for compute_metrics.
+        """
         ...
 
     def data_collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[Any]], Any]:
         """Pads a list of features to the longest in the batch (never to max_length)."""
         ...
 
-    def compute_metrics(self, label_names: Sequence[str]) -> Callable[[Any], dict[str, Any]]:
-        """A Trainer `compute_metrics` function."""
+    def compute_metrics(
+        self,
+        label_names: Sequence[str],
+        *,
+        options: BaseModel,
+        eval_rows: datasets.Dataset,
+        eval_features: datasets.Dataset,
+    ) -> Callable[[Any], dict[str, Any]]:
+        """A Trainer `compute_metrics` over the eval features built from eval_rows."""
         ...
 
     def predict(
@@ -92,6 +144,24 @@ class TaskSpec(Protocol):
         label_names: Sequence[str],
         max_length: int,
         batch_size: int,
+        options: BaseModel,
     ) -> list[Any]:
         """Run a validated predict request; one result per input, in input order."""
         ...
+
+
+class TaskDefaults:
+    """Defaults for tasks that read only the generic formats and have no options."""
+
+    native_formats: tuple[str, ...] = ()
+    options_model: type[BaseModel] = NoOptions
+    eval_only_columns: tuple[str, ...] = ()
+
+    def sniff_format(self, head: str, *, filename: str | None) -> str | None:
+        return None
+
+    def read_native(self, path: Path, fmt: str, *, max_rows: int) -> ParsedTable:
+        raise NotImplementedError(f"no native format '{fmt}'")
+
+    def adapt_table(self, table: pa.Table) -> pa.Table:
+        return table

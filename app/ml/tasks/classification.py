@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InvalidInput
 from app.ml.batching import sorted_batches
-from app.ml.tasks.base import DatasetSummary
+from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults
 
 if TYPE_CHECKING:
     import datasets
@@ -74,7 +74,7 @@ def _check_text(value: Any, row: int, column: str, *, required: bool) -> str | N
     return text
 
 
-class ClassificationTask:
+class ClassificationTask(TaskDefaults):
     name: str = "classification"
     required_columns: tuple[str, ...] = ("text", "label")
     optional_columns: tuple[str, ...] = ("text_pair",)
@@ -88,13 +88,12 @@ class ClassificationTask:
     primary_metric: str = "accuracy"
     predict_request: type[BaseModel] = ClassificationPredictRequest
 
-    def normalize(self, ds: datasets.Dataset) -> datasets.Dataset:
+    def normalize(self, ds: datasets.Dataset, *, strict: bool = False) -> Normalized:
         import datasets as hf
 
         # Rows are reported 1-based, counting data rows only (not a header line).
         texts = [
-            _check_text(v, i + 1, "text", required=True)
-            for i, v in enumerate(_column(ds, "text"))
+            _check_text(v, i + 1, "text", required=True) for i, v in enumerate(_column(ds, "text"))
         ]
         labels = [_label_to_str(v, i + 1) for i, v in enumerate(_column(ds, "label"))]
         columns: dict[str, list[Any]] = {"text": texts, "label": labels}
@@ -103,10 +102,8 @@ class ClassificationTask:
                 _check_text(v, i + 1, "text_pair", required=False)
                 for i, v in enumerate(_column(ds, "text_pair"))
             ]
-        if len(set(labels)) < 2 and len(labels) > 0:
-            # A one-label set is fine as a validation set; training refuses it at job submission.
-            pass
-        return hf.Dataset.from_dict(columns)
+        # A one-label set is fine as a validation set; training refuses it at job submission.
+        return Normalized(hf.Dataset.from_dict(columns))
 
     def summarize(self, ds: datasets.Dataset) -> DatasetSummary:
         counts = Counter(_column(ds, "label"))
@@ -151,6 +148,8 @@ class ClassificationTask:
         *,
         label2id: Mapping[str, int],
         max_length: int,
+        options: BaseModel,
+        for_eval: bool,
     ) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
         def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
             pairs = batch.get("text_pair")
@@ -171,7 +170,14 @@ class ClassificationTask:
 
         return DataCollatorWithPadding(tokenizer)
 
-    def compute_metrics(self, label_names: Sequence[str]) -> Callable[[Any], dict[str, Any]]:
+    def compute_metrics(
+        self,
+        label_names: Sequence[str],
+        *,
+        options: BaseModel,
+        eval_rows: datasets.Dataset,
+        eval_features: datasets.Dataset,
+    ) -> Callable[[Any], dict[str, Any]]:
         return lambda pred: classification_metrics(
             np.asarray(pred.predictions), np.asarray(pred.label_ids), label_names
         )
@@ -185,6 +191,7 @@ class ClassificationTask:
         label_names: Sequence[str],
         max_length: int,
         batch_size: int,
+        options: BaseModel,
     ) -> list[Any]:
         import torch
 
