@@ -14,7 +14,13 @@ from app.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.core.queue import JobQueue
 from app.db.models import Dataset, EventType, Job, JobEvent, JobStatus, new_id, utcnow
-from app.job.schemas import DEFAULT_LEARNING_RATE, JobCreate, JobSpec, LoraMethod
+from app.job.schemas import (
+    DEFAULT_LEARNING_RATE,
+    Hyperparameters,
+    JobCreate,
+    JobSpec,
+    LoraMethod,
+)
 from app.ml.tasks import DatasetSummary, TaskSpec, get_task
 
 log = logging.getLogger("tuneserve.jobs")
@@ -47,6 +53,13 @@ def _dataset_for(session: Session, dataset_id: str, *, field: str, task: str) ->
 def resolve_spec(spec: JobCreate, task: TaskSpec) -> JobSpec:
     """Fill the defaults that depend on other fields, so the stored spec says what will run."""
     hp = spec.hyperparameters
+    # Fields the client left out take the task's defaults, then the method's learning rate.
+    task_defaults = {
+        k: v
+        for k, v in task.default_hyperparameters(spec.method.type).items()
+        if k not in hp.model_fields_set
+    }
+    hp = Hyperparameters.model_validate({**hp.model_dump(), **task_defaults})
     if hp.learning_rate is None:
         hp = hp.model_copy(update={"learning_rate": DEFAULT_LEARNING_RATE[spec.method.type]})
     method = spec.method

@@ -67,6 +67,10 @@ class TaskSpec(Protocol):
     # Columns the evaluation features carry for compute_metrics that the model must not see.
     eval_only_columns: tuple[str, ...]
 
+    def default_hyperparameters(self, method: str) -> dict[str, Any]:
+        """Hyperparameters this task sets when the job spec leaves them out (e.g. QA's length)."""
+        ...
+
     def sniff_format(self, head: str, *, filename: str | None) -> str | None:
         """One of native_formats when the file's first characters look like it, else None."""
         ...
@@ -156,6 +160,9 @@ class TaskDefaults:
     native_formats: tuple[str, ...] = ()
     options_model: type[BaseModel] = NoOptions
     eval_only_columns: tuple[str, ...] = ()
+
+    def default_hyperparameters(self, method: str) -> dict[str, Any]:
+        return {}
 
     def sniff_format(self, head: str, *, filename: str | None) -> str | None:
         return None
