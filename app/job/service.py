@@ -50,7 +50,7 @@ def _dataset_for(session: Session, dataset_id: str, *, field: str, task: str) ->
     return ds
 
 
-def resolve_spec(spec: JobCreate, task: TaskSpec) -> JobSpec:
+def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None = None) -> JobSpec:
     """Fill the defaults that depend on other fields, so the stored spec says what will run."""
     hp = spec.hyperparameters
     # Fields the client left out take the task's defaults, then the method's learning rate.
@@ -66,7 +66,11 @@ def resolve_spec(spec: JobCreate, task: TaskSpec) -> JobSpec:
     if isinstance(method, LoraMethod) and method.lora_alpha is None:
         method = method.model_copy(update={"lora_alpha": 2.0 * method.r})
     try:
-        options = task.options_model.model_validate(spec.task_options)
+        # The train set's summary lets a task resolve "auto" options from the data (QA's
+        # version_2_with_negative: true when the train set has unanswerable questions).
+        options = task.options_model.model_validate(
+            spec.task_options, context={"train_summary": train}
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -103,7 +107,7 @@ def submit_job(session: Session, *, settings: Settings, queue: JobQueue, spec: J
             )
         task.check_compatible(_summary(train), _summary(train))
 
-    resolved = resolve_spec(spec, task)
+    resolved = resolve_spec(spec, task, _summary(train))
     job = Job(
         id=new_id("job"),
         task=task.name,

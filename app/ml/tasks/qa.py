@@ -1,0 +1,333 @@
+"""Extractive question answering (SQuAD v1.1 and v2.0): schema, features, metrics, serving.
+
+The data side lives in qa_data.py (SQuAD JSON, row checks), the document-stride features in
+qa_features.py and the n-best post-processing with EM/F1 in qa_postprocess.py; this file puts
+them behind the TaskSpec protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from app.core.errors import InvalidInput
+from app.ml.batching import sorted_batches
+from app.ml.tasks import qa_data, qa_features
+from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults
+from app.ml.tasks.qa_postprocess import (
+    Answer,
+    FeatureLogits,
+    PostprocessOptions,
+    best_answers,
+    squad_scores,
+)
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+    from app.ml.tables import ParsedTable
+
+# The context key under which the job service passes the train set's DatasetSummary when it
+# validates task_options, so that "auto" options can be resolved from the data.
+TRAIN_SUMMARY_CONTEXT = "train_summary"
+
+
+class QAOptions(BaseModel):
+    """task_options of a QA job; stored resolved on the job and used again at serving."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    doc_stride: int = Field(
+        default=128,
+        ge=0,
+        le=4096,
+        description="Context tokens shared by consecutive windows of a long context (capped at "
+        "half the room a window leaves for the context).",
+    )
+    max_answer_length: int = Field(default=30, ge=1, le=512, description="Longest answer, tokens.")
+    n_best_size: int = Field(
+        default=20, ge=1, le=100, description="Start and end tokens tried per feature."
+    )
+    null_score_diff_threshold: float = Field(
+        default=0.0,
+        allow_inf_nan=False,
+        description='v2: answer "no answer" when its score beats the best span\'s by more.',
+    )
+    version_2_with_negative: bool | Literal["auto"] = Field(
+        default="auto",
+        description='Whether the model may answer "no answer" (SQuAD v2). auto: true when the '
+        "train set has unanswerable questions; resolved when the job is submitted.",
+    )
+
+    @model_validator(mode="after")
+    def _resolve_auto(self, info: ValidationInfo) -> QAOptions:
+        summary = (info.context or {}).get(TRAIN_SUMMARY_CONTEXT)
+        if self.version_2_with_negative == "auto" and isinstance(summary, DatasetSummary):
+            self.version_2_with_negative = int(summary.stats.get("unanswerable", 0)) > 0
+        return self
+
+    def postprocess(self) -> PostprocessOptions:
+        # An "auto" never resolved (a spec that did not go through submission) means v1.
+        return PostprocessOptions(
+            n_best_size=self.n_best_size,
+            max_answer_length=self.max_answer_length,
+            allow_null=self.version_2_with_negative is True,
+            null_score_diff_threshold=self.null_score_diff_threshold,
+        )
+
+
+class QAInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1)
+    context: str = Field(min_length=1)
+
+    @field_validator("question", "context")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class QAPredictRequest(BaseModel):
+    """Body of POST /v1/predict/qa."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Model id from /v1/models.")
+    inputs: list[QAInput] = Field(min_length=1, description="Questions, each with its context.")
+    top_k: int = Field(default=1, ge=1, le=100, description="Answers returned per input.")
+
+
+class QAAnswer(BaseModel):
+    """An answer: context[start:end] == answer; "no answer" is answer "" with start = end = 0."""
+
+    answer: str
+    score: float
+    start: int
+    end: int
+
+
+def _options(options: BaseModel) -> QAOptions:
+    assert isinstance(options, QAOptions)
+    return options
+
+
+class QATask(TaskDefaults):
+    name: str = "qa"
+    required_columns: tuple[str, ...] = ("question", "context", "answers")
+    optional_columns: tuple[str, ...] = ("id", "title")
+    column_aliases: Mapping[str, tuple[str, ...]] = {
+        "question": ("query", "questions"),
+        "context": ("passage", "paragraph", "document", "contexts"),
+        "answers": ("answer",),
+        "id": ("qid", "question_id", "example_id"),
+    }
+    native_formats: tuple[str, ...] = ("squad",)
+    auto_model_class_name: str = "AutoModelForQuestionAnswering"
+    peft_task_type: str = "QUESTION_ANS"
+    primary_metric: str = "f1"
+    options_model: type[BaseModel] = QAOptions
+    predict_request: type[BaseModel] = QAPredictRequest
+    # Which question a feature belongs to and where its tokens sit in the context.
+    eval_only_columns: tuple[str, ...] = ("example_id", "offset_mapping", "cls_index")
+
+    def default_hyperparameters(self, method: str) -> dict[str, Any]:
+        # SQuAD contexts average ~160 tokens: 384 keeps most in one window.
+        return {"max_length": 384}
+
+    def sniff_format(self, head: str, *, filename: str | None) -> str | None:
+        return "squad" if qa_data.looks_like_squad(head) else None
+
+    def read_native(self, path: Path, fmt: str, *, max_rows: int) -> ParsedTable:
+        if fmt != "squad":
+            raise NotImplementedError(f"no native format '{fmt}'")
+        return qa_data.read_squad(path, max_rows=max_rows)
+
+    def normalize(self, ds: datasets.Dataset, *, strict: bool = False) -> Normalized:
+        import datasets as hf
+
+        columns, notes = qa_data.validated_columns(ds)
+        features = {
+            "id": hf.Value("string"),
+            "title": hf.Value("string"),
+            "question": hf.Value("string"),
+            "context": hf.Value("string"),
+            "answers": {
+                "text": hf.List(hf.Value("string")),
+                "answer_start": hf.List(hf.Value("int32")),
+            },
+        }
+        # Columns in the order of `features`: id, title (when given), question, context, answers.
+        ordered = {k: columns[k] for k in features if k in columns}
+        chosen = hf.Features({k: features[k] for k in ordered})
+        return Normalized(hf.Dataset.from_dict(ordered, features=chosen), notes)
+
+    def summarize(self, ds: datasets.Dataset) -> DatasetSummary:
+        return DatasetSummary(
+            num_rows=ds.num_rows,
+            columns=list(ds.column_names),
+            label_names=None,
+            stats=qa_data.dataset_stats(ds),
+        )
+
+    def label_names(
+        self, train: datasets.Dataset, validation: datasets.Dataset | None
+    ) -> list[str]:
+        return []  # the head predicts token positions, not labels
+
+    def check_compatible(self, train: DatasetSummary, validation: DatasetSummary) -> None:
+        if int(train.stats.get("answerable", 1)) == 0:
+            raise InvalidInput(
+                "train_dataset has no answerable questions; a QA model must see answers",
+                field="train_dataset",
+            )
+
+    def stratify_column(self) -> str | None:
+        return None
+
+    def preprocess(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        label2id: Mapping[str, int],
+        max_length: int,
+        options: BaseModel,
+        for_eval: bool,
+    ) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
+        stride = _options(options).doc_stride
+
+        def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            features = qa_features.encode(
+                tokenizer,
+                batch["question"],
+                batch["context"],
+                max_length=max_length,
+                doc_stride=stride,
+            )
+            # Eval features carry positions too: the Trainer then reports eval_loss and calls
+            # compute_metrics (it only does when the features have labels).
+            qa_features.label_features(features, batch["answers"])
+            out = features.inputs
+            if for_eval:
+                out["example_id"] = [batch["id"][i] for i in features.example_index]
+                out["offset_mapping"] = [
+                    [None if o is None else list(o) for o in offs] for offs in features.offsets
+                ]
+                out["cls_index"] = features.cls_index
+            return out
+
+        return encode
+
+    def data_collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[Any]], Any]:
+        from transformers import DataCollatorWithPadding
+
+        # Pads input_ids/attention_mask/token_type_ids; start/end positions become tensors.
+        return DataCollatorWithPadding(tokenizer)
+
+    def compute_metrics(
+        self,
+        label_names: Sequence[str],
+        *,
+        options: BaseModel,
+        eval_rows: datasets.Dataset,
+        eval_features: datasets.Dataset,
+    ) -> Callable[[Any], dict[str, Any]]:
+        post = _options(options).postprocess()
+        ids = list(eval_features["example_id"][:])
+        offsets = list(eval_features["offset_mapping"][:])
+        cls = list(eval_features["cls_index"][:])
+        contexts = list(eval_rows["context"][:])
+        golds = [a["text"] for a in eval_rows["answers"][:]]
+        row_of = {qid: i for i, qid in enumerate(eval_rows["id"][:])}
+
+        def metrics(pred: Any) -> dict[str, Any]:
+            start_logits, end_logits = pred.predictions[:2]
+            per_row: list[list[FeatureLogits]] = [[] for _ in contexts]
+            for f, qid in enumerate(ids):
+                per_row[row_of[qid]].append(
+                    FeatureLogits(start_logits[f], end_logits[f], offsets[f], cls[f])
+                )
+            texts = [
+                best_answers(context, feats, post, top_k=1)[0].text
+                for context, feats in zip(contexts, per_row, strict=True)
+            ]
+            return dict(squad_scores(texts, golds))
+
+        return metrics
+
+    def predict(
+        self,
+        model: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        request: BaseModel,
+        *,
+        label_names: Sequence[str],
+        max_length: int,
+        batch_size: int,
+        options: BaseModel,
+    ) -> list[Any]:
+        assert isinstance(request, QAPredictRequest)
+        opts = _options(options)
+        items = request.inputs
+        features = qa_features.encode(
+            tokenizer,
+            [x.question for x in items],
+            [x.context for x in items],
+            max_length=max_length,
+            doc_stride=opts.doc_stride,
+        )
+        logits = _feature_logits(model, tokenizer, features, batch_size=batch_size)
+        per_item: list[list[FeatureLogits]] = [[] for _ in items]
+        for f, item in enumerate(features.example_index):
+            start, end = logits[f]
+            per_item[item].append(
+                FeatureLogits(start, end, features.offsets[f], features.cls_index[f])
+            )
+        post = opts.postprocess()
+        return [
+            [_to_schema(a) for a in best_answers(x.context, feats, post, top_k=request.top_k)]
+            for x, feats in zip(items, per_item, strict=True)
+        ]
+
+
+def _feature_logits(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    features: qa_features.Features,
+    *,
+    batch_size: int,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Start and end logits of every feature (unpadded), batching features of similar length."""
+    import torch
+
+    names = [k for k in features.inputs if k in tokenizer.model_input_names]
+    rows = [{k: features.inputs[k][f] for k in names} for f in range(len(features.example_index))]
+    out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(rows)
+    for idx in sorted_batches(rows, batch_size=batch_size, length=lambda r: len(r["input_ids"])):
+        batch = tokenizer.pad([rows[i] for i in idx], return_tensors="pt").to(model.device)
+        with torch.inference_mode():
+            result = model(**batch)
+        start = result.start_logits.float().cpu().numpy()
+        end = result.end_logits.float().cpu().numpy()
+        for row, i in enumerate(idx):
+            n = len(rows[i]["input_ids"])
+            out[i] = (start[row, :n], end[row, :n])
+    return out
+
+
+def _to_schema(answer: Answer) -> QAAnswer:
+    return QAAnswer(answer=answer.text, score=answer.score, start=answer.start, end=answer.end)
