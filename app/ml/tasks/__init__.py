@@ -5,10 +5,12 @@ from __future__ import annotations
 from app.core.errors import InvalidInput
 from app.ml.tasks.base import DatasetSummary, TaskSpec
 from app.ml.tasks.classification import ClassificationTask
+from app.ml.tasks.ner import NerTask
 from app.ml.tasks.qa import QATask
 
 REGISTRY: dict[str, TaskSpec] = {
     "classification": ClassificationTask(),
+    "ner": NerTask(),
     "qa": QATask(),
 }
 
