@@ -555,6 +555,21 @@ def test_tiny_model_trains_and_answers(
     predictor = load_predictor(train_settings, model)
     assert type(predictor.model).__name__ == "BertForQuestionAnswering"
     assert predictor.options == QAOptions(doc_stride=8, version_2_with_negative=v2)
+    # Evaluation ran the serving post-processing on the validation rows, in feature order.
+    val = synthetic_rows(12, seed=2)
+    served = predictor.predict(
+        QAPredictRequest(
+            model=model.id,
+            inputs=[
+                {"question": q, "context": c}
+                for q, c in zip(val["question"], val["context"], strict=True)
+            ],
+        )
+    )
+    scores = squad_scores([a[0].answer for a in served], [a["text"] for a in val["answers"]])
+    assert scores["f1"] == pytest.approx(model.metrics["f1"])  # type: ignore[index]
+    assert scores["exact_match"] == pytest.approx(model.metrics["exact_match"])  # type: ignore[index]
+
     long_ctx, _ = long_context()
     contexts = ["the movie was superb and it is", long_ctx, "a plot"]
     request = QAPredictRequest(

@@ -145,6 +145,20 @@ def _training_args(inputs: JobInputs, *, output_dir: Path, steps: int) -> Any:
     )
 
 
+def ordered_eval_trainer() -> type[Trainer]:
+    """A Trainer that evaluates features in dataset order, whatever the train sampling."""
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer
+
+    class OrderedEvalTrainer(Trainer):
+        # transformers 5 also groups eval batches by length (a shuffled order) when training
+        # does; compute_metrics maps predictions back to eval rows by position (QA, NER).
+        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+            return SequentialSampler(eval_dataset)
+
+    return OrderedEvalTrainer
+
+
 def _build_trainer(
     settings: Settings,
     inputs: JobInputs,
@@ -153,7 +167,7 @@ def _build_trainer(
     *,
     output_dir: Path,
 ) -> tuple[Trainer, JobProgressCallback, dict[str, Any]]:
-    from transformers import PrinterCallback, Trainer, set_seed
+    from transformers import PrinterCallback, set_seed
 
     from worker.training.callbacks import JobProgressCallback
 
@@ -210,7 +224,7 @@ def _build_trainer(
     callback = JobProgressCallback(
         fence, poll_seconds=settings.cancel_poll_seconds, primary_metric=task.primary_metric
     )
-    trainer = Trainer(
+    trainer = ordered_eval_trainer()(
         model=model,
         args=args,
         train_dataset=train,
