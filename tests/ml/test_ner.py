@@ -14,13 +14,9 @@ import pytest
 from app.core.errors import InvalidInput
 from app.ml.tasks import get_task
 from app.ml.tasks.base import DatasetSummary
-from app.ml.tasks.ner import (
-    NerOptions,
-    group_entities,
-    match_features,
-    word_tags,
-)
+from app.ml.tasks.ner import NerOptions, match_features, word_tags
 from app.ml.tasks.ner_data import read_conll, sniff_conll, spans_table
+from app.ml.tasks.ner_serving import group_entities
 from app.ml.tasks.ner_tags import (
     IGNORE,
     align_labels,
@@ -208,6 +204,10 @@ def test_split_words_keeps_punctuation_apart() -> None:
     assert words("Mr.  O'Neill met the U.S. team in Saint-Denis, (Zoë's café)!") == [
         "Mr", ".", "O'Neill", "met", "the", "U.S.", "team", "in", "Saint-Denis", ",", "(",
         "Zoë", "'s", "café", ")", "!",
+    ]  # fmt: skip
+    # As CoNLL-2003 tokenizes: numbers, dates, initials and runs of one mark stay whole.
+    assert words("J. Smith paid 3,000 -- 5.25 each on 1996-08-22 ... Iowa-S") == [
+        "J.", "Smith", "paid", "3,000", "--", "5.25", "each", "on", "1996-08-22", "...", "Iowa-S",
     ]  # fmt: skip
     assert words("  \n ") == [] and words("a\tb\u00a0c") == ["a", "b", "c"]
     assert words("東京 is 🚀") == ["東京", "is", "🚀"]

@@ -192,3 +192,16 @@ def test_job_submission_checks(client, queue):  # type: ignore[no-untyped-def]
     assert queue.enqueued == [resp.json()["id"]]
     resp = submit(client, **both)
     assert resp.json()["task_options"] == {"label_all_tokens": False}
+
+
+def test_task_default_hyperparameters(client):  # type: ignore[no-untyped-def]
+    train = created(ner_upload(client, CONLL, "train.conll"))["id"]
+    both = {"train_dataset": train, "validation_dataset": train}
+    hp = submit(client, **both).json()["hyperparameters"]
+    assert (hp["batch_size"], hp["learning_rate"]) == (8, 2e-4)
+    hp = submit(client, **both, method={"type": "lora"}).json()["hyperparameters"]
+    assert (hp["batch_size"], hp["learning_rate"]) == (8, 1e-3)
+    # What the client gives wins.
+    given = {"batch_size": 32, "learning_rate": 5e-5}
+    hp = submit(client, **both, hyperparameters=given).json()["hyperparameters"]
+    assert (hp["batch_size"], hp["learning_rate"]) == (32, 5e-5)

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job, JobStatus, Model, new_id
 from app.job.schemas import Hyperparameters, JobSpec
-from app.ml.tasks.ner import Entity, NerPredictRequest, TokensInput, TokenTag
+from app.ml.tasks.ner import NerPredictRequest, TokensInput
+from app.ml.tasks.ner_serving import Entity, TokenTag
 from app.ml.tasks.ner_tags import ner_metrics
 from app.predict.predictor import load_predictor
 from tests.tinymodel import NEGATIVE, NEUTRAL, POSITIVE

@@ -15,10 +15,19 @@ OUTSIDE = "O"
 # unless label_all_tokens, the sub-tokens after a word's first.
 IGNORE = -100
 
-# Words of a raw text, CoNLL-like: abbreviations ("U.S."), words joined by hyphens or inner
-# apostrophes ("Saint-Denis", "O'Neill"), a possessive "'s" on its own, any other non-space
-# character on its own. Each match's span gives the word's exact character offsets.
-WORD_RE = re.compile(r"(?:\w\.){2,}|\w+(?:[-'\u2019](?![sS]\b)\w+)*|['\u2019][sS]\b|[^\w\s]")
+# Words of a raw text, split as CoNLL-2003 splits its tokens: numbers with inner separators
+# ("3,000", "5.25", "1/2"), abbreviations ("U.S.") and initials ("J. Smith"), words joined by
+# hyphens or inner apostrophes ("Saint-Denis", "1996-08-22", "O'Neill"), a possessive "'s" on its
+# own, runs of one punctuation mark ("--", "..."), any other non-space character on its own.
+# Each match's span gives the word's exact character offsets.
+WORD_RE = re.compile(
+    r"\d+(?:[.,:/]\d+)+"
+    r"|(?:\w\.){2,}"
+    r"|(?<!\w)[A-Z]\.(?!\w)"
+    r"|\w+(?:-\w+|['\u2019](?![sS]\b)\w+)*"
+    r"|['\u2019][sS]\b"
+    r"|([^\w\s])\1*"
+)
 
 
 def split_tag(tag: str) -> tuple[str, str]:
