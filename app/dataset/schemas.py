@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -55,6 +55,10 @@ class DatasetRead(BaseModel):
     column_mapping: dict[str, str] = Field(
         default_factory=dict, description="Renames applied: source column -> canonical column."
     )
+    stats: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What validation counted, converted or repaired (e.g. NER's IOB1 conversion).",
+    )
     sha256: str
     size_bytes: int
     status: str
@@ -66,7 +70,8 @@ class DatasetRead(BaseModel):
         # SQLite hands datetimes back without a zone; they were written in UTC.
         if created.tzinfo is None:
             created = created.replace(tzinfo=UTC)
-        mapping = (row.stats or {}).get("column_mapping") or {}
+        stats = dict(row.stats or {})
+        mapping = stats.pop("column_mapping", None) or {}
         return cls(
             id=row.id,
             name=row.name,
@@ -77,6 +82,7 @@ class DatasetRead(BaseModel):
             label_names=row.label_names,
             label_counts=row.label_counts,
             column_mapping=dict(mapping),
+            stats=stats,
             sha256=row.sha256,
             size_bytes=row.size_bytes,
             status=row.status,
