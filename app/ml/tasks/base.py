@@ -37,6 +37,13 @@ class Normalized:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
+def column_values(ds: datasets.Dataset, name: str) -> list[Any]:
+    """A whole column as a list."""
+    # datasets >= 4 returns a lazy Column whose iteration formats one row at a time (seconds for
+    # 67k rows); a slice reads the whole column at once.
+    return list(ds[name][:])
+
+
 class NoOptions(BaseModel):
     """A task without task-specific options."""
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InvalidInput
 from app.ml.batching import sorted_batches
-from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults
+from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults, column_values
 
 if TYPE_CHECKING:
     import datasets
@@ -57,12 +57,6 @@ def _label_to_str(value: Any, row: int) -> str:
     return text
 
 
-def _column(ds: datasets.Dataset, name: str) -> list[Any]:
-    # datasets >= 4 returns a lazy Column whose iteration formats one row at a time (seconds for
-    # 67k rows); a slice reads the whole column at once.
-    return list(ds[name][:])
-
-
 def _check_text(value: Any, row: int, column: str, *, required: bool) -> str | None:
     if value is None:
         if required:
@@ -93,20 +87,21 @@ class ClassificationTask(TaskDefaults):
 
         # Rows are reported 1-based, counting data rows only (not a header line).
         texts = [
-            _check_text(v, i + 1, "text", required=True) for i, v in enumerate(_column(ds, "text"))
+            _check_text(v, i + 1, "text", required=True)
+            for i, v in enumerate(column_values(ds, "text"))
         ]
-        labels = [_label_to_str(v, i + 1) for i, v in enumerate(_column(ds, "label"))]
+        labels = [_label_to_str(v, i + 1) for i, v in enumerate(column_values(ds, "label"))]
         columns: dict[str, list[Any]] = {"text": texts, "label": labels}
         if "text_pair" in ds.column_names:
             columns["text_pair"] = [
                 _check_text(v, i + 1, "text_pair", required=False)
-                for i, v in enumerate(_column(ds, "text_pair"))
+                for i, v in enumerate(column_values(ds, "text_pair"))
             ]
         # A one-label set is fine as a validation set; training refuses it at job submission.
         return Normalized(hf.Dataset.from_dict(columns))
 
     def summarize(self, ds: datasets.Dataset) -> DatasetSummary:
-        counts = Counter(_column(ds, "label"))
+        counts = Counter(column_values(ds, "label"))
         names = sorted(counts, key=_label_sort_key)
         return DatasetSummary(
             num_rows=ds.num_rows,
@@ -118,7 +113,7 @@ class ClassificationTask(TaskDefaults):
     def label_names(
         self, train: datasets.Dataset, validation: datasets.Dataset | None
     ) -> list[str]:
-        return sorted(set(_column(train, "label")), key=_label_sort_key)
+        return sorted(set(column_values(train, "label")), key=_label_sort_key)
 
     def check_compatible(self, train: DatasetSummary, validation: DatasetSummary) -> None:
         train_labels = set(train.label_names or [])

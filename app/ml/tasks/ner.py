@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InvalidInput
 from app.ml.tasks import ner_data
-from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults
+from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults, column_values
 from app.ml.tasks.ner_serving import TokenTag, group_entities, require_fast, tag_words
 from app.ml.tasks.ner_tags import (
     IGNORE,
@@ -74,10 +74,6 @@ class NerPredictRequest(BaseModel):
     )
 
 
-def _column(ds: datasets.Dataset, name: str) -> list[Any]:
-    return list(ds[name][:])
-
-
 class NerTask(TaskDefaults):
     name: str = "ner"
     required_columns: tuple[str, ...] = ("tokens", "tags")
@@ -128,7 +124,7 @@ class NerTask(TaskDefaults):
         rows = [
             ner_data.check_row(tokens, tags, i + 1, scan)
             for i, (tokens, tags) in enumerate(
-                zip(_column(ds, "tokens"), _column(ds, "tags"), strict=True)
+                zip(column_values(ds, "tokens"), column_values(ds, "tags"), strict=True)
             )
         ]
         tokens = [words for words, _ in rows]
@@ -139,7 +135,7 @@ class NerTask(TaskDefaults):
         return Normalized(hf.Dataset.from_dict({"tokens": tokens, "tags": tags}), notes)
 
     def summarize(self, ds: datasets.Dataset) -> DatasetSummary:
-        rows_tags = _column(ds, "tags")
+        rows_tags = column_values(ds, "tags")
         counts = Counter(tag for tags in rows_tags for tag in tags)
         names = sorted_tags(set(counts))
         return DatasetSummary(
@@ -157,7 +153,7 @@ class NerTask(TaskDefaults):
     ) -> list[str]:
         # B- and I- of every entity type, even one whose entities are all one word long, so that
         # label_all_tokens has an I- for a B- word's later sub-tokens.
-        return complete_tag_set({tag for tags in _column(train, "tags") for tag in tags})
+        return complete_tag_set({tag for tags in column_values(train, "tags") for tag in tags})
 
     def check_compatible(self, train: DatasetSummary, validation: DatasetSummary) -> None:
         train_tags = set(train.label_names or [])
@@ -221,9 +217,9 @@ class NerTask(TaskDefaults):
         eval_rows: datasets.Dataset,
         eval_features: datasets.Dataset,
     ) -> Callable[[Any], dict[str, Any]]:
-        gold = _column(eval_rows, "tags")
-        feature_labels = _column(eval_features, "labels")
-        word_index = _column(eval_features, WORD_INDEX)
+        gold = column_values(eval_rows, "tags")
+        feature_labels = column_values(eval_features, "labels")
+        word_index = column_values(eval_features, WORD_INDEX)
 
         def compute(pred: Any) -> dict[str, Any]:
             logits = (
