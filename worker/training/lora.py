@@ -40,7 +40,7 @@ def apply_lora(
     from peft import LoraConfig, TaskType, get_peft_model
 
     config = LoraConfig(
-        task_type=TaskType(task.peft_task_type),
+        task_type=TaskType(task.peft_task_type) if task.peft_task_type else None,
         r=method.r,
         # peft types alpha as int; any positive number works (scaling = alpha / r).
         lora_alpha=method.lora_alpha or 2 * method.r,  # type: ignore[arg-type]

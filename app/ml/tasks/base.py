@@ -62,9 +62,10 @@ class TaskSpec(Protocol):
     column_aliases: Mapping[str, tuple[str, ...]]
     # File formats only this task reads (CoNLL columns, SQuAD JSON), beside the generic ones.
     native_formats: tuple[str, ...]
-    # The transformers Auto class that builds the model, and peft's TaskType name.
+    # The transformers Auto class that builds the model, and peft's TaskType name (None: peft's
+    # generic PeftModel, which hands every input to the model unchanged).
     auto_model_class_name: str
-    peft_task_type: str
+    peft_task_type: str | None
     # The metric that decides which checkpoint is best, and the one shown first.
     primary_metric: str
     # Job-spec `task_options` (e.g. NER's label_all_tokens, QA's doc_stride), validated on submit.

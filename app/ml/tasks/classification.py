@@ -78,7 +78,7 @@ class ClassificationTask(TaskDefaults):
         "label": ("labels", "category", "class", "intent", "target", "sentiment", "label_text"),
     }
     auto_model_class_name: str = "AutoModelForSequenceClassification"
-    peft_task_type: str = "SEQ_CLS"
+    peft_task_type: str | None = "SEQ_CLS"
     primary_metric: str = "accuracy"
     predict_request: type[BaseModel] = ClassificationPredictRequest
 

@@ -84,7 +84,7 @@ class NerTask(TaskDefaults):
     }
     native_formats: tuple[str, ...] = (ner_data.CONLL,)
     auto_model_class_name: str = "AutoModelForTokenClassification"
-    peft_task_type: str = "TOKEN_CLS"
+    peft_task_type: str | None = "TOKEN_CLS"
     primary_metric: str = "f1"
     options_model: type[BaseModel] = NerOptions
     predict_request: type[BaseModel] = NerPredictRequest

@@ -140,7 +140,11 @@ class QATask(TaskDefaults):
     }
     native_formats: tuple[str, ...] = ("squad",)
     auto_model_class_name: str = "AutoModelForQuestionAnswering"
-    peft_task_type: str = "QUESTION_ANS"
+    # Not "QUESTION_ANS": peft's PeftModelForQuestionAnswering.forward drops token_type_ids (and
+    # position_ids), so a LoRA model would train without segment ids and then be served, merged,
+    # with them. The generic PeftModel passes every input through; the head trains through
+    # modules_to_save either way.
+    peft_task_type: str | None = None
     primary_metric: str = "f1"
     options_model: type[BaseModel] = QAOptions
     predict_request: type[BaseModel] = QAPredictRequest
