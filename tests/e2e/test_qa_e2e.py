@@ -147,7 +147,8 @@ def test_qa_full_and_lora(tmp_path: Path) -> None:
         adapter_dir = data_dir / "models" / lora["model_id"]
         adapter = json.loads((adapter_dir / "adapter_config.json").read_text())
         assert "qa_outputs" in adapter["modules_to_save"]  # the head trained with the adapter
-        # The served LoRA model is merged into the base weights (other float rounding, which flips
-        # near-ties of a barely trained model: reported F1 0.038, served 0.060 observed), so only
-        # structure, exact slicing and non-zero scores are checked.
-        assert lora["metrics"]["f1"] > 0 and check_answers(svc.client, lora, rows) > 0
+        # The served LoRA model is merged into the base weights; it must score what evaluation
+        # reported (peft's QA wrapper once dropped token_type_ids in training: 0.038 vs 0.060).
+        served_lora = check_answers(svc.client, lora, rows)
+        assert lora["metrics"]["f1"] > 0 and served_lora > 0
+        assert served_lora == pytest.approx(lora["metrics"]["f1"], abs=0.02)
