@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -66,10 +66,6 @@ class DatasetRead(BaseModel):
 
     @classmethod
     def from_row(cls, row: Dataset) -> DatasetRead:
-        created = row.created_at
-        # SQLite hands datetimes back without a zone; they were written in UTC.
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=UTC)
         stats = dict(row.stats or {})
         mapping = stats.pop("column_mapping", None) or {}
         return cls(
@@ -86,5 +82,5 @@ class DatasetRead(BaseModel):
             sha256=row.sha256,
             size_bytes=row.size_bytes,
             status=row.status,
-            created_at=created,
+            created_at=row.created_at,
         )

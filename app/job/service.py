@@ -169,8 +169,8 @@ def list_jobs(
     if status is not None:
         if status not in set(JobStatus):
             raise InvalidInput(
-                f"status: unknown status '{status}'; expected one of {[s.value for s in JobStatus]}"
-                "",
+                f"status: unknown status '{status}'; "
+                f"expected one of {[s.value for s in JobStatus]}",
                 field="status",
             )
         stmt = stmt.where(Job.status == status)
