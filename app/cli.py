@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from app.auth.cli import keys_cli
+
 if TYPE_CHECKING:
     from app.core.config import Settings
     from app.core.embedded_redis import EmbeddedRedis
@@ -31,6 +33,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+cli.add_typer(keys_cli, name="keys")
 
 HostOpt = Annotated[str, typer.Option(help="Interface the API binds to.")]
 PortOpt = Annotated[int, typer.Option(help="Port the API listens on.")]
@@ -86,6 +89,27 @@ def worker_argv(concurrency: int, log_level: str = "info") -> list[str]:
         # One worker per broker here; jobs are cancelled through the database, not revokes.
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip
+
+
+@cli.command()
+def relay(log_level: LogLevelOpt = "info") -> None:
+    """Publish queued jobs' messages and re-queue jobs whose worker died (outbox relay, reaper)."""
+    import threading
+
+    from app.core.config import get_settings
+    from app.core.logging import configure_logging
+    from app.core.queue import CeleryJobQueue
+
+    configure_logging(log_level)
+    settings = get_settings()
+    if not settings.redis_url:
+        raise typer.BadParameter("TUNESERVE_REDIS_URL is not set (`tuneserve up` sets it for you)")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    from app.job.relay import run_relay
+
+    run_relay(settings, CeleryJobQueue(settings.redis_url), stop)
 
 
 @cli.command()
@@ -182,6 +206,7 @@ class Supervisor:
         db_url = self.settings.resolved_database_url
         _say(f"migrating {_display_url(db_url)}")
         upgrade(self.settings)
+        self._bootstrap_key()
         redis_url = self._start_redis()
         if self.stop_signal is not None:
             return 0
@@ -191,11 +216,12 @@ class Supervisor:
         api_env = {"OMP_NUM_THREADS": "1", "TUNESERVE_INFERENCE_THREADS": "1", **env}
         me = [sys.executable, "-m", "app.cli"]
         self._spawn("worker", [*me, "worker", "--concurrency", str(self.concurrency)], env)
+        self._spawn("relay", [*me, "relay"], env)
         api_args = ["api", "--host", self.host, "--port", str(self.port)]
         self._spawn("api", [*me, *api_args], api_env)
         if not self._wait_ready():
             return 0 if self.stop_signal is not None else 1
-        logs = "api,worker,redis" if self.redis is not None else "api,worker"
+        logs = "api,worker,relay,redis" if self.redis is not None else "api,worker,relay"
         shown_host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         _say(
             f"tuneserve is up\n"
@@ -211,6 +237,25 @@ class Supervisor:
                 return 1
             time.sleep(0.2)
         return 0
+
+    def _bootstrap_key(self) -> None:
+        """Register TUNESERVE_BOOTSTRAP_ADMIN_KEY, or on a keyless server create and print one."""
+        from app.auth.service import ensure_bootstrap_key, first_admin_key
+        from app.db.session import make_engine, make_sessionmaker
+
+        engine = make_engine(self.settings)
+        try:
+            with make_sessionmaker(engine)() as session:
+                if self.settings.bootstrap_admin_key:
+                    ensure_bootstrap_key(session, self.settings.bootstrap_admin_key)
+                elif (key := first_admin_key(session)) is not None:
+                    _say(
+                        "created the first admin API key (tenant 'default'). It is shown only "
+                        f"this once; store it now:\n  {key}\n"
+                        "Create more with `tuneserve keys create` or POST /v1/keys."
+                    )
+        finally:
+            engine.dispose()
 
     def _start_redis(self) -> str:
         from app.core.embedded_redis import EmbeddedRedis, ping

@@ -8,11 +8,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings, get_settings
 from app.core.errors import ServiceError
 from app.core.limits import BodyLimitMiddleware
 from app.core.queue import CeleryJobQueue, JobQueue
+from app.core.ratelimit import RateLimiter
 from app.db.session import make_engine, make_sessionmaker
 
 log = logging.getLogger("tuneserve.api")
@@ -42,7 +45,18 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"error": exc.to_dict()})
+        return JSONResponse(
+            status_code=exc.status_code, content={"error": exc.to_dict()}, headers=exc.headers
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # The database is unreachable or restarting: a retryable 503, not a 500.
+        log.warning("database unavailable: %s", exc)
+        response = _error(503, "database_unavailable", "the database is unavailable; retry shortly")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -55,8 +69,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal_error", "internal server error")
 
 
+def register_bootstrap_key(factory: sessionmaker[Session], key: str) -> None:
+    """Register TUNESERVE_BOOTSTRAP_ADMIN_KEY (only its hash) if it is not registered yet."""
+    from app.auth.service import ensure_bootstrap_key
+
+    with factory() as session:
+        if ensure_bootstrap_key(session, key):
+            log.info("registered the bootstrap admin key from TUNESERVE_BOOTSTRAP_ADMIN_KEY")
+
+
 def create_app(settings: Settings | None = None, *, queue: JobQueue | None = None) -> FastAPI:
     """Build the API. Tests pass their own settings and, when not testing the queue, a queue."""
+    from app.auth.router import router as keys_router
     from app.basemodel.router import router as base_models_router
     from app.dataset.router import router as datasets_router
     from app.job.router import router as jobs_router
@@ -78,12 +102,18 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
             raise RuntimeError("TUNESERVE_REDIS_URL is not set (`tuneserve up` sets it for you)")
         queue = CeleryJobQueue(settings.redis_url)
     app.state.queue = queue
+    app.state.rate_limiter = RateLimiter(
+        per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
+    )
+    if settings.bootstrap_admin_key:
+        register_bootstrap_key(app.state.sessionmaker, settings.bootstrap_admin_key)
 
     install_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware, limit=settings.max_request_bytes, exempt=("/v1/datasets",)
     )
     for router in (
+        keys_router,
         datasets_router,
         base_models_router,
         jobs_router,

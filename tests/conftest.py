@@ -28,6 +28,9 @@ class RecordingQueue:
     def enqueue(self, job_id: str) -> None:
         self.enqueued.append(job_id)
 
+    def held_job_ids(self, *, delivered_within: float) -> set[str] | None:
+        return set(self.enqueued)
+
 
 @pytest.fixture
 def settings(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -58,8 +61,40 @@ def app(migrated, queue):  # type: ignore[no-untyped-def]
     application.state.engine.dispose()
 
 
+def create_api_key(settings, tenant: str = "default", scopes: tuple[str, ...] = ("admin",)) -> str:  # type: ignore[no-untyped-def]
+    """A new API key in the migrated database of `settings`."""
+    from app.auth.schemas import Scope
+    from app.auth.service import create_key
+    from app.db.session import make_engine, make_sessionmaker
+
+    engine = make_engine(settings)
+    try:
+        with make_sessionmaker(engine)() as session:
+            _, key = create_key(session, tenant=tenant, scopes=[Scope(s) for s in scopes])
+    finally:
+        engine.dispose()
+    return key
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 @pytest.fixture
-def client(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+def admin_key(migrated) -> str:  # type: ignore[no-untyped-def]
+    """An admin key of the default tenant; `client` sends it on every request."""
+    return create_api_key(migrated)
+
+
+@pytest.fixture
+def client(app, admin_key) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    with TestClient(app, headers=auth(admin_key)) as c:
+        yield c
+
+
+@pytest.fixture
+def anon_client(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """The app without any API key."""
     with TestClient(app) as c:
         yield c
 

@@ -9,13 +9,14 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.db.migrate import upgrade
 from app.main import create_app
-from tests.conftest import RecordingQueue
+from tests.conftest import RecordingQueue, auth, create_api_key
 
 
 def test_oversized_json_body_is_413(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "d", max_request_bytes=1000)
     upgrade(settings)
-    with TestClient(create_app(settings, queue=RecordingQueue())) as client:
+    headers = auth(create_api_key(settings))
+    with TestClient(create_app(settings, queue=RecordingQueue()), headers=headers) as client:
         big = {"model": "mdl_x", "inputs": ["word " * 400]}
         resp = client.post("/v1/predict/classification", json=big)
         assert resp.status_code == 413

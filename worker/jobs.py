@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 from app.core.config import Settings
 from app.core.errors import ServiceError
 from app.db.models import JobStatus, new_id
 from app.db.session import make_engine, make_sessionmaker, session_scope
 from worker.training.artifacts import discard
-from worker.training.state import AttemptFence, FenceLost, JobCancelled, claim_job
+from worker.training.state import UNREACHABLE, AttemptFence, FenceLost, JobCancelled, claim_job
 
 log = logging.getLogger("tuneserve.worker")
 MAX_ERROR_CHARS = 4000
@@ -46,9 +51,63 @@ def run_job(settings: Settings, job_id: str) -> JobStatus | None:
             log.info("job %s is not queued (duplicate delivery or cancelled): skipped", job_id)
             return None
         log.info("job %s: attempt %s claimed", job_id, attempt)
-        return run_claimed(settings, AttemptFence(factory, job_id=job_id, attempt=attempt))
+        fence = AttemptFence(
+            factory, job_id=job_id, attempt=attempt, db_retry_seconds=settings.db_retry_seconds
+        )
+        with Heartbeat(fence, interval=settings.heartbeat_seconds), stop_on_sigterm():
+            return run_claimed(settings, fence)
     finally:
         engine.dispose()
+
+
+class WorkerStopping(BaseException):
+    """SIGTERM reached the process running a job (the worker is being shut down)."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into WorkerStopping while a job runs, so the job can be handed back."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise WorkerStopping(f"signal {signal.Signals(signum).name}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Heartbeat:
+    """A thread that stamps the job's heartbeat every `interval` s, whatever training is doing
+    (loading a model, tokenizing, a long evaluation); it stops when the attempt is fenced off."""
+
+    def __init__(self, fence: AttemptFence, *, interval: float) -> None:
+        self.fence = fence
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.fence.heartbeat()
+            except FenceLost:
+                log.warning("job %s attempt %s: fenced off", self.fence.job_id, self.fence.attempt)
+                return
+            except UNREACHABLE as exc:
+                log.warning("heartbeat not recorded, database unreachable: %s", type(exc).__name__)
 
 
 def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:
@@ -77,13 +136,10 @@ def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:
             JobStatus.FAILED, f"job failed: {message}", error_code=code, error_message=message
         )
         return JobStatus.FAILED
-    except BaseException:  # worker shutdown (SystemExit, KeyboardInterrupt): say so, then go
-        fence.finish(
-            JobStatus.FAILED,
-            "job failed: the worker stopped during training",
-            error_code="worker_interrupted",
-            error_message="the worker process was stopped during training; submit the job again",
-        )
+    except BaseException as exc:  # worker shutdown (SIGTERM, SystemExit, Ctrl-C): hand it back
+        reason = f"the worker stopped during training ({type(exc).__name__}: {exc})"
+        if fence.requeue(reason):
+            log.warning("job %s: %s; re-queued", fence.job_id, reason)
         raise
     finally:
         if not registered:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.auth.deps import AnyKey
 from app.basemodel.schemas import BaseModelRead
 from app.basemodel.service import list_base_models
 from app.core.deps import SettingsDep
@@ -13,6 +14,6 @@ router = APIRouter(prefix="/base-models", tags=["base-models"])
 
 
 @router.get("", response_model=Page[BaseModelRead])
-def get_base_models(settings: SettingsDep) -> Page[BaseModelRead]:
+def get_base_models(settings: SettingsDep, _: AnyKey) -> Page[BaseModelRead]:
     """List the base models that can be fine-tuned on this server."""
     return Page[BaseModelRead](data=list_base_models(settings))

@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     local_models_dir: Path | None = None
     allowed_hub_models: list[str] = Field(default_factory=list)
 
+    # Access. When set, this key is registered as an admin key of the default tenant at start.
+    bootstrap_admin_key: str | None = Field(default=None, repr=False)
+    # Per API key: a sustained rate and a burst (token bucket per API process); 0 turns it off.
+    rate_limit_per_minute: int = 1200
+    rate_limit_burst: int = 200
+    # Queued plus running jobs one tenant may have at once; 0 means no cap.
+    max_active_jobs_per_tenant: int = 10
+
     # Serving.
     predictor_cache_size: int = 4
     inference_threads: int = 1
@@ -40,6 +48,19 @@ class Settings(BaseSettings):
     # Training (worker side).
     training_threads: int | None = None
     cancel_poll_seconds: float = 1.0
+
+    # Recovery. A worker heartbeats a running job every `heartbeat_seconds`; the reaper re-queues
+    # a running job silent for `heartbeat_timeout_seconds` (or fails it after `max_attempts`),
+    # and republishes a queued job whose message the broker no longer holds.
+    heartbeat_seconds: float = 5.0
+    heartbeat_timeout_seconds: float = 60.0
+    max_attempts: int = Field(default=3, ge=1)
+    relay_interval_seconds: float = 1.0
+    reaper_interval_seconds: float = 5.0
+    # A queued job's message is looked for in the broker only after this long.
+    republish_after_seconds: float = 30.0
+    # How long a worker keeps retrying its final writes while the database is unreachable.
+    db_retry_seconds: float = 300.0
 
     @property
     def resolved_database_url(self) -> str:

@@ -11,11 +11,19 @@ class ServiceError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        **details: Any,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        self.headers = headers or {}
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,3 +61,30 @@ class PayloadTooLarge(ServiceError):
 class Unavailable(ServiceError):
     status_code = 503
     code = "unavailable"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(message, **kwargs)
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
+class TooManyRequests(ServiceError):
+    """429 with Retry-After (whole seconds, at least 1)."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, **kwargs: Any) -> None:
+        seconds = max(1, int(retry_after + 0.999))
+        super().__init__(
+            message, headers={"Retry-After": str(seconds)}, retry_after_seconds=seconds, **kwargs
+        )

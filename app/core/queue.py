@@ -11,6 +11,11 @@ TRAINING_QUEUE = "training"
 class JobQueue(Protocol):
     def enqueue(self, job_id: str) -> None: ...
 
+    def held_job_ids(self, *, delivered_within: float) -> set[str] | None:
+        """Job ids the broker holds a message for (waiting, or delivered within the last
+        `delivered_within` seconds and not yet acknowledged); None when it cannot tell."""
+        ...
+
 
 def celery_config(redis_url: str) -> dict[str, object]:
     """Celery settings shared by the producer and the worker: JSON only, long-job friendly."""
@@ -39,5 +44,12 @@ class CeleryJobQueue:
         self._celery = Celery("tuneserve-producer")
         self._celery.conf.update(celery_config(redis_url))
 
+        self._redis_url = redis_url
+
     def enqueue(self, job_id: str) -> None:
         self._celery.send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)
+
+    def held_job_ids(self, *, delivered_within: float) -> set[str] | None:
+        from app.core.broker import held_job_ids
+
+        return held_job_ids(self._redis_url, delivered_within=delivered_within)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from app.auth.deps import DataReader, DataWriter
 from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import InvalidInput
 from app.core.pagination import MAX_LIMIT
@@ -134,7 +135,7 @@ def _parse_mapping(raw: str) -> dict[str, str]:
     responses=_ERRORS,
 )
 async def create_dataset(
-    request: Request, session: SessionDep, settings: SettingsDep
+    request: Request, session: SessionDep, settings: SettingsDep, principal: DataWriter
 ) -> DatasetRead:
     """Upload a csv, tsv, jsonl, json or parquet file and validate it for a task."""
     upload = await receive_upload(request, settings=settings)
@@ -142,7 +143,12 @@ async def create_dataset(
         spec = dataset_create_from_form(upload.fields)
         # Parsing and validation are CPU-bound: keep them off the event loop.
         row = await run_in_threadpool(
-            service.create_dataset, session, settings=settings, spec=spec, upload=upload
+            service.create_dataset,
+            session,
+            settings=settings,
+            tenant=principal.tenant,
+            spec=spec,
+            upload=upload,
         )
     finally:
         upload.discard()
@@ -152,22 +158,28 @@ async def create_dataset(
 @router.get("", response_model=Page[DatasetRead])
 def list_datasets(
     session: SessionDep,
+    principal: DataReader,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
     after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> Page[DatasetRead]:
     """List datasets, newest first."""
-    rows, cursor = service.list_datasets(session, limit=limit, after=after)
+    rows, cursor = service.list_datasets(session, tenant=principal.tenant, limit=limit, after=after)
     return Page[DatasetRead](data=[DatasetRead.from_row(r) for r in rows], next_cursor=cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=_ERRORS)
-def get_dataset(dataset_id: str, session: SessionDep) -> DatasetRead:
+def get_dataset(dataset_id: str, session: SessionDep, principal: DataReader) -> DatasetRead:
     """A dataset's columns, labels and counts."""
-    return DatasetRead.from_row(service.get_dataset(session, dataset_id=dataset_id))
+    row = service.get_dataset(session, tenant=principal.tenant, dataset_id=dataset_id)
+    return DatasetRead.from_row(row)
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
-def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_dataset(
+    dataset_id: str, session: SessionDep, settings: SettingsDep, principal: DataWriter
+) -> Response:
     """Delete a dataset and its files; refused while a job references it."""
-    service.delete_dataset(session, settings=settings, dataset_id=dataset_id)
+    service.delete_dataset(
+        session, settings=settings, tenant=principal.tenant, dataset_id=dataset_id
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

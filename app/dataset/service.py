@@ -36,7 +36,12 @@ SOURCE_FILE = "source"
 
 
 def create_dataset(
-    session: Session, *, settings: Settings, spec: DatasetCreate, upload: ReceivedUpload
+    session: Session,
+    *,
+    settings: Settings,
+    tenant: str,
+    spec: DatasetCreate,
+    upload: ReceivedUpload,
 ) -> Dataset:
     """Parse, map, validate and summarize an upload; publish its files, then commit the row."""
     task = get_task(spec.task)
@@ -71,6 +76,7 @@ def create_dataset(
 
     row = Dataset(
         id=dataset_id,
+        tenant_id=tenant,
         name=display_name(spec.name, upload.filename),
         task=task.name,
         format=fmt.value,
@@ -288,24 +294,25 @@ def _clean(text: str) -> str:
     return _UNSAFE.sub(" ", kept).strip()[:200]
 
 
-def get_dataset(session: Session, *, dataset_id: str) -> Dataset:
-    """The dataset with this id, or NotFound naming it."""
+def get_dataset(session: Session, *, tenant: str, dataset_id: str) -> Dataset:
+    """The tenant's dataset with this id, or NotFound naming it (also for another tenant's)."""
     row = session.get(Dataset, dataset_id)
-    if row is None:
+    if row is None or row.tenant_id != tenant:
         raise NotFound(f"dataset '{dataset_id}' not found", id=dataset_id)
     return row
 
 
 def list_datasets(
-    session: Session, *, limit: int, after: str | None
+    session: Session, *, tenant: str, limit: int, after: str | None
 ) -> tuple[list[Dataset], str | None]:
-    """One page of datasets, newest first, and the cursor of the next page."""
-    return page_newest_first(session, select(Dataset), Dataset, limit=limit, after=after)
+    """One page of the tenant's datasets, newest first, and the cursor of the next page."""
+    stmt = select(Dataset).where(Dataset.tenant_id == tenant)
+    return page_newest_first(session, stmt, Dataset, limit=limit, after=after)
 
 
-def delete_dataset(session: Session, *, settings: Settings, dataset_id: str) -> None:
+def delete_dataset(session: Session, *, settings: Settings, tenant: str, dataset_id: str) -> None:
     """Delete a dataset no job references: the row, then its files."""
-    row = get_dataset(session, dataset_id=dataset_id)
+    row = get_dataset(session, tenant=tenant, dataset_id=dataset_id)
     refs = or_(Job.train_dataset_id == dataset_id, Job.validation_dataset_id == dataset_id)
     job_ids = list(session.scalars(select(Job.id).where(refs).order_by(Job.id).limit(10)))
     if job_ids:

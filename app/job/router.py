@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from app.auth.deps import JobReader, Trainer
 from app.core.deps import QueueDep, SessionDep, SettingsDep
 from app.core.schemas import Page
 from app.db.models import Job, JobEvent
@@ -60,39 +61,52 @@ class EventPage(Page[JobEventRead]):
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobRead)
 def create_job(
-    body: JobCreate, session: SessionDep, settings: SettingsDep, queue: QueueDep
+    body: JobCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    queue: QueueDep,
+    principal: Trainer,
 ) -> JobRead:
     """Submit a fine-tuning job; it starts as `queued`."""
-    return to_read(service.submit_job(session, settings=settings, queue=queue, spec=body))
+    job = service.submit_job(
+        session, settings=settings, queue=queue, tenant=principal.tenant, spec=body
+    )
+    return to_read(job)
 
 
 @router.get("", response_model=Page[JobRead])
 def list_jobs(
     session: SessionDep,
+    principal: JobReader,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
     status: str | None = None,
 ) -> Page[JobRead]:
     """List jobs, newest first."""
-    rows, cursor = service.list_jobs(session, limit=limit, after=after, status=status)
+    rows, cursor = service.list_jobs(
+        session, tenant=principal.tenant, limit=limit, after=after, status=status
+    )
     return Page[JobRead](data=[to_read(j) for j in rows], next_cursor=cursor)
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: str, session: SessionDep) -> JobRead:
+def get_job(job_id: str, session: SessionDep, principal: JobReader) -> JobRead:
     """A job's status, progress, metrics and result."""
-    return to_read(service.get_job(session, job_id=job_id))
+    return to_read(service.get_job(session, tenant=principal.tenant, job_id=job_id))
 
 
 @router.get("/{job_id}/events", response_model=EventPage)
 def list_events(
     job_id: str,
     session: SessionDep,
+    principal: JobReader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0)] = None,
 ) -> EventPage:
     """A job's events (status changes, log lines, metrics), oldest first."""
-    rows, next_after = service.list_events(session, job_id=job_id, limit=limit, after=after)
+    rows, next_after = service.list_events(
+        session, tenant=principal.tenant, job_id=job_id, limit=limit, after=after
+    )
     return EventPage(
         data=[_event_read(e) for e in rows],
         next_cursor=str(next_after) if next_after is not None else None,
@@ -100,6 +114,6 @@ def list_events(
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
-def cancel_job(job_id: str, session: SessionDep) -> JobRead:
+def cancel_job(job_id: str, session: SessionDep, principal: Trainer) -> JobRead:
     """Cancel a job: a queued one never runs; a running one stops within seconds."""
-    return to_read(service.cancel_job(session, job_id=job_id))
+    return to_read(service.cancel_job(session, tenant=principal.tenant, job_id=job_id))

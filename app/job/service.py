@@ -6,14 +6,25 @@ import logging
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.errors import Conflict, InvalidInput, NotFound, Unavailable
+from app.core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.core.queue import JobQueue
-from app.db.models import Dataset, EventType, Job, JobEvent, JobStatus, new_id, utcnow
+from app.db.models import (
+    Dataset,
+    EventType,
+    Job,
+    JobEvent,
+    JobMessage,
+    JobStatus,
+    Tenant,
+    new_id,
+    utcnow,
+)
+from app.job.outbox import publish_pending
 from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
     Hyperparameters,
@@ -27,6 +38,8 @@ log = logging.getLogger("tuneserve.jobs")
 
 # Fewest rows a split train set needs so both halves see every label at least once.
 MIN_TRAIN_ROWS = 4
+# A tenant at its job cap is told to come back after this long.
+ACTIVE_CAP_RETRY_SECONDS = 60
 
 
 def _summary(ds: Dataset) -> DatasetSummary:
@@ -39,9 +52,11 @@ def _summary(ds: Dataset) -> DatasetSummary:
     )
 
 
-def _dataset_for(session: Session, dataset_id: str, *, field: str, task: str) -> Dataset:
+def _dataset_for(
+    session: Session, dataset_id: str, *, tenant: str, field: str, task: str
+) -> Dataset:
     ds = session.get(Dataset, dataset_id)
-    if ds is None:
+    if ds is None or ds.tenant_id != tenant:
         raise InvalidInput(f"{field}: dataset '{dataset_id}' does not exist", field=field)
     if ds.task != task:
         raise InvalidInput(
@@ -86,16 +101,24 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
     )
 
 
-def submit_job(session: Session, *, settings: Settings, queue: JobQueue, spec: JobCreate) -> Job:
-    """Validate a job spec against its task, datasets and base model; commit it; then enqueue it."""
+def submit_job(
+    session: Session, *, settings: Settings, queue: JobQueue, tenant: str, spec: JobCreate
+) -> Job:
+    """Validate a job spec; commit the job with its queue message; then try to publish it."""
     from app.basemodel.service import resolve_base_model
 
     task = get_task(spec.task)
     resolve_base_model(settings, spec.base_model)
-    train = _dataset_for(session, spec.train_dataset, field="train_dataset", task=task.name)
+    train = _dataset_for(
+        session, spec.train_dataset, tenant=tenant, field="train_dataset", task=task.name
+    )
     if spec.validation_dataset is not None:
         val = _dataset_for(
-            session, spec.validation_dataset, field="validation_dataset", task=task.name
+            session,
+            spec.validation_dataset,
+            tenant=tenant,
+            field="validation_dataset",
+            task=task.name,
         )
         task.check_compatible(_summary(train), _summary(val))
     else:
@@ -108,8 +131,11 @@ def submit_job(session: Session, *, settings: Settings, queue: JobQueue, spec: J
         task.check_compatible(_summary(train), _summary(train))
 
     resolved = resolve_spec(spec, task, _summary(train))
+    # Lock the tenant row (PostgreSQL) so concurrent submissions count each other.
+    session.execute(select(Tenant.id).where(Tenant.id == tenant).with_for_update())
     job = Job(
         id=new_id("job"),
+        tenant_id=tenant,
         task=task.name,
         base_model=spec.base_model,
         train_dataset_id=train.id,
@@ -127,45 +153,50 @@ def submit_job(session: Session, *, settings: Settings, queue: JobQueue, spec: J
             data={"status": JobStatus.QUEUED},
         )
     )
+    # The queue message is owed in the same transaction: if publishing fails below, the relay
+    # publishes it later, so an accepted job is never left without a message.
+    session.add(JobMessage(job_id=job.id, reason="submitted"))
+    session.flush()
+    _check_active_cap(session, settings=settings, tenant=tenant)
     session.commit()
-    try:
-        queue.enqueue(job.id)
-    except Exception as exc:  # the broker is down: say so, and leave no job that will never run
-        log.exception("enqueue failed for %s", job.id)
-        fail_unqueued(session, job=job, message=f"could not reach the job queue: {exc}")
-        raise Unavailable("the job queue is unavailable; the job was not started") from exc
+    publish_pending(session, queue, job_id=job.id)
     return job
 
 
-def fail_unqueued(session: Session, *, job: Job, message: str) -> None:
-    """Mark a job that never reached the queue as failed."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
-        .values(
-            status=JobStatus.FAILED,
-            error_code="enqueue_failed",
-            error_message=message,
-            finished_at=utcnow(),
-        )
+def _check_active_cap(session: Session, *, settings: Settings, tenant: str) -> None:
+    """Refuse (429) a job that would put the tenant over its cap of queued + running jobs."""
+    cap = settings.max_active_jobs_per_tenant
+    if cap <= 0:
+        return
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
     )
-    session.commit()
-    session.refresh(job)
+    if active is not None and active > cap:
+        session.rollback()
+        raise TooManyRequests(
+            f"this tenant already has {cap} queued or running jobs (the cap); retry when one "
+            "finishes, or cancel one",
+            code="too_many_active_jobs",
+            retry_after=ACTIVE_CAP_RETRY_SECONDS,
+            cap=cap,
+        )
 
 
-def get_job(session: Session, *, job_id: str) -> Job:
-    """The job, or NotFound."""
+def get_job(session: Session, *, tenant: str, job_id: str) -> Job:
+    """The tenant's job, or NotFound (also for another tenant's)."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or job.tenant_id != tenant:
         raise NotFound(f"job '{job_id}' does not exist")
     return job
 
 
 def list_jobs(
-    session: Session, *, limit: int, after: str | None, status: str | None = None
+    session: Session, *, tenant: str, limit: int, after: str | None, status: str | None = None
 ) -> tuple[list[Job], str | None]:
-    """Jobs, newest first."""
-    stmt = select(Job)
+    """The tenant's jobs, newest first."""
+    stmt = select(Job).where(Job.tenant_id == tenant)
     if status is not None:
         if status not in set(JobStatus):
             raise InvalidInput(
@@ -178,10 +209,10 @@ def list_jobs(
 
 
 def list_events(
-    session: Session, *, job_id: str, limit: int, after: int | None
+    session: Session, *, tenant: str, job_id: str, limit: int, after: int | None
 ) -> tuple[list[JobEvent], int | None]:
     """A job's events in the order they happened, `limit` after event id `after`."""
-    get_job(session, job_id=job_id)
+    get_job(session, tenant=tenant, job_id=job_id)
     stmt = select(JobEvent).where(JobEvent.job_id == job_id)
     if after is not None:
         stmt = stmt.where(JobEvent.id > after)
@@ -199,9 +230,9 @@ def _update(session: Session, stmt: Any) -> int:
     return int(result.rowcount)
 
 
-def cancel_job(session: Session, *, job_id: str) -> Job:
+def cancel_job(session: Session, *, tenant: str, job_id: str) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next step."""
-    job = get_job(session, job_id=job_id)
+    job = get_job(session, tenant=tenant, job_id=job_id)
     now = utcnow()
     done = _update(
         session,

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from app.auth.deps import Predictor
 from app.core.config import Settings
 from app.core.deps import SessionDep
 from app.core.errors import InvalidInput
@@ -62,11 +63,21 @@ def _state(request: Request) -> tuple[Settings, Any, threading.Lock]:
 def _make_route(task: TaskSpec) -> Any:
     request_model = task.predict_request
 
-    def predict(body: request_model, request: Request, session: SessionDep) -> PredictResponse:  # type: ignore[valid-type]
+    def predict(
+        body: request_model,  # type: ignore[valid-type]
+        request: Request,
+        session: SessionDep,
+        principal: Predictor,
+    ) -> PredictResponse:
         settings, cache, lock = _state(request)
         inputs = body.inputs  # type: ignore[attr-defined]
         check_limits(settings, inputs)
-        model_row = get_model_for_task(session, model_id=body.model, task=task.name)  # type: ignore[attr-defined]
+        model_row = get_model_for_task(
+            session,
+            tenant=principal.tenant,
+            model_id=body.model,  # type: ignore[attr-defined]
+            task=task.name,
+        )
         session.close()  # release the connection before the slow part
 
         from app.predict.predictor import load_predictor

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app.auth.deps import ModelReader
 from app.core.deps import SessionDep
 from app.core.schemas import Page
 from app.db.models import Model
@@ -35,16 +36,19 @@ def to_read(model: Model) -> ModelRead:
 @router.get("", response_model=Page[ModelRead])
 def list_models(
     session: SessionDep,
+    principal: ModelReader,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
     task: str | None = None,
 ) -> Page[ModelRead]:
     """List registered models, newest first."""
-    rows, cursor = service.list_models(session, limit=limit, after=after, task=task)
+    rows, cursor = service.list_models(
+        session, tenant=principal.tenant, limit=limit, after=after, task=task
+    )
     return Page[ModelRead](data=[to_read(m) for m in rows], next_cursor=cursor)
 
 
 @router.get("/{model_id}", response_model=ModelRead)
-def get_model(model_id: str, session: SessionDep) -> ModelRead:
+def get_model(model_id: str, session: SessionDep, principal: ModelReader) -> ModelRead:
     """A registered model: task, base, method, labels, metrics and provenance."""
-    return to_read(service.get_model(session, model_id=model_id))
+    return to_read(service.get_model(session, tenant=principal.tenant, model_id=model_id))

@@ -10,17 +10,17 @@ from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.db.models import Model
 
 
-def get_model(session: Session, *, model_id: str) -> Model:
-    """The registered model, or NotFound."""
+def get_model(session: Session, *, tenant: str, model_id: str) -> Model:
+    """The tenant's registered model, or NotFound (also for another tenant's)."""
     model = session.get(Model, model_id)
-    if model is None:
+    if model is None or model.tenant_id != tenant:
         raise NotFound(f"model '{model_id}' does not exist", field="model")
     return model
 
 
-def get_model_for_task(session: Session, *, model_id: str, task: str) -> Model:
-    """The model, which must serve `task` (422 otherwise)."""
-    model = get_model(session, model_id=model_id)
+def get_model_for_task(session: Session, *, tenant: str, model_id: str, task: str) -> Model:
+    """The tenant's model, which must serve `task` (422 otherwise)."""
+    model = get_model(session, tenant=tenant, model_id=model_id)
     if model.task != task:
         raise InvalidInput(
             f"model '{model_id}' is a '{model.task}' model; it cannot serve '{task}'",
@@ -30,10 +30,10 @@ def get_model_for_task(session: Session, *, model_id: str, task: str) -> Model:
 
 
 def list_models(
-    session: Session, *, limit: int, after: str | None, task: str | None = None
+    session: Session, *, tenant: str, limit: int, after: str | None, task: str | None = None
 ) -> tuple[list[Model], str | None]:
-    """Registered models, newest first."""
-    stmt = select(Model)
+    """The tenant's registered models, newest first."""
+    stmt = select(Model).where(Model.tenant_id == tenant)
     if task is not None:
         stmt = stmt.where(Model.task == task)
     return page_newest_first(session, stmt, Model, limit=min(limit, MAX_LIMIT), after=after)

@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.basemodel.router import router
@@ -68,11 +67,17 @@ def test_resolve_names_the_unknown_id_and_the_known_ones(catalog_settings) -> No
 
 
 def test_route_lists_models_without_paths(catalog_settings) -> None:  # type: ignore[no-untyped-def]
-    app = FastAPI()
-    app.state.settings = catalog_settings
-    app.include_router(router, prefix="/v1")
-    with TestClient(app) as client:
+    from app.db.migrate import upgrade
+    from app.main import create_app
+    from tests.conftest import RecordingQueue, auth, create_api_key
+
+    upgrade(catalog_settings)
+    key = create_api_key(catalog_settings, scopes=("predict",))
+    app = create_app(catalog_settings, queue=RecordingQueue())
+    with TestClient(app, headers=auth(key)) as client:
         body = client.get("/v1/base-models").json()
+        assert client.get("/v1/base-models", headers={"Authorization": ""}).status_code == 401
+    app.state.engine.dispose()
     assert body["next_cursor"] is None
     tiny = next(m for m in body["data"] if m["id"] == "local/tiny")
     assert tiny["object"] == "base_model" and tiny["source"] == "local"

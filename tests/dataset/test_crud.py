@@ -71,6 +71,7 @@ def test_delete_refused_while_a_job_uses_it(client, app, settings, role):  # typ
     with app.state.sessionmaker() as session:
         session.add(
             Job(
+                tenant_id="default",
                 id=job_id,
                 task="classification",
                 base_model="some/model",

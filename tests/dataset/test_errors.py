@@ -225,15 +225,17 @@ def test_truncated_multipart_body(client):  # type: ignore[no-untyped-def]
     assert "ended early" in err["message"]
 
 
-def test_failure_while_publishing_leaves_nothing(app, monkeypatch):  # type: ignore[no-untyped-def]
+def test_failure_while_publishing_leaves_nothing(app, admin_key, monkeypatch):  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
+
+    from tests.conftest import auth
 
     from app.dataset import service
 
     def broken_commit(self: Session) -> None:
         raise RuntimeError("database went away")
 
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, headers=auth(admin_key)) as client:
         monkeypatch.setattr(Session, "commit", broken_commit)
         resp = upload(client, b"text,label\na,b\n")
         assert resp.status_code == 500

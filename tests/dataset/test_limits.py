@@ -57,12 +57,13 @@ def test_overlong_text_cell_names_row_and_column(tmp_path):  # type: ignore[no-u
     from app.core.config import Settings
     from app.db.migrate import upgrade
     from app.main import create_app
-    from tests.conftest import RecordingQueue
+    from tests.conftest import RecordingQueue, auth, create_api_key
 
     settings = Settings(data_dir=tmp_path / "d", max_text_chars=50)
     upgrade(settings)
+    headers = auth(create_api_key(settings))
     body = "text,label\nshort,a\n" + "x" * 51 + ",b\n"
-    with TestClient(create_app(settings, queue=RecordingQueue())) as client:
+    with TestClient(create_app(settings, queue=RecordingQueue()), headers=headers) as client:
         resp = client.post(
             "/v1/datasets",
             data={"task": "classification"},

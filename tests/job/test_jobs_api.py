@@ -143,15 +143,31 @@ def test_missing_job_is_404(client):  # type: ignore[no-untyped-def]
     assert "job_nope" in resp.json()["error"]["message"]
 
 
-def test_queue_down_gives_503_and_a_failed_job(client, queue, train_id):  # type: ignore[no-untyped-def]
+def test_queue_down_keeps_the_job_and_the_relay_publishes_it_later(app, client, queue, train_id):  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from app.db.models import JobMessage
+    from app.job.outbox import publish_pending
+
     def broken(job_id: str) -> None:
         raise ConnectionError("redis refused")
 
+    working = queue.enqueue
     queue.enqueue = broken
     resp = submit(client, train_dataset=train_id)
-    assert resp.status_code == 503
-    jobs = client.get("/v1/jobs").json()["data"]
-    assert jobs[0]["status"] == "failed" and jobs[0]["error"]["code"] == "enqueue_failed"
+    assert resp.status_code == 201, resp.text
+    job_id = resp.json()["id"]
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    with app.state.sessionmaker() as session:
+        message = session.scalars(select(JobMessage).where(JobMessage.job_id == job_id)).one()
+        assert message.sent_at is None and "redis refused" in (message.last_error or "")
+        assert publish_pending(session, queue) == 0  # still down: still owed
+        queue.enqueue = working
+        assert publish_pending(session, queue) == 1
+        assert publish_pending(session, queue) == 0  # sent once, not again
+        session.refresh(message)
+        assert message.sent_at is not None
+    assert queue.enqueued == [job_id]
 
 
 def test_task_options_are_validated_by_the_task(client, train_id):  # type: ignore[no-untyped-def]

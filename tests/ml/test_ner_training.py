@@ -63,6 +63,7 @@ def add_ner_dataset(
         dataset_id = new_id("ds")
         db.add(
             Dataset(
+                tenant_id="default",
                 id=dataset_id,
                 name="rows.conll",
                 task="ner",
@@ -104,6 +105,7 @@ def train_ner(
             seed=7,
         )
         job = Job(
+            tenant_id="default",
             id=new_id("job"),
             task="ner",
             base_model=TINY_MODEL_ID,

@@ -490,6 +490,7 @@ def add_qa_job(
         dataset_id = new_id("ds")
         session.add(
             Dataset(
+                tenant_id="default",
                 id=dataset_id,
                 name="qa.jsonl",
                 task="qa",
@@ -514,6 +515,7 @@ def add_qa_job(
     job_id = new_id("job")
     session.add(
         Job(
+            tenant_id="default",
             id=job_id,
             task="qa",
             base_model="local/tiny-bert",

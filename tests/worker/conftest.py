@@ -71,6 +71,7 @@ def add_dataset(db: Session, stored_rows: dict[str, Any]) -> Callable[..., str]:
         columns = list(rows) if isinstance(rows, dict) else ["text", "label"]
         db.add(
             Dataset(
+                tenant_id="default",
                 id=dataset_id,
                 name=f"{dataset_id}.tsv",
                 task="classification",
@@ -120,6 +121,7 @@ def add_job(db: Session, add_dataset: Callable[..., str]) -> Callable[..., str]:
         job_id = new_id("job")
         db.add(
             Job(
+                tenant_id="default",
                 id=job_id,
                 task="classification",
                 base_model=base_model,

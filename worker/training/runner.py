@@ -349,6 +349,7 @@ def train_job(
             scratch.parent.rmdir()  # only when no other attempt left files there
     row = Model(
         id=model_id,
+        tenant_id=inputs.job.tenant_id,
         task=inputs.task.name,
         base_model=inputs.base.id,
         method=inputs.spec.method.type,

@@ -3,20 +3,51 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.models import EventType, Job, JobEvent, JobStatus, Model, utcnow
+from app.db.models import EventType, Job, JobEvent, JobMessage, JobStatus, Model, utcnow
 from app.db.session import session_scope
 
 log = logging.getLogger("tuneserve.worker")
+T = TypeVar("T")
 
 
 def _rowcount(result: Any) -> int:
     return cast(CursorResult[Any], result).rowcount
+
+
+UNREACHABLE = (OperationalError, InterfaceError)
+
+
+@contextmanager
+def _best_effort(what: str) -> Iterator[None]:
+    """Swallow a database outage for a write that the next one supersedes."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        log.warning("database unreachable; %s not recorded: %s", what, type(exc).__name__)
+
+
+def retry_while_unreachable(write: Callable[[], T], *, seconds: float) -> T:
+    """Run `write`, retrying with backoff while the database is unreachable, for up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while True:
+        try:
+            return write()
+        except UNREACHABLE as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unreachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 class FenceLost(Exception):
@@ -65,10 +96,18 @@ def claim_job(session: Session, *, job_id: str, worker: str) -> int | None:
 class AttemptFence:
     """Writes on behalf of one attempt; each raises FenceLost once the row has moved on."""
 
-    def __init__(self, factory: sessionmaker[Session], *, job_id: str, attempt: int) -> None:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        *,
+        job_id: str,
+        attempt: int,
+        db_retry_seconds: float = 300.0,
+    ) -> None:
         self.factory = factory
         self.job_id = job_id
         self.attempt = attempt
+        self.db_retry_seconds = db_retry_seconds
 
     def _owned(self) -> Any:
         return (Job.id == self.job_id, Job.attempt == self.attempt, Job.status == JobStatus.RUNNING)
@@ -100,23 +139,41 @@ class AttemptFence:
         with session_scope(self.factory) as session:
             self._touch(session, **values)
 
+    def heartbeat(self) -> None:
+        """Stamp heartbeat_at; FenceLost once the row has moved on."""
+        self.update()
+
     def log(self, message: str, **data: Any) -> None:
-        """A log line in the job's event stream."""
-        with session_scope(self.factory) as session:
+        """A log line in the job's event stream (skipped while the database is unreachable)."""
+        with _best_effort("log line"), session_scope(self.factory) as session:
             self._touch(session)
             self._event(session, EventType.LOG, message, data or None)
 
     def metrics(self, message: str, data: dict[str, Any], **values: Any) -> None:
         """A metrics event, with optional job-row updates in the same transaction."""
-        with session_scope(self.factory) as session:
+        with _best_effort("metrics"), session_scope(self.factory) as session:
             self._touch(session, **values)
             self._event(session, EventType.METRICS, message, data)
 
     def progress(self, **values: Any) -> bool:
         """Record progress and a heartbeat; True when cancellation was requested."""
-        with session_scope(self.factory) as session:
+        with _best_effort("progress"), session_scope(self.factory) as session:
             self._touch(session, **values)
             return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+        return False  # the database is unreachable: keep training, try again next time
+
+    def requeue(self, reason: str) -> bool:
+        """Hand the job back to the queue (the worker is stopping); False if it moved on."""
+        try:
+            with session_scope(self.factory) as session:
+                self._touch(session, status=JobStatus.QUEUED, worker=None)
+                message = f"{reason}; job re-queued after attempt {self.attempt}"
+                data = {"status": JobStatus.QUEUED, "attempt": self.attempt, "reason": reason}
+                self._event(session, EventType.STATUS, message, data)
+                session.add(JobMessage(job_id=self.job_id, reason="requeue"))
+        except FenceLost:
+            return False
+        return True
 
     def raise_if_cancelled(self) -> None:
         if self.progress():
@@ -124,18 +181,28 @@ class AttemptFence:
 
     def finish(self, status: JobStatus, message: str, **values: Any) -> bool:
         """End the attempt in a terminal status; False if the row had already moved on."""
-        try:
+
+        def write() -> None:
             with session_scope(self.factory) as session:
                 self._touch(session, status=status, finished_at=utcnow(), **values)
                 data = {"status": status, **{k: v for k, v in values.items() if k == "error_code"}}
                 self._event(session, EventType.STATUS, message, data)
+
+        try:
+            retry_while_unreachable(write, seconds=self.db_retry_seconds)
         except FenceLost:
             log.warning("job %s attempt %s: could not record %s", self.job_id, self.attempt, status)
             return False
         return True
 
     def succeed(self, model: Model, *, metrics: dict[str, Any]) -> None:
-        """Register the model and mark the job succeeded, in one transaction."""
+        """Register the model and mark the job succeeded, in one transaction (retried while the
+        database is unreachable, so a finished training is not lost to a short outage)."""
+        retry_while_unreachable(
+            lambda: self._succeed(model, metrics=metrics), seconds=self.db_retry_seconds
+        )
+
+    def _succeed(self, model: Model, *, metrics: dict[str, Any]) -> None:
         session = self.factory()
         try:
             done = _rowcount(

@@ -1,0 +1,64 @@
+"""The caller's principal and per-route scope requirements, as Annotated dependencies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.auth.schemas import Principal, Scope
+from app.auth.service import authenticate
+from app.core.deps import SessionDep
+from app.core.errors import Forbidden, Unauthorized
+from app.core.ratelimit import RateLimiter
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key, sent as `Authorization: Bearer <key>`.",
+)
+
+
+def get_principal(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """Authenticate the caller and charge its rate limit."""
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized(
+            "an API key is required: send `Authorization: Bearer <key>`", code="missing_api_key"
+        )
+    principal = authenticate(session, credentials.credentials)
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.check(principal.key_id)
+    request.state.principal = principal
+    return principal
+
+
+def require(*scopes: Scope) -> Callable[[Principal], Principal]:
+    """A dependency that lets through keys holding any of `scopes` (admin holds them all)."""
+    names = " or ".join(f"'{s}'" for s in scopes)
+
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not principal.allows(*scopes):
+            raise Forbidden(
+                f"this API key lacks the scope this route needs: {names}",
+                code="missing_scope",
+                required=[str(s) for s in scopes],
+            )
+        return principal
+
+    return check
+
+
+AnyKey = Annotated[Principal, Depends(get_principal)]
+Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]
+DataWriter = Annotated[Principal, Depends(require(Scope.DATA_WRITE))]
+DataReader = Annotated[Principal, Depends(require(Scope.DATA_WRITE, Scope.TRAIN))]
+Trainer = Annotated[Principal, Depends(require(Scope.TRAIN))]
+JobReader = Annotated[Principal, Depends(require(Scope.TRAIN, Scope.JOBS_READ))]
+ModelReader = Annotated[Principal, Depends(require(Scope.MODELS_READ))]
+Predictor = Annotated[Principal, Depends(require(Scope.PREDICT))]

@@ -1,0 +1,54 @@
+"""/v1/keys: admin-only management of API keys."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from app.auth import service
+from app.auth.deps import Admin
+from app.auth.schemas import KeyCreate, KeyCreated, KeyRead
+from app.core.deps import SessionDep
+from app.core.schemas import Page
+from app.db.models import ApiKey
+
+router = APIRouter(prefix="/keys", tags=["keys"])
+
+
+def to_read(row: ApiKey) -> KeyRead:
+    return KeyRead(
+        id=row.id,
+        tenant=row.tenant_id,
+        name=row.name,
+        scopes=list(row.scopes),
+        prefix=row.prefix,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
+def create_key(body: KeyCreate, session: SessionDep, _: Admin) -> KeyCreated:
+    """Create an API key for a tenant; the response is the only time the key is shown."""
+    row, key = service.create_key(session, tenant=body.tenant, scopes=body.scopes, name=body.name)
+    return KeyCreated(**to_read(row).model_dump(), key=key)
+
+
+@router.get("", response_model=Page[KeyRead])
+def list_keys(
+    session: SessionDep,
+    _: Admin,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+    tenant: str | None = None,
+) -> Page[KeyRead]:
+    """List API keys (never the keys themselves), newest first."""
+    rows, cursor = service.list_keys(session, limit=limit, after=after, tenant=tenant)
+    return Page[KeyRead](data=[to_read(r) for r in rows], next_cursor=cursor)
+
+
+@router.delete("/{key_id}", response_model=KeyRead)
+def revoke_key(key_id: str, session: SessionDep, _: Admin) -> KeyRead:
+    """Revoke an API key; requests with it are refused from now on."""
+    return to_read(service.revoke_key(session, key_id=key_id))

@@ -1,0 +1,57 @@
+"""Scopes and the key schemas (KeyCreate, KeyRead, KeyCreated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+
+class Scope(StrEnum):
+    ADMIN = "admin"
+    DATA_WRITE = "data:write"
+    TRAIN = "train"
+    JOBS_READ = "jobs:read"
+    MODELS_READ = "models:read"
+    PREDICT = "predict"
+
+
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key, its tenant and its scopes."""
+
+    key_id: str
+    tenant: str
+    scopes: frozenset[str]
+
+    def allows(self, *any_of: Scope) -> bool:
+        return Scope.ADMIN in self.scopes or any(s in self.scopes for s in any_of)
+
+
+class KeyCreate(BaseModel):
+    tenant: str = Field(
+        pattern=TENANT_PATTERN,
+        description="Tenant the key acts for (created on first use): lower-case letters, digits, "
+        "'.', '_' and '-'.",
+    )
+    scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
+    name: str = Field(default="", max_length=200, description="A label for people.")
+
+
+class KeyRead(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    scopes: list[str]
+    prefix: str = Field(description="The key's first characters, to tell keys apart.")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyRead):
+    key: str = Field(description="The key itself. It is shown once and cannot be read again.")

@@ -1,0 +1,40 @@
+"""The relay process: publish owed queue messages every second, run the reaper every few."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.core.config import Settings
+from app.core.queue import JobQueue
+from app.db.session import make_engine, make_sessionmaker
+from app.job.outbox import publish_pending
+from app.job.reaper import reap
+
+log = logging.getLogger("tuneserve.relay")
+
+
+def run_relay(settings: Settings, queue: JobQueue, stop: threading.Event) -> None:
+    """Loop until `stop` is set; database or broker outages are logged and retried."""
+    engine = make_engine(settings)
+    factory = make_sessionmaker(engine)
+    next_reap = 0.0
+    try:
+        while not stop.is_set():
+            try:
+                with factory() as session:
+                    while publish_pending(session, queue) > 0 and not stop.is_set():
+                        pass
+                    if time.monotonic() >= next_reap:
+                        next_reap = time.monotonic() + settings.reaper_interval_seconds
+                        report = reap(session, settings=settings, queue=queue)
+                        if report.requeued or report.failed or report.republished:
+                            log.info("reaper: %s", report)
+            except SQLAlchemyError as exc:
+                log.warning("relay: database unavailable (%s); retrying", type(exc).__name__)
+            stop.wait(settings.relay_interval_seconds)
+    finally:
+        engine.dispose()
