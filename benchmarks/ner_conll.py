@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -154,7 +155,10 @@ def main() -> None:
         "--hyperparameters", default="{}", help="JSON merged into the job's hyperparameters"
     )
     args = parser.parse_args()
-    client = httpx.Client(base_url=args.api, timeout=600)
+    # `tuneserve up` prints an admin key on first start; pass it as TUNESERVE_API_KEY.
+    key = os.environ.get("TUNESERVE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    client = httpx.Client(base_url=args.api, timeout=600, headers=headers)
 
     t0 = time.perf_counter()
     train_bytes = (args.data / "eng.train").read_bytes()

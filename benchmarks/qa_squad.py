@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -59,6 +60,12 @@ def questions(path: Path) -> list[dict[str, Any]]:
 
 
 @contextmanager
+def auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer $TUNESERVE_API_KEY` (`tuneserve up` prints a key on first start)."""
+    key = os.environ.get("TUNESERVE_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def service(data_dir: Path | None, port: int, api: str) -> Iterator[str]:
     """Start `tuneserve up` when asked (stopped with SIGTERM afterwards), else use `api`."""
     if data_dir is None:
@@ -66,7 +73,13 @@ def service(data_dir: Path | None, port: int, api: str) -> Iterator[str]:
         return
     cli = REPO / ".venv" / "bin" / "tuneserve"
     log = open(data_dir.parent / f"{data_dir.name}.log", "wb")  # noqa: SIM115
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # The service registers this key as its admin key; the client below sends it.
+    os.environ.setdefault("TUNESERVE_API_KEY", "tsk_" + secrets.token_urlsafe(32))
+    env = os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TUNESERVE_BOOTSTRAP_ADMIN_KEY": os.environ["TUNESERVE_API_KEY"],
+    }
     proc = subprocess.Popen(
         [str(cli), "up", "--data-dir", str(data_dir), "--port", str(port)],
         stdout=log,
@@ -153,7 +166,7 @@ def main() -> None:
         train_path, heldout_path = split_by_article(
             args.data, Path(tmp), train=args.train_articles, held_out=args.heldout_articles
         )
-        client = httpx.Client(base_url=url, timeout=600)
+        client = httpx.Client(base_url=url, timeout=600, headers=auth_headers())
         train, heldout = upload(client, train_path), upload(client, heldout_path)
         print(
             f"uploaded ({train['format']}): train {train['num_rows']} questions, "

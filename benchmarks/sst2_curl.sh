@@ -3,14 +3,16 @@
 # would over HTTP with curl, and measure: training wall time, the reported validation accuracy and
 # the /predict accuracy on the 872 dev rows. Ends with one line of JSON holding the figures.
 #
-#   .venv/bin/tuneserve up &            # in another terminal
-#   bash benchmarks/sst2_curl.sh [full|lora] [DATA_DIR]
+#   .venv/bin/tuneserve up &            # in another terminal; it prints an admin key once
+#   TUNESERVE_API_KEY=tsk_... bash benchmarks/sst2_curl.sh [full|lora] [DATA_DIR]
 #
 # DATA_DIR is the folder with sst2/train.tsv and sst2/dev.tsv (default: ../shared/data).
 set -euo pipefail
 METHOD=${1:-full}
 DATA=${2:-"$(cd "$(dirname "$0")/../.." && pwd)/shared/data"}
 API=${TUNESERVE_API:-http://127.0.0.1:8000}
+KEY=${TUNESERVE_API_KEY:?set TUNESERVE_API_KEY to an API key (tuneserve up prints one on first start)}
+curl() { command curl -H "Authorization: Bearer $KEY" "$@"; }
 PY=${PYTHON:-python3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +117,9 @@ class PostgresServer:
             "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
             "--no-locale", "--encoding=UTF8", "--no-sync",
         )  # fmt: skip
+        self._launch()
+
+    def _launch(self) -> None:
         options = " ".join(
             [
                 f"-p {self.port}",
@@ -128,6 +132,12 @@ class PostgresServer:
             ]
         )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
+
+    def restart(self, *, down_seconds: float, mode: str = "immediate") -> None:
+        """Stop the server (`immediate`: like a crash) and start it again after a while."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+        time.sleep(down_seconds)
+        self._launch()
 
     def stop(self) -> None:
         try:

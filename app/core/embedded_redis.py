@@ -90,6 +90,7 @@ class EmbeddedRedis:
         log_file: Path | None = None,
         executable: Path | None = None,
         parent_death_signal: bool = False,
+        persistent: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.redis_dir = self.data_dir / "redis"
@@ -99,6 +100,9 @@ class EmbeddedRedis:
         self._port: int | None = port
         self._executable = executable
         self._parent_death_signal = parent_death_signal
+        # Append-only persistence, so queued messages survive a restart; off only for tests
+        # that show what the service does when a broker loses its messages.
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -125,8 +129,9 @@ class EmbeddedRedis:
             "--bind", self.host,
             "--port", str(port),
             "--dir", str(self.redis_dir),
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.persistent else "no",
             "--appendfsync", "everysec",
+            *(() if self.persistent else ("--save", "")),
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--logfile", str(self.log_file),

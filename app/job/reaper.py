@@ -30,12 +30,22 @@ class ReapReport:
 
 
 def reap(
-    session: Session, *, settings: Settings, queue: JobQueue, now: datetime | None = None
+    session: Session,
+    *,
+    settings: Settings,
+    queue: JobQueue,
+    now: datetime | None = None,
+    check_heartbeats: bool = True,
 ) -> ReapReport:
-    """One pass: silent running jobs, then queued jobs whose message is gone."""
+    """One pass: silent running jobs, then queued jobs whose message is gone.
+
+    The relay passes check_heartbeats=False until the database has been reachable for a whole
+    heartbeat timeout: after an outage every heartbeat looks stale, yet the workers are alive.
+    """
     now = now or utcnow()
     report = ReapReport()
-    _reap_silent(session, settings=settings, now=now, report=report)
+    if check_heartbeats:
+        _reap_silent(session, settings=settings, now=now, report=report)
     _republish_lost(session, settings=settings, queue=queue, now=now, report=report)
     return report
 

@@ -22,6 +22,9 @@ def run_relay(settings: Settings, queue: JobQueue, stop: threading.Event) -> Non
     engine = make_engine(settings)
     factory = make_sessionmaker(engine)
     next_reap = 0.0
+    # Heartbeats are judged only once the database has been reachable (to us, and so to the
+    # workers) for a whole timeout; until then a stale heartbeat may just be the outage.
+    reachable_since = time.monotonic()
     try:
         while not stop.is_set():
             try:
@@ -30,11 +33,17 @@ def run_relay(settings: Settings, queue: JobQueue, stop: threading.Event) -> Non
                         pass
                     if time.monotonic() >= next_reap:
                         next_reap = time.monotonic() + settings.reaper_interval_seconds
-                        report = reap(session, settings=settings, queue=queue)
+                        settled = (
+                            time.monotonic() - reachable_since > settings.heartbeat_timeout_seconds
+                        )
+                        report = reap(
+                            session, settings=settings, queue=queue, check_heartbeats=settled
+                        )
                         if report.requeued or report.failed or report.republished:
                             log.info("reaper: %s", report)
             except SQLAlchemyError as exc:
                 log.warning("relay: database unavailable (%s); retrying", type(exc).__name__)
+                reachable_since = time.monotonic() + settings.relay_interval_seconds
             stop.wait(settings.relay_interval_seconds)
     finally:
         engine.dispose()
