@@ -90,7 +90,8 @@ class Service:
         self.redis.process.kill()
         self.redis.process.wait()
         time.sleep(down_seconds)
-        self.redis.persistent = persistent
+        # The same port and directory: clients reconnect to the address they know.
+        self.redis = EmbeddedRedis(self.data_dir, self.redis.port, persistent=persistent)
         self.redis.start()
 
     def job_messages_held(self) -> int:

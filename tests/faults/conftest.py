@@ -9,7 +9,7 @@ from tests.faults.figures import FIGURES
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FIGURES.jobs:
+    if not FIGURES.submitted:
         return
     summary = FIGURES.summary()
     terminalreporter.section("fault injection")

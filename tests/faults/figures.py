@@ -9,7 +9,8 @@ from typing import Any
 
 @dataclass
 class Figures:
-    jobs: list[str] = field(default_factory=list)
+    # Job ids submitted, per service (its data directory).
+    submitted: dict[str, list[str]] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
     kills: int = 0
     lost: int = 0
@@ -27,7 +28,7 @@ class Figures:
             return round(rec[min(len(rec) - 1, int(p * len(rec)))], 2)
 
         return {
-            "jobs": len(self.jobs),
+            "jobs": sum(len(v) for v in self.submitted.values()),
             "outcomes": self.outcomes,
             "kills": self.kills,
             "lost": self.lost,
@@ -36,7 +37,7 @@ class Figures:
             "recoveries": len(rec),
             "recovery_p50_s": round(statistics.median(rec), 2) if rec else None,
             "recovery_p95_s": pct(0.95),
-            "db_down_status_codes": {str(k): v for k, v in self.db_down_answers.items()},
+            "api_answers_across_db_restart": {str(k): v for k, v in self.db_down_answers.items()},
         }
 
 
