@@ -110,7 +110,10 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
 
     install_error_handlers(app)
     app.add_middleware(
-        BodyLimitMiddleware, limit=settings.max_request_bytes, exempt=("/v1/datasets",)
+        BodyLimitMiddleware,
+        limit=settings.max_request_bytes,
+        max_depth=settings.max_json_depth,
+        exempt=("/v1/datasets",),
     )
     for router in (
         keys_router,

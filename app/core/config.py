@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 1024 * 1024 * 1024
     max_dataset_rows: int = 2_000_000
     max_text_chars: int = 100_000
+    # One line of a CSV, TSV or JSONL upload; at least max_text_chars (a line holds a whole cell).
+    max_line_bytes: int = 1024 * 1024
+    # Nesting of JSON uploads and JSON request bodies (arrays and objects inside each other).
+    max_json_depth: int = 64
+    # What a Parquet upload may decode to in memory (compression makes it far larger than the file).
+    max_decoded_bytes: int = 4 * 1024 * 1024 * 1024
+    # Free space kept on the data dir's filesystem: uploads that would eat into it get a 507.
+    min_free_disk_bytes: int = 1024 * 1024 * 1024
     # JSON bodies (everything but dataset uploads, which have max_upload_bytes).
     max_request_bytes: int = 16 * 1024 * 1024
     max_predict_inputs: int = 256
@@ -61,6 +69,15 @@ class Settings(BaseSettings):
     republish_after_seconds: float = 30.0
     # How long a worker keeps retrying its final writes while the database is unreachable.
     db_retry_seconds: float = 300.0
+
+    @model_validator(mode="after")
+    def _line_holds_a_cell(self) -> Settings:
+        if self.max_line_bytes < self.max_text_chars:
+            raise ValueError(
+                f"max_line_bytes ({self.max_line_bytes}) must be at least max_text_chars "
+                f"({self.max_text_chars}): a line must be able to hold the longest cell"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

@@ -58,6 +58,13 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class InsufficientStorage(ServiceError):
+    """The server cannot store the request's data without eating into its free-disk reserve."""
+
+    status_code = 507
+    code = "insufficient_storage"
+
+
 class Unavailable(ServiceError):
     status_code = 503
     code = "unavailable"

@@ -1,72 +1,108 @@
-"""A body size limit for JSON routes, enforced as the body arrives (uploads have their own)."""
+"""Size and nesting limits for JSON request bodies, checked before a route parses them.
+
+Uploads (the `exempt` prefixes) stream their bodies and enforce their own limits.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-
-class BodyTooLarge(Exception):
-    pass
+from app.core.errors import InvalidInput, PayloadTooLarge, ServiceError
+from app.core.jsondepth import nesting_exceeds
 
 
 class BodyLimitMiddleware:
-    """Answer 413 when a request body exceeds `limit` bytes, except under the `exempt` prefixes."""
+    """413 for a body over `limit` bytes; 422 for a JSON body nested deeper than `max_depth`."""
 
-    def __init__(self, app: ASGIApp, *, limit: int, exempt: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, *, limit: int, max_depth: int = 64, exempt: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.max_depth = max_depth
         self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.exempt):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        declared = dict(headers).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(send)
+            await _send_error(send, self._too_large())
             return
-        seen = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+        # Bodies here are small JSON documents that the route reads whole anyway: read them
+        # first, so that their depth is known before any recursive parser sees them.
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return  # nobody is left to answer
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await _send_error(send, self._too_large())
+                return
+            if not message.get("more_body", False):
+                break
+        # Every Content-Type header counts: the route may read another one of several.
+        types = [value for name, value in headers if name == b"content-type"]
+        if not types or any(_is_json(value) for value in types):
+            line = nesting_exceeds(bytes(body), self.max_depth)
+            if line is not None:
+                await _send_error(send, self._too_deep(line))
+                return
+        await self.app(scope, _replay(bytes(body), receive), send)
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body is larger than {self.limit} bytes", limit=self.limit)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._too_large(send)
-
-    async def _too_large(self, send: Send) -> None:
-        body: dict[str, Any] = {
-            "error": {
-                "code": "payload_too_large",
-                "message": f"request body is larger than {self.limit} bytes",
-            }
-        }
-        raw = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(raw)).encode()),
-                ],
-            }
+    def _too_deep(self, line: int) -> InvalidInput:
+        return InvalidInput(
+            f"line {line}: the JSON body is nested deeper than {self.max_depth} levels "
+            f"(arrays/objects inside each other)",
+            code="json_too_deep",
+            line=line,
+            limit=self.max_depth,
         )
-        await send({"type": "http.response.body", "body": raw})
+
+
+def _is_json(content_type: bytes) -> bool:
+    # As FastAPI decides: an empty content type, application/json or application/*+json.
+    if not content_type.strip():
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that hands over the buffered body once, then waits on the client."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+async def _send_error(send: Send, error: ServiceError) -> None:
+    # Middleware runs outside the app's exception handlers: render the one error shape here.
+    raw = json.dumps({"error": error.to_dict()}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})

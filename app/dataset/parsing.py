@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import pyarrow as pa
 
+from app.core.config import Settings
 from app.core.errors import InvalidInput
+from app.core.jsondepth import nesting_exceeds
+from app.dataset.formulas import check_formulas
+from app.dataset.parquet import read_parquet
 from app.dataset.schemas import DatasetFormat
 from app.ml.tables import ParsedTable
 
@@ -26,6 +32,25 @@ EXTENSIONS: dict[str, DatasetFormat] = {
     ".parquet": DatasetFormat.PARQUET,
     ".pq": DatasetFormat.PARQUET,
 }
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """What one upload may hold; see Settings for each."""
+
+    max_rows: int
+    max_line_bytes: int
+    max_json_depth: int
+    max_decoded_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ParseLimits:
+        return cls(
+            max_rows=settings.max_dataset_rows,
+            max_line_bytes=settings.max_line_bytes,
+            max_json_depth=settings.max_json_depth,
+            max_decoded_bytes=settings.max_decoded_bytes,
+        )
 
 
 def _parse_error(message: str, *, line: int | None = None, **details: Any) -> InvalidInput:
@@ -88,30 +113,52 @@ def _json_or_jsonl(text: str) -> DatasetFormat:
     first, _, rest = text.partition("\n")
     try:
         obj = json.loads(first)
-    except ValueError:
-        return DatasetFormat.JSON
+    except (ValueError, RecursionError):
+        return DatasetFormat.JSON  # its reader names the line at fault
     return DatasetFormat.JSONL if isinstance(obj, dict) and rest.strip() else DatasetFormat.JSON
 
 
-def read_table(path: Path, fmt: DatasetFormat, *, max_rows: int) -> ParsedTable:
+def read_table(path: Path, fmt: DatasetFormat, *, limits: ParseLimits) -> ParsedTable:
     """Parse the whole file in format `fmt`; raise InvalidInput naming the line at fault."""
     if path.stat().st_size == 0:
         raise InvalidInput("the uploaded file is empty", code="empty_file", field="file")
     if fmt is DatasetFormat.PARQUET:
-        return _read_parquet(path, max_rows=max_rows)
+        return read_parquet(
+            path, max_rows=limits.max_rows, max_decoded_bytes=limits.max_decoded_bytes
+        )
     with path.open("rb") as f:
         if fmt is DatasetFormat.CSV:
-            return _read_delimited(f, delimiter=",", max_rows=max_rows)
+            return _read_delimited(f, delimiter=",", limits=limits)
         if fmt is DatasetFormat.TSV:
-            return _read_delimited(f, delimiter="\t", max_rows=max_rows)
+            return _read_delimited(f, delimiter="\t", limits=limits)
         if fmt is DatasetFormat.JSONL:
-            return _read_jsonl(f, max_rows=max_rows)
-        return _read_json(f, max_rows=max_rows)
+            return _read_jsonl(f, limits=limits)
+        return _read_json(f, limits=limits)
 
 
-def _text_lines(f: IO[bytes]) -> Iterator[str]:
+def _raw_lines(f: IO[bytes], max_line_bytes: int | None) -> Iterator[bytes]:
+    """The file's lines; one longer than `max_line_bytes` is refused before it is read whole."""
+    if max_line_bytes is None:
+        yield from f
+        return
+    lineno = 0
+    # Room for the line break ("\r\n") beyond the cap, so that a line of exactly the cap passes.
+    while raw := f.readline(max_line_bytes + 2):
+        lineno += 1
+        if len(raw) > max_line_bytes and len(raw.rstrip(b"\r\n")) > max_line_bytes:
+            raise InvalidInput(
+                f"line {lineno}: the line is longer than {max_line_bytes} bytes "
+                f"(max_line_bytes); split the text, or close the quote opened on this line",
+                code="line_too_long",
+                line=lineno,
+                limit=max_line_bytes,
+            )
+        yield raw
+
+
+def _text_lines(f: IO[bytes], max_line_bytes: int | None = None) -> Iterator[str]:
     """Decode the file line by line, so that invalid UTF-8 is reported with its line number."""
-    for lineno, raw in enumerate(f, start=1):
+    for lineno, raw in enumerate(_raw_lines(f, max_line_bytes), start=1):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -147,13 +194,15 @@ def _header_names(record: list[str], line: int) -> list[str]:
     return names
 
 
-def _read_delimited(f: IO[bytes], *, delimiter: str, max_rows: int) -> ParsedTable:
+def _read_delimited(f: IO[bytes], *, delimiter: str, limits: ParseLimits) -> ParsedTable:
+    max_rows = limits.max_rows
+    lines_of_text = _text_lines(f, limits.max_line_bytes)
     if delimiter == "\t":
         # TSV as GLUE writes it: tabs separate, quotes are ordinary characters.
-        reader = csv.reader(_text_lines(f), delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
+        reader = csv.reader(lines_of_text, delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
         hint = "a tab inside a text?"
     else:
-        reader = csv.reader(_text_lines(f), delimiter=",", quotechar='"', strict=True)
+        reader = csv.reader(lines_of_text, delimiter=",", quotechar='"', strict=True)
         hint = 'quote fields that contain commas: "like, this"'
     header: list[str] | None = None
     rows: list[list[str]] = []
@@ -192,15 +241,29 @@ def _read_delimited(f: IO[bytes], *, delimiter: str, max_rows: int) -> ParsedTab
     table = pa.table(
         {name: pa.array(col, type=pa.string()) for name, col in zip(header, columns, strict=True)}
     )
+    check_formulas(table, lines)
     return ParsedTable(table=table, lines=lines, had_header=True)
 
 
-def _read_jsonl(f: IO[bytes], *, max_rows: int) -> ParsedTable:
+def _too_deep(limit: int, line: int) -> InvalidInput:
+    return InvalidInput(
+        f"line {line}: JSON nested deeper than {limit} levels (arrays/objects inside each other)",
+        code="json_too_deep",
+        line=line,
+        limit=limit,
+    )
+
+
+def _read_jsonl(f: IO[bytes], *, limits: ParseLimits) -> ParsedTable:
+    max_rows, depth = limits.max_rows, limits.max_json_depth
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
-    for lineno, text in enumerate(_text_lines(f), start=1):
+    for lineno, text in enumerate(_text_lines(f, limits.max_line_bytes), start=1):
         if not text.strip():
             continue
+        # Counting openers first keeps the scan off ordinary lines.
+        if text.count("[") + text.count("{") > depth and nesting_exceeds(text.encode(), depth):
+            raise _too_deep(depth, lineno)
         try:
             obj = json.loads(text)
         except RecursionError:
@@ -221,8 +284,18 @@ def _read_jsonl(f: IO[bytes], *, max_rows: int) -> ParsedTable:
     return ParsedTable(table=_rows_to_table(rows), lines=lines)
 
 
-def _read_json(f: IO[bytes], *, max_rows: int) -> ParsedTable:
-    text = "".join(_text_lines(f))
+def _read_json(f: IO[bytes], *, limits: ParseLimits) -> ParsedTable:
+    max_rows = limits.max_rows
+    raw = f.read()
+    too_deep = nesting_exceeds(raw, limits.max_json_depth)
+    if too_deep is not None:
+        raise _too_deep(limits.max_json_depth, too_deep)
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        # Decode again line by line, to name the line and column at fault.
+        text = "".join(_text_lines(io.BytesIO(raw)))
+    del raw  # the text is a second copy; one is enough while json.loads builds the rows
     try:
         doc = json.loads(text)
     except RecursionError:
@@ -290,16 +363,3 @@ def _to_array(values: list[Any]) -> pa.Array:
             [v if v is None or isinstance(v, str) else json.dumps(v) for v in values],
             type=pa.string(),
         )
-
-
-def _read_parquet(path: Path, *, max_rows: int) -> ParsedTable:
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_metadata(path)
-        if meta.num_rows > max_rows:
-            raise _too_many_rows(max_rows)
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise _parse_error(f"not a valid Parquet file: {exc}") from None
-    return ParsedTable(table=table)

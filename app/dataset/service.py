@@ -47,7 +47,8 @@ def create_dataset(
     task = get_task(spec.task)
     check_mapping(task, spec.column_mapping)
     fmt = spec.format or detect_format(task, upload)
-    parsed = read_rows(task, fmt, upload.path, max_rows=settings.max_dataset_rows)
+    limits = parsing.ParseLimits.from_settings(settings)
+    parsed = read_rows(task, fmt, upload.path, limits=limits)
     if parsed.table.num_rows == 0:
         what = "a header line but no data rows" if parsed.had_header else "no rows"
         raise InvalidInput(f"the file has {what}", code="empty_file", field="file")
@@ -57,6 +58,7 @@ def create_dataset(
     check_cell_lengths(parsed.table, chosen, limit=settings.max_text_chars)
     with file_context(parsed, chosen):
         result = task.normalize(_select(parsed.table, chosen), strict=spec.strict)
+        check_not_flattened(task, parsed.table, chosen, result.rows)
     normalized = result.rows
     summary = task.summarize(normalized)
     applied = {source: name for name, source in chosen.items() if source != name}
@@ -209,6 +211,30 @@ def check_cell_lengths(table: pa.Table, chosen: dict[str, str], *, limit: int) -
             )
 
 
+def check_not_flattened(
+    task: TaskSpec, table: pa.Table, chosen: dict[str, str], rows: datasets.Dataset
+) -> None:
+    """Refuse lists or objects in a column the task stores as plain text: their str() is noise."""
+    import datasets as hf
+    import pyarrow.compute as pc
+
+    for name, source in chosen.items():
+        column = table.column(source)
+        feature = rows.features.get(name)
+        is_text = isinstance(feature, hf.Value) and feature.dtype in ("string", "large_string")
+        if not (is_text and pa.types.is_nested(column.type)):
+            continue
+        row = pc.index(column.is_valid(), True).as_py() + 1
+        kind = "objects" if pa.types.is_struct(column.type) else "lists"
+        raise InvalidInput(
+            f"row {row}: column '{name}' holds {kind} ({column.type}) where task '{task.name}' "
+            f"expects text; put a plain string in each row",
+            code="invalid_column_type",
+            row=row,
+            field=name,
+        )
+
+
 def _select(table: pa.Table, chosen: dict[str, str]) -> datasets.Dataset:
     import datasets as hf
 
@@ -231,12 +257,14 @@ def detect_format(task: TaskSpec, upload: ReceivedUpload) -> DatasetFormat:
     return parsing.detect_format(upload.path, filename=upload.filename)
 
 
-def read_rows(task: TaskSpec, fmt: DatasetFormat, path: Path, *, max_rows: int) -> ParsedTable:
+def read_rows(
+    task: TaskSpec, fmt: DatasetFormat, path: Path, *, limits: parsing.ParseLimits
+) -> ParsedTable:
     """Parse the upload: task-specific formats by their task, the generic ones here."""
     if fmt.value in task.native_formats:
         if path.stat().st_size == 0:
             raise InvalidInput("the uploaded file is empty", code="empty_file", field="file")
-        return task.read_native(path, fmt.value, max_rows=max_rows)
+        return task.read_native(path, fmt.value, max_rows=limits.max_rows)
     owners = sorted(name for name, t in REGISTRY.items() if fmt.value in t.native_formats)
     if owners:
         raise InvalidInput(
@@ -245,7 +273,7 @@ def read_rows(task: TaskSpec, fmt: DatasetFormat, path: Path, *, max_rows: int) 
             code="unknown_format",
             field="format",
         )
-    return parsing.read_table(path, fmt, max_rows=max_rows)
+    return parsing.read_table(path, fmt, limits=limits)
 
 
 @contextmanager

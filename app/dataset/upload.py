@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +15,19 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from app.core.config import Settings
-from app.core.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError
+from app.core.errors import (
+    BadRequest,
+    InsufficientStorage,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceError,
+)
 
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 20
+# Free disk space is checked before the body is read and again after every this many bytes.
+DISK_CHECK_BYTES = 8 * 1024 * 1024
 # Room for the boundaries, part headers and small fields around the file in the request body.
 FORM_OVERHEAD_BYTES = 1024 * 1024
 
@@ -26,6 +35,24 @@ FORM_OVERHEAD_BYTES = 1024 * 1024
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+def free_disk_bytes(path: Path) -> int:
+    """Free bytes on the filesystem holding `path` (one function, so tests can stand in for it)."""
+    return shutil.disk_usage(path).free
+
+
+def check_free_disk(settings: Settings, *, incoming: int) -> None:
+    """InsufficientStorage unless `incoming` more bytes leave the free-disk reserve untouched."""
+    reserve = settings.min_free_disk_bytes
+    if free_disk_bytes(staging_dir(settings)) - incoming < reserve:
+        raise InsufficientStorage(
+            f"not enough free disk space for this upload: the server keeps {reserve} bytes free "
+            f"and the upload would take it below that; try again later or send a smaller file",
+            field=FILE_FIELD,
+            reserve=reserve,
+            incoming=incoming,
+        )
 
 
 def staging_dir(settings: Settings) -> Path:
@@ -141,6 +168,11 @@ class _Receiver:
         self.finished = True
 
 
+def _declared_length(request: Request) -> int | None:
+    length = request.headers.get("content-length", "")
+    return int(length) if length.isdigit() else None
+
+
 def _boundary(request: Request, settings: Settings) -> bytes:
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
@@ -150,8 +182,8 @@ def _boundary(request: Request, settings: Settings) -> bytes:
         )
     if b"boundary" not in params:
         raise BadRequest("the multipart/form-data Content-Type has no boundary")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > settings.max_upload_bytes + FORM_OVERHEAD_BYTES:
+    length = _declared_length(request)
+    if length is not None and length > settings.max_upload_bytes + FORM_OVERHEAD_BYTES:
         raise PayloadTooLarge(
             f"the request body ({length} bytes) is larger than the upload limit of "
             f"{settings.max_upload_bytes} bytes",
@@ -164,6 +196,8 @@ def _boundary(request: Request, settings: Settings) -> bytes:
 async def receive_upload(request: Request, *, settings: Settings) -> ReceivedUpload:
     """Stream the request's multipart body; the file part goes to a temp file under data_dir."""
     boundary = _boundary(request, settings)
+    declared = _declared_length(request)
+    check_free_disk(settings, incoming=declared or 0)
     fd, name = tempfile.mkstemp(dir=staging_dir(settings), prefix="upload-", suffix=".part")
     path = Path(name)
     try:
@@ -182,9 +216,7 @@ async def receive_upload(request: Request, *, settings: Settings) -> ReceivedUpl
                     "on_end": receiver.on_end,
                 },
             )
-            async for chunk in request.stream():
-                parser.write(chunk)
-            parser.finalize()
+            await _feed(request, parser, settings, declared=declared)
         if not receiver.finished:
             raise BadRequest("the multipart body ended early (no closing boundary)")
         if not receiver.saw_file:
@@ -205,3 +237,28 @@ async def receive_upload(request: Request, *, settings: Settings) -> ReceivedUpl
         sha256=receiver.digest.hexdigest(),
         fields=receiver.fields,
     )
+
+
+async def _feed(
+    request: Request, parser: MultipartParser, settings: Settings, *, declared: int | None
+) -> None:
+    """Parse the body as it arrives; cap its total size and keep watching the free disk."""
+    # The file part is capped by the receiver; this also caps what surrounds it (part headers,
+    # preamble) when no Content-Length was declared.
+    limit = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+    received = checked = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(
+                f"the request body is larger than the upload limit of "
+                f"{settings.max_upload_bytes} bytes",
+                field=FILE_FIELD,
+                limit=settings.max_upload_bytes,
+            )
+        if received - checked >= DISK_CHECK_BYTES:
+            # What was received is on disk already; what was announced and not yet sent is not.
+            check_free_disk(settings, incoming=max((declared or 0) - received, 0))
+            checked = received
+        parser.write(chunk)
+    parser.finalize()
