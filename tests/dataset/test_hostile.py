@@ -377,8 +377,16 @@ def test_formula_cells_are_refused_with_line_and_column(client, app, settings, c
 @pytest.mark.parametrize(
     "text",
     [
-        "- great film", "+1", "-5 stars", "@user thanks", "'=1+1", "a = b", "-- long --",
-        "+ (yes)", "=== Headline ===", "==",
+        "- great film",
+        "+1",
+        "-5 stars",
+        "@user thanks",
+        "'=1+1",
+        "a = b",
+        "-- long --",
+        "+ (yes)",
+        "=== Headline ===",
+        "==",
     ],
 )
 def test_plain_text_that_starts_with_a_sign_is_accepted(client, settings, text):  # type: ignore[no-untyped-def]
