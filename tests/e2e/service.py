@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,18 +91,15 @@ class Service:
         self.redis.process.kill()
         self.redis.process.wait()
         time.sleep(down_seconds)
+        if not persistent:  # a Redis without persistence comes back empty
+            for path in self.redis.redis_dir.glob("*"):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         # The same port and directory: clients reconnect to the address they know.
         self.redis = EmbeddedRedis(self.data_dir, self.redis.port, persistent=persistent)
         self.redis.start()
-
-    def job_messages_held(self) -> int:
-        import redis
-
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            return int(client.llen("training"))
-        finally:
-            client.close()
 
     def new_client(self, key: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

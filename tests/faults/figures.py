@@ -17,15 +17,17 @@ class Figures:
     duplicate_models: int = 0
     stuck_running: int = 0
     db_down_answers: dict[int, int] = field(default_factory=dict)
-    recovery_seconds: list[float] = field(default_factory=list)
+    # Seconds from the fault to the job's next attempt running, per kind of fault.
+    recovery_seconds: dict[str, list[float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        rec = sorted(self.recovery_seconds)
+        rec = sorted(x for values in self.recovery_seconds.values() for x in values)
 
-        def pct(p: float) -> float | None:
-            if not rec:
+        def pct(values: list[float], p: float) -> float | None:
+            values = sorted(values)
+            if not values:
                 return None
-            return round(rec[min(len(rec) - 1, int(p * len(rec)))], 2)
+            return round(values[min(len(values) - 1, int(p * len(values)))], 2)
 
         return {
             "jobs": sum(len(v) for v in self.submitted.values()),
@@ -36,7 +38,11 @@ class Figures:
             "stuck_running": self.stuck_running,
             "recoveries": len(rec),
             "recovery_p50_s": round(statistics.median(rec), 2) if rec else None,
-            "recovery_p95_s": pct(0.95),
+            "recovery_p95_s": pct(rec, 0.95),
+            "recovery_by_fault": {
+                k: {"n": len(v), "p50_s": round(statistics.median(v), 2), "p95_s": pct(v, 0.95)}
+                for k, v in self.recovery_seconds.items()
+            },
             "api_answers_across_db_restart": {str(k): v for k, v in self.db_down_answers.items()},
         }
 
