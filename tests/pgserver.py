@@ -168,9 +168,8 @@ def _missing_message() -> str:
     )
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server for the whole session. Skips when none is installed (fails in CI)."""
+def own_server() -> Iterator[PostgresServer]:
+    """Start a PostgreSQL server, or skip when none is installed (fail in CI), and stop it."""
     bindir = find_bindir()
     if bindir is None:
         if os.environ.get("CI"):
@@ -182,6 +181,12 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session."""
+    yield from own_server()
 
 
 @pytest.fixture(scope="session")

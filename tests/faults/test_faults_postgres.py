@@ -3,7 +3,6 @@ database is down, the worker rides out the outage, and the job finishes with one
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from tests.faults.test_faults import (
     mid_training,
     submit,
 )
-from tests.pgserver import PostgresServer, _missing_message, find_bindir
+from tests.pgserver import PostgresServer, own_server
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres]
 DOWN_SECONDS = 2 * HEARTBEAT_TIMEOUT  # longer than a heartbeat timeout on purpose
@@ -30,17 +29,7 @@ DOWN_SECONDS = 2 * HEARTBEAT_TIMEOUT  # longer than a heartbeat timeout on purpo
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:
-    bindir = find_bindir()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail(_missing_message(), pytrace=False)
-        pytest.skip(_missing_message())
-    server = PostgresServer(bindir)  # its own server: this module restarts it
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from own_server()  # its own server: this module restarts it
 
 
 @pytest.fixture(scope="module")
