@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.basemodel.router import router
 from app.basemodel.service import list_base_models, resolve_base_model
 from app.core.errors import InvalidInput
 from tests.tinymodel import build_tiny_model_dir

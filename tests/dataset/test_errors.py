@@ -228,9 +228,8 @@ def test_truncated_multipart_body(client):  # type: ignore[no-untyped-def]
 def test_failure_while_publishing_leaves_nothing(app, admin_key, monkeypatch):  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
-    from tests.conftest import auth
-
     from app.dataset import service
+    from tests.conftest import auth
 
     def broken_commit(self: Session) -> None:
         raise RuntimeError("database went away")
