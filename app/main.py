@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings, get_settings
 from app.core.errors import ServiceError
+from app.core.idempotency import Replay
 from app.core.limits import BodyLimitMiddleware
 from app.core.queue import CeleryJobQueue, JobQueue
 from app.core.ratelimit import RateLimiter
@@ -34,7 +35,7 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
     errors = []
     parts = []
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         where = ".".join(loc) or "body"
         msg = str(err.get("msg", "invalid"))
         errors.append({"field": where, "message": msg, "type": err.get("type")})
@@ -48,6 +49,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             status_code=exc.status_code, content={"error": exc.to_dict()}, headers=exc.headers
         )
+
+    @app.exception_handler(Replay)
+    async def _replay(_: Request, exc: Replay) -> JSONResponse:
+        return exc.response()
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)

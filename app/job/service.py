@@ -7,10 +7,12 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
+from app.core.idempotency import IdempotentRequest
 from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.core.queue import JobQueue
 from app.db.models import (
@@ -29,6 +31,7 @@ from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
     Hyperparameters,
     JobCreate,
+    JobRead,
     JobSpec,
     LoraMethod,
 )
@@ -102,11 +105,22 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
 
 
 def submit_job(
-    session: Session, *, settings: Settings, queue: JobQueue, tenant: str, spec: JobCreate
+    session: Session,
+    *,
+    settings: Settings,
+    queue: JobQueue,
+    tenant: str,
+    spec: JobCreate,
+    idempotency: IdempotentRequest | None = None,
 ) -> Job:
-    """Validate a job spec; commit the job with its queue message; then try to publish it."""
+    """Validate a job spec; commit the job with its queue message; then try to publish it.
+
+    With `idempotency`, a key seen before replays its first response (raises Replay) instead.
+    """
     from app.basemodel.service import resolve_base_model
 
+    if idempotency is not None:
+        idempotency.replay_if_seen(session)
     task = get_task(spec.task)
     resolve_base_model(settings, spec.base_model)
     train = _dataset_for(
@@ -157,8 +171,18 @@ def submit_job(
     # publishes it later, so an accepted job is never left without a message.
     session.add(JobMessage(job_id=job.id, reason="submitted"))
     session.flush()
-    _check_active_cap(session, settings=settings, tenant=tenant)
-    session.commit()
+    try:
+        if idempotency is not None:
+            idempotency.remember(session, status_code=201, body=JobRead.from_row(job))
+            # Fails (IntegrityError) when a concurrent request with this key committed first.
+            session.flush()
+        _check_active_cap(session, settings=settings, tenant=tenant)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency is not None:
+            idempotency.replay_if_seen(session)  # answer what the first request answered
+        raise
     publish_pending(session, queue, job_id=job.id)
     return job
 
