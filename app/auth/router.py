@@ -10,6 +10,7 @@ from app.auth import service
 from app.auth.deps import Admin
 from app.auth.schemas import KeyCreate, KeyCreated, KeyRead
 from app.core.deps import SessionDep
+from app.core.errors import Forbidden
 from app.core.schemas import Page
 from app.db.models import ApiKey
 
@@ -29,26 +30,34 @@ def to_read(row: ApiKey) -> KeyRead:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
-def create_key(body: KeyCreate, session: SessionDep, _: Admin) -> KeyCreated:
-    """Create an API key for a tenant; the response is the only time the key is shown."""
-    row, key = service.create_key(session, tenant=body.tenant, scopes=body.scopes, name=body.name)
+def create_key(body: KeyCreate, session: SessionDep, principal: Admin) -> KeyCreated:
+    """Create an API key for the caller's tenant; the response is the only time it is shown."""
+    tenant = body.tenant or principal.tenant
+    if tenant != principal.tenant:
+        # An admin key is the admin of its own tenant only; the operator (CLI) makes the others.
+        raise Forbidden(
+            f"an admin key manages the keys of its own tenant ('{principal.tenant}') only; "
+            f"create keys for tenant '{tenant}' with `tuneserve keys create --tenant {tenant}`",
+            code="other_tenant",
+            field="tenant",
+        )
+    row, key = service.create_key(session, tenant=tenant, scopes=body.scopes, name=body.name)
     return KeyCreated(**to_read(row).model_dump(), key=key)
 
 
 @router.get("", response_model=Page[KeyRead])
 def list_keys(
     session: SessionDep,
-    _: Admin,
+    principal: Admin,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
-    tenant: str | None = None,
 ) -> Page[KeyRead]:
-    """List API keys (never the keys themselves), newest first."""
-    rows, cursor = service.list_keys(session, limit=limit, after=after, tenant=tenant)
+    """List the tenant's API keys (never the keys themselves), newest first."""
+    rows, cursor = service.list_keys(session, limit=limit, after=after, tenant=principal.tenant)
     return Page[KeyRead](data=[to_read(r) for r in rows], next_cursor=cursor)
 
 
 @router.delete("/{key_id}", response_model=KeyRead)
-def revoke_key(key_id: str, session: SessionDep, _: Admin) -> KeyRead:
-    """Revoke an API key; requests with it are refused from now on."""
-    return to_read(service.revoke_key(session, key_id=key_id))
+def revoke_key(key_id: str, session: SessionDep, principal: Admin) -> KeyRead:
+    """Revoke one of the tenant's API keys; requests with it are refused from now on."""
+    return to_read(service.revoke_key(session, key_id=key_id, tenant=principal.tenant))

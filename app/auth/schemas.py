@@ -34,10 +34,12 @@ class Principal:
 
 
 class KeyCreate(BaseModel):
-    tenant: str = Field(
+    tenant: str | None = Field(
+        default=None,
         pattern=TENANT_PATTERN,
-        description="Tenant the key acts for (created on first use): lower-case letters, digits, "
-        "'.', '_' and '-'.",
+        description="Tenant the key acts for: lower-case letters, digits, '.', '_' and '-'. Over "
+        "the API it defaults to, and must be, the calling admin key's own tenant; "
+        "`tuneserve keys create --tenant` makes keys for any tenant (created on first use).",
     )
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
     name: str = Field(default="", max_length=200, description="A label for people.")

@@ -68,10 +68,13 @@ def list_keys(
     return page_newest_first(session, stmt, ApiKey, limit=min(limit, MAX_LIMIT), after=after)
 
 
-def revoke_key(session: Session, *, key_id: str) -> ApiKey:
-    """Revoke a key; it stops working on its next request. Revoking twice is harmless."""
+def revoke_key(session: Session, *, key_id: str, tenant: str | None = None) -> ApiKey:
+    """Revoke a key (of `tenant` when given); it stops working on its next request.
+
+    Revoking twice is harmless; another tenant's key is NotFound, as a missing one.
+    """
     row = session.get(ApiKey, key_id)
-    if row is None:
+    if row is None or (tenant is not None and row.tenant_id != tenant):
         raise NotFound(f"key '{key_id}' does not exist", field="key_id")
     session.execute(
         update(ApiKey)
