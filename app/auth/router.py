@@ -11,10 +11,10 @@ from app.auth.deps import Admin
 from app.auth.schemas import KeyCreate, KeyCreated, KeyRead
 from app.core.deps import SessionDep
 from app.core.errors import Forbidden
-from app.core.schemas import Page
+from app.core.schemas import PROTECTED, Page, error_responses
 from app.db.models import ApiKey
 
-router = APIRouter(prefix="/keys", tags=["keys"])
+router = APIRouter(prefix="/keys", tags=["keys"], responses=PROTECTED)
 
 
 def to_read(row: ApiKey) -> KeyRead:
@@ -29,7 +29,12 @@ def to_read(row: ApiKey) -> KeyRead:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=KeyCreated,
+    responses=error_responses(400, 413),
+)
 def create_key(body: KeyCreate, session: SessionDep, principal: Admin) -> KeyCreated:
     """Create an API key for the caller's tenant; the response is the only time it is shown."""
     tenant = body.tenant or principal.tenant
@@ -57,7 +62,7 @@ def list_keys(
     return Page[KeyRead](data=[to_read(r) for r in rows], next_cursor=cursor)
 
 
-@router.delete("/{key_id}", response_model=KeyRead)
+@router.delete("/{key_id}", response_model=KeyRead, responses=error_responses(404))
 def revoke_key(key_id: str, session: SessionDep, principal: Admin) -> KeyRead:
     """Revoke one of the tenant's API keys; requests with it are refused from now on."""
     return to_read(service.revoke_key(session, key_id=key_id, tenant=principal.tenant))

@@ -42,7 +42,9 @@ class KeyCreate(BaseModel):
         "`tuneserve keys create --tenant` makes keys for any tenant (created on first use).",
     )
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
-    name: str = Field(default="", max_length=200, description="A label for people.")
+    name: str = Field(
+        default="", max_length=200, pattern=r"^[^\x00]*$", description="A label for people."
+    )
 
 
 class KeyRead(BaseModel):

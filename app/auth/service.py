@@ -19,6 +19,7 @@ from app.auth.schemas import Principal, Scope
 from app.core.errors import InvalidInput, NotFound, Unauthorized
 from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.db.models import DEFAULT_TENANT, ApiKey, Tenant, new_id, utcnow
+from app.db.session import get_by_id
 
 log = logging.getLogger("tuneserve.auth")
 BOOTSTRAP_KEY_NAME = "bootstrap admin"
@@ -73,7 +74,7 @@ def revoke_key(session: Session, *, key_id: str, tenant: str | None = None) -> A
 
     Revoking twice is harmless; another tenant's key is NotFound, as a missing one.
     """
-    row = session.get(ApiKey, key_id)
+    row = get_by_id(session, ApiKey, key_id)
     if row is None or (tenant is not None and row.tenant_id != tenant):
         raise NotFound(f"key '{key_id}' does not exist", field="key_id")
     session.execute(

@@ -33,6 +33,8 @@ IdempotencyKey = Annotated[
         alias=HEADER,
         min_length=1,
         max_length=MAX_KEY_CHARS,
+        # Printable ASCII, as header values are in practice (a UUID is a good key).
+        pattern=r"^[ -~]+$",
         description="A unique value (e.g. a UUID) that makes retries safe: a request repeated "
         "with the same key gets the first successful response again, with the header "
         f"`{REPLAYED_HEADER}: true`, and creates nothing new. Keys are scoped to the tenant and "

@@ -18,14 +18,14 @@ from app.core.idempotency import (
     idempotent_request,
 )
 from app.core.pagination import MAX_LIMIT
-from app.core.schemas import ErrorResponse, Page
+from app.core.schemas import PROTECTED, ErrorResponse, Page
 from app.dataset import service
 from app.dataset.parsing import FORMATS
 from app.dataset.schemas import DatasetCreate, DatasetFormat, DatasetRead
 from app.dataset.upload import FILE_FIELD, ReceivedUpload, receive_upload
 from app.ml.tasks import REGISTRY
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=PROTECTED)
 
 FORM_FIELDS = ("task", "name", "format", "column_mapping", "strict")
 

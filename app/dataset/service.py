@@ -26,6 +26,7 @@ from app.dataset import parsing
 from app.dataset.schemas import DatasetCreate, DatasetFormat, DatasetRead
 from app.dataset.upload import ReceivedUpload, staging_dir
 from app.db.models import Dataset, DatasetStatus, Job, new_id
+from app.db.session import get_by_id
 from app.ml.tables import ParsedTable
 from app.ml.tasks import REGISTRY, TaskSpec, get_task
 
@@ -309,7 +310,7 @@ def _clean(text: str) -> str:
 
 def get_dataset(session: Session, *, tenant: str, dataset_id: str) -> Dataset:
     """The tenant's dataset with this id, or NotFound naming it (also for another tenant's)."""
-    row = session.get(Dataset, dataset_id)
+    row = get_by_id(session, Dataset, dataset_id)
     if row is None or row.tenant_id != tenant:
         raise NotFound(f"dataset '{dataset_id}' not found", id=dataset_id)
     return row

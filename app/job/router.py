@@ -14,12 +14,15 @@ from app.core.idempotency import (
     canonical_hash,
     idempotent_request,
 )
-from app.core.schemas import Page
+from app.core.schemas import PROTECTED, Page, error_responses
 from app.db.models import JobEvent
 from app.job import service
 from app.job.schemas import JobCreate, JobEventRead, JobRead
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+# Event ids are 32-bit integers on PostgreSQL; a larger `after` would overflow the query.
+MAX_EVENT_ID = 2**31 - 1
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=PROTECTED)
 
 
 def _event_read(event: JobEvent) -> JobEventRead:
@@ -44,7 +47,10 @@ CREATE_ROUTE = "POST /v1/jobs"
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobRead,
-    responses={201: {"description": "The job, queued.", "headers": REPLAYED_RESPONSE_HEADER}},
+    responses={
+        **error_responses(400, 413),
+        201: {"description": "The job, queued.", "headers": REPLAYED_RESPONSE_HEADER},
+    },
 )
 def create_job(
     body: JobCreate,
@@ -88,19 +94,19 @@ def list_jobs(
     return Page[JobRead](data=[JobRead.from_row(j) for j in rows], next_cursor=cursor)
 
 
-@router.get("/{job_id}", response_model=JobRead)
+@router.get("/{job_id}", response_model=JobRead, responses=error_responses(404))
 def get_job(job_id: str, session: SessionDep, principal: JobReader) -> JobRead:
     """A job's status, progress, metrics and result."""
     return JobRead.from_row(service.get_job(session, tenant=principal.tenant, job_id=job_id))
 
 
-@router.get("/{job_id}/events", response_model=EventPage)
+@router.get("/{job_id}/events", response_model=EventPage, responses=error_responses(404))
 def list_events(
     job_id: str,
     session: SessionDep,
     principal: JobReader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
 ) -> EventPage:
     """A job's events (status changes, log lines, metrics), oldest first."""
     rows, next_after = service.list_events(
@@ -112,7 +118,7 @@ def list_events(
     )
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
+@router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(404, 409))
 def cancel_job(job_id: str, session: SessionDep, principal: Trainer) -> JobRead:
     """Cancel a job: a queued one never runs; a running one stops within seconds."""
     return JobRead.from_row(service.cancel_job(session, tenant=principal.tenant, job_id=job_id))

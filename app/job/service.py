@@ -26,6 +26,7 @@ from app.db.models import (
     new_id,
     utcnow,
 )
+from app.db.session import get_by_id
 from app.job.outbox import publish_pending
 from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
@@ -58,7 +59,7 @@ def _summary(ds: Dataset) -> DatasetSummary:
 def _dataset_for(
     session: Session, dataset_id: str, *, tenant: str, field: str, task: str
 ) -> Dataset:
-    ds = session.get(Dataset, dataset_id)
+    ds = get_by_id(session, Dataset, dataset_id)
     if ds is None or ds.tenant_id != tenant:
         raise InvalidInput(f"{field}: dataset '{dataset_id}' does not exist", field=field)
     if ds.task != task:
@@ -210,7 +211,7 @@ def _check_active_cap(session: Session, *, settings: Settings, tenant: str) -> N
 
 def get_job(session: Session, *, tenant: str, job_id: str) -> Job:
     """The tenant's job, or NotFound (also for another tenant's)."""
-    job = session.get(Job, job_id)
+    job = get_by_id(session, Job, job_id)
     if job is None or job.tenant_id != tenant:
         raise NotFound(f"job '{job_id}' does not exist")
     return job
