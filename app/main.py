@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,9 +11,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.config import Settings, get_settings
 from app.core.errors import ServiceError
+from app.core.idempotency import Replay
 from app.core.limits import BodyLimitMiddleware
 from app.core.queue import CeleryJobQueue, JobQueue
 from app.core.ratelimit import RateLimiter
@@ -34,7 +37,7 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
     errors = []
     parts = []
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         where = ".".join(loc) or "body"
         msg = str(err.get("msg", "invalid"))
         errors.append({"field": where, "message": msg, "type": err.get("type")})
@@ -48,6 +51,23 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             status_code=exc.status_code, content={"error": exc.to_dict()}, headers=exc.headers
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Raised by Starlette and FastAPI themselves (no such route, method not allowed, a body
+        # that cannot be parsed): the same error shape as everything else.
+        phrase = HTTPStatus(exc.status_code).phrase
+        message = exc.detail if isinstance(exc.detail, str) and exc.detail else phrase
+        if exc.status_code in (404, 405) and message == phrase:
+            message = f"{phrase.lower()}: {request.method} {request.url.path}"
+        code = phrase.lower().replace(" ", "_").replace("-", "_")
+        response = _error(exc.status_code, code, message)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Replay)
+    async def _replay(_: Request, exc: Replay) -> JSONResponse:
+        return exc.response()
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)

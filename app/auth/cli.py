@@ -51,7 +51,7 @@ def create(
         where = ".".join(str(p) for p in first["loc"])
         raise typer.BadParameter(f"{where}: {first['msg']}") from None
     with _session() as session:
-        row, key = create_key(session, tenant=body.tenant, scopes=body.scopes, name=body.name)
+        row, key = create_key(session, tenant=tenant, scopes=body.scopes, name=body.name)
     typer.echo(f"created {row.id} (tenant {row.tenant_id}, scopes {','.join(row.scopes)})")
     typer.echo(key)
 

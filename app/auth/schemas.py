@@ -18,6 +18,7 @@ class Scope(StrEnum):
     PREDICT = "predict"
 
 
+OPERATOR_TENANT = "default"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
@@ -32,15 +33,25 @@ class Principal:
     def allows(self, *any_of: Scope) -> bool:
         return Scope.ADMIN in self.scopes or any(s in self.scopes for s in any_of)
 
+    @property
+    def is_operator(self) -> bool:
+        """An admin key of the operator's tenant (`default`, where the bootstrap key lives): it
+        manages the keys of every tenant (and still sees only its own tenant's data)."""
+        return Scope.ADMIN in self.scopes and self.tenant == OPERATOR_TENANT
+
 
 class KeyCreate(BaseModel):
-    tenant: str = Field(
+    tenant: str | None = Field(
+        default=None,
         pattern=TENANT_PATTERN,
-        description="Tenant the key acts for (created on first use): lower-case letters, digits, "
-        "'.', '_' and '-'.",
+        description="Tenant the key acts for: lower-case letters, digits, '.', '_' and '-'. Over "
+        "the API it defaults to, and must be, the calling admin key's own tenant; "
+        "`tuneserve keys create --tenant` makes keys for any tenant (created on first use).",
     )
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
-    name: str = Field(default="", max_length=200, description="A label for people.")
+    name: str = Field(
+        default="", max_length=200, pattern=r"^[^\x00]*$", description="A label for people."
+    )
 
 
 class KeyRead(BaseModel):

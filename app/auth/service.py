@@ -19,6 +19,7 @@ from app.auth.schemas import Principal, Scope
 from app.core.errors import InvalidInput, NotFound, Unauthorized
 from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.db.models import DEFAULT_TENANT, ApiKey, Tenant, new_id, utcnow
+from app.db.session import get_by_id
 
 log = logging.getLogger("tuneserve.auth")
 BOOTSTRAP_KEY_NAME = "bootstrap admin"
@@ -68,10 +69,13 @@ def list_keys(
     return page_newest_first(session, stmt, ApiKey, limit=min(limit, MAX_LIMIT), after=after)
 
 
-def revoke_key(session: Session, *, key_id: str) -> ApiKey:
-    """Revoke a key; it stops working on its next request. Revoking twice is harmless."""
-    row = session.get(ApiKey, key_id)
-    if row is None:
+def revoke_key(session: Session, *, key_id: str, tenant: str | None = None) -> ApiKey:
+    """Revoke a key (of `tenant` when given); it stops working on its next request.
+
+    Revoking twice is harmless; another tenant's key is NotFound, as a missing one.
+    """
+    row = get_by_id(session, ApiKey, key_id)
+    if row is None or (tenant is not None and row.tenant_id != tenant):
         raise NotFound(f"key '{key_id}' does not exist", field="key_id")
     session.execute(
         update(ApiKey)

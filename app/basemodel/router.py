@@ -8,9 +8,11 @@ from app.auth.deps import AnyKey
 from app.basemodel.schemas import BaseModelRead
 from app.basemodel.service import list_base_models
 from app.core.deps import SettingsDep
-from app.core.schemas import Page
+from app.core.schemas import Page, error_responses
 
-router = APIRouter(prefix="/base-models", tags=["base-models"])
+router = APIRouter(
+    prefix="/base-models", tags=["base-models"], responses=error_responses(401, 429, 503)
+)
 
 
 @router.get("", response_model=Page[BaseModelRead])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, or_
@@ -24,8 +24,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         stamp, item_id = base64.urlsafe_b64decode(padded).decode().split("|", 1)
-        return datetime.fromisoformat(stamp), item_id
-    except (ValueError, UnicodeDecodeError):
+        if "\x00" in item_id:  # no id holds one, and PostgreSQL cannot compare with one
+            raise ValueError("NUL in cursor")
+        when = datetime.fromisoformat(stamp)
+        # In UTC, as stored; a stamp at the ends of the calendar cannot be (OverflowError).
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC), item_id
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise InvalidInput(f"invalid cursor '{cursor[:40]}'", field="after") from None
 
 

@@ -11,15 +11,21 @@ from starlette.concurrency import run_in_threadpool
 from app.auth.deps import DataReader, DataWriter
 from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import InvalidInput
+from app.core.idempotency import (
+    REPLAYED_RESPONSE_HEADER,
+    IdempotencyKey,
+    canonical_hash,
+    idempotent_request,
+)
 from app.core.pagination import MAX_LIMIT
-from app.core.schemas import ErrorResponse, Page
+from app.core.schemas import PROTECTED, ErrorResponse, Page
 from app.dataset import service
 from app.dataset.parsing import FORMATS
 from app.dataset.schemas import DatasetCreate, DatasetFormat, DatasetRead
-from app.dataset.upload import FILE_FIELD, receive_upload
+from app.dataset.upload import FILE_FIELD, ReceivedUpload, receive_upload
 from app.ml.tasks import REGISTRY
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=PROTECTED)
 
 FORM_FIELDS = ("task", "name", "format", "column_mapping", "strict")
 
@@ -61,6 +67,15 @@ _UPLOAD_BODY: dict[str, Any] = {
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422)
 }
+CREATE_ROUTE = "POST /v1/datasets"
+
+
+def upload_hash(upload: ReceivedUpload) -> str:
+    """What identifies an upload for Idempotency-Key: the file's sha256, its name, the fields."""
+    # The file name counts: it names the dataset when no `name` field is sent.
+    return canonical_hash(
+        {"file_sha256": upload.sha256, "filename": upload.filename, "fields": upload.fields}
+    )
 
 
 def dataset_create_from_form(fields: dict[str, str]) -> DatasetCreate:
@@ -132,14 +147,27 @@ def _parse_mapping(raw: str) -> dict[str, str]:
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetRead,
     openapi_extra=_UPLOAD_BODY,
-    responses=_ERRORS,
+    responses={
+        **_ERRORS,
+        201: {"description": "The dataset, validated.", "headers": REPLAYED_RESPONSE_HEADER},
+    },
 )
 async def create_dataset(
-    request: Request, session: SessionDep, settings: SettingsDep, principal: DataWriter
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: DataWriter,
+    idempotency_key: IdempotencyKey = None,
 ) -> DatasetRead:
     """Upload a csv, tsv, jsonl, json or parquet file and validate it for a task."""
     upload = await receive_upload(request, settings=settings)
     try:
+        idempotency = idempotent_request(
+            idempotency_key,
+            tenant=principal.tenant,
+            route=CREATE_ROUTE,
+            request_hash=upload_hash(upload),
+        )
         spec = dataset_create_from_form(upload.fields)
         # Parsing and validation are CPU-bound: keep them off the event loop.
         row = await run_in_threadpool(
@@ -149,6 +177,7 @@ async def create_dataset(
             tenant=principal.tenant,
             spec=spec,
             upload=upload,
+            idempotency=idempotency,
         )
     finally:
         upload.discard()

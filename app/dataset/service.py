@@ -19,12 +19,14 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.idempotency import IdempotentRequest
 from app.core.pagination import page_newest_first
 from app.core.storage import atomic_move_dir, remove_tree, resolve
 from app.dataset import parsing
-from app.dataset.schemas import DatasetCreate, DatasetFormat
+from app.dataset.schemas import DatasetCreate, DatasetFormat, DatasetRead
 from app.dataset.upload import ReceivedUpload, staging_dir
 from app.db.models import Dataset, DatasetStatus, Job, new_id
+from app.db.session import get_by_id
 from app.ml.tables import ParsedTable
 from app.ml.tasks import REGISTRY, TaskSpec, get_task
 
@@ -42,8 +44,14 @@ def create_dataset(
     tenant: str,
     spec: DatasetCreate,
     upload: ReceivedUpload,
+    idempotency: IdempotentRequest | None = None,
 ) -> Dataset:
-    """Parse, map, validate and summarize an upload; publish its files, then commit the row."""
+    """Parse, map, validate and summarize an upload; publish its files, then commit the row.
+
+    With `idempotency`, a key seen before replays its first response (raises Replay) instead.
+    """
+    if idempotency is not None:
+        idempotency.replay_if_seen(session)
     task = get_task(spec.task)
     check_mapping(task, spec.column_mapping)
     fmt = spec.format or detect_format(task, upload)
@@ -94,10 +102,16 @@ def create_dataset(
     )
     try:
         session.add(row)
+        if idempotency is not None:
+            session.flush()
+            idempotency.remember(session, status_code=201, body=DatasetRead.from_row(row))
         session.commit()
-    except BaseException:
+    except BaseException as exc:
         session.rollback()
         remove_tree(final)
+        if idempotency is not None and isinstance(exc, IntegrityError):
+            # A concurrent request with this key committed first: answer what it answered.
+            idempotency.replay_if_seen(session)
         raise
     return row
 
@@ -324,7 +338,7 @@ def _clean(text: str) -> str:
 
 def get_dataset(session: Session, *, tenant: str, dataset_id: str) -> Dataset:
     """The tenant's dataset with this id, or NotFound naming it (also for another tenant's)."""
-    row = session.get(Dataset, dataset_id)
+    row = get_by_id(session, Dataset, dataset_id)
     if row is None or row.tenant_id != tenant:
         raise NotFound(f"dataset '{dataset_id}' not found", id=dataset_id)
     return row

@@ -8,40 +8,21 @@ from fastapi import APIRouter, Query, status
 
 from app.auth.deps import JobReader, Trainer
 from app.core.deps import QueueDep, SessionDep, SettingsDep
-from app.core.schemas import Page
-from app.db.models import Job, JobEvent
+from app.core.idempotency import (
+    REPLAYED_RESPONSE_HEADER,
+    IdempotencyKey,
+    canonical_hash,
+    idempotent_request,
+)
+from app.core.schemas import PROTECTED, Page, error_responses
+from app.db.models import JobEvent
 from app.job import service
-from app.job.schemas import JobCreate, JobError, JobEventRead, JobProgress, JobRead
+from app.job.schemas import JobCreate, JobEventRead, JobRead
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+# Event ids are 32-bit integers on PostgreSQL; a larger `after` would overflow the query.
+MAX_EVENT_ID = 2**31 - 1
 
-
-def to_read(job: Job) -> JobRead:
-    spec = job.spec or {}
-    error = (
-        JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
-    )
-    return JobRead(
-        id=job.id,
-        task=job.task,
-        base_model=job.base_model,
-        train_dataset=job.train_dataset_id,
-        validation_dataset=job.validation_dataset_id,
-        method=spec.get("method", {}),
-        hyperparameters=spec.get("hyperparameters", {}),
-        task_options=spec.get("task_options", {}),
-        seed=spec.get("seed", 0),
-        status=job.status,
-        attempt=job.attempt,
-        progress=JobProgress(step=job.progress_step, total=job.progress_total, epoch=job.epoch),
-        train_loss=job.train_loss,
-        metrics=job.metrics,
-        model_id=job.model_id,
-        error=error,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=PROTECTED)
 
 
 def _event_read(event: JobEvent) -> JobEventRead:
@@ -59,19 +40,43 @@ class EventPage(Page[JobEventRead]):
     pass
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobRead)
+CREATE_ROUTE = "POST /v1/jobs"
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobRead,
+    responses={
+        **error_responses(400, 413),
+        201: {"description": "The job, queued.", "headers": REPLAYED_RESPONSE_HEADER},
+    },
+)
 def create_job(
     body: JobCreate,
     session: SessionDep,
     settings: SettingsDep,
     queue: QueueDep,
     principal: Trainer,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Submit a fine-tuning job; it starts as `queued`."""
-    job = service.submit_job(
-        session, settings=settings, queue=queue, tenant=principal.tenant, spec=body
+    idempotency = idempotent_request(
+        idempotency_key,
+        tenant=principal.tenant,
+        route=CREATE_ROUTE,
+        # What the client sent (fields it left out stay out), as canonical JSON.
+        request_hash=canonical_hash(body.model_dump(mode="json", exclude_unset=True)),
     )
-    return to_read(job)
+    job = service.submit_job(
+        session,
+        settings=settings,
+        queue=queue,
+        tenant=principal.tenant,
+        spec=body,
+        idempotency=idempotency,
+    )
+    return JobRead.from_row(job)
 
 
 @router.get("", response_model=Page[JobRead])
@@ -86,22 +91,22 @@ def list_jobs(
     rows, cursor = service.list_jobs(
         session, tenant=principal.tenant, limit=limit, after=after, status=status
     )
-    return Page[JobRead](data=[to_read(j) for j in rows], next_cursor=cursor)
+    return Page[JobRead](data=[JobRead.from_row(j) for j in rows], next_cursor=cursor)
 
 
-@router.get("/{job_id}", response_model=JobRead)
+@router.get("/{job_id}", response_model=JobRead, responses=error_responses(404))
 def get_job(job_id: str, session: SessionDep, principal: JobReader) -> JobRead:
     """A job's status, progress, metrics and result."""
-    return to_read(service.get_job(session, tenant=principal.tenant, job_id=job_id))
+    return JobRead.from_row(service.get_job(session, tenant=principal.tenant, job_id=job_id))
 
 
-@router.get("/{job_id}/events", response_model=EventPage)
+@router.get("/{job_id}/events", response_model=EventPage, responses=error_responses(404))
 def list_events(
     job_id: str,
     session: SessionDep,
     principal: JobReader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
 ) -> EventPage:
     """A job's events (status changes, log lines, metrics), oldest first."""
     rows, next_after = service.list_events(
@@ -113,7 +118,7 @@ def list_events(
     )
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
+@router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(404, 409))
 def cancel_job(job_id: str, session: SessionDep, principal: Trainer) -> JobRead:
     """Cancel a job: a queued one never runs; a running one stops within seconds."""
-    return to_read(service.cancel_job(session, tenant=principal.tenant, job_id=job_id))
+    return JobRead.from_row(service.cancel_job(session, tenant=principal.tenant, job_id=job_id))

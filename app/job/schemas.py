@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.db.models import Job
+
 # Learning rates that worked for all-MiniLM-sized encoders here; the resolved value is stored.
 DEFAULT_LEARNING_RATE = {"full": 1e-4, "lora": 1e-3}
 
@@ -119,6 +121,36 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobRead:
+        spec = job.spec or {}
+        error = (
+            JobError(code=job.error_code, message=job.error_message or "")
+            if job.error_code
+            else None
+        )
+        return cls(
+            id=job.id,
+            task=job.task,
+            base_model=job.base_model,
+            train_dataset=job.train_dataset_id,
+            validation_dataset=job.validation_dataset_id,
+            method=spec.get("method", {}),
+            hyperparameters=spec.get("hyperparameters", {}),
+            task_options=spec.get("task_options", {}),
+            seed=spec.get("seed", 0),
+            status=job.status,
+            attempt=job.attempt,
+            progress=JobProgress(step=job.progress_step, total=job.progress_total, epoch=job.epoch),
+            train_loss=job.train_loss,
+            metrics=job.metrics,
+            model_id=job.model_id,
+            error=error,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
 
 
 class JobEventRead(BaseModel):

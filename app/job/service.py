@@ -7,10 +7,12 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
+from app.core.idempotency import IdempotentRequest
 from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.core.queue import JobQueue
 from app.db.models import (
@@ -24,11 +26,13 @@ from app.db.models import (
     new_id,
     utcnow,
 )
+from app.db.session import get_by_id
 from app.job.outbox import publish_pending
 from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
     Hyperparameters,
     JobCreate,
+    JobRead,
     JobSpec,
     LoraMethod,
 )
@@ -55,7 +59,7 @@ def _summary(ds: Dataset) -> DatasetSummary:
 def _dataset_for(
     session: Session, dataset_id: str, *, tenant: str, field: str, task: str
 ) -> Dataset:
-    ds = session.get(Dataset, dataset_id)
+    ds = get_by_id(session, Dataset, dataset_id)
     if ds is None or ds.tenant_id != tenant:
         raise InvalidInput(f"{field}: dataset '{dataset_id}' does not exist", field=field)
     if ds.task != task:
@@ -102,11 +106,22 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
 
 
 def submit_job(
-    session: Session, *, settings: Settings, queue: JobQueue, tenant: str, spec: JobCreate
+    session: Session,
+    *,
+    settings: Settings,
+    queue: JobQueue,
+    tenant: str,
+    spec: JobCreate,
+    idempotency: IdempotentRequest | None = None,
 ) -> Job:
-    """Validate a job spec; commit the job with its queue message; then try to publish it."""
+    """Validate a job spec; commit the job with its queue message; then try to publish it.
+
+    With `idempotency`, a key seen before replays its first response (raises Replay) instead.
+    """
     from app.basemodel.service import resolve_base_model
 
+    if idempotency is not None:
+        idempotency.replay_if_seen(session)
     task = get_task(spec.task)
     resolve_base_model(settings, spec.base_model)
     train = _dataset_for(
@@ -157,8 +172,18 @@ def submit_job(
     # publishes it later, so an accepted job is never left without a message.
     session.add(JobMessage(job_id=job.id, reason="submitted"))
     session.flush()
-    _check_active_cap(session, settings=settings, tenant=tenant)
-    session.commit()
+    try:
+        if idempotency is not None:
+            idempotency.remember(session, status_code=201, body=JobRead.from_row(job))
+            # Fails (IntegrityError) when a concurrent request with this key committed first.
+            session.flush()
+        _check_active_cap(session, settings=settings, tenant=tenant)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency is not None:
+            idempotency.replay_if_seen(session)  # answer what the first request answered
+        raise
     publish_pending(session, queue, job_id=job.id)
     return job
 
@@ -186,7 +211,7 @@ def _check_active_cap(session: Session, *, settings: Settings, tenant: str) -> N
 
 def get_job(session: Session, *, tenant: str, job_id: str) -> Job:
     """The tenant's job, or NotFound (also for another tenant's)."""
-    job = session.get(Job, job_id)
+    job = get_by_id(session, Job, job_id)
     if job is None or job.tenant_id != tenant:
         raise NotFound(f"job '{job_id}' does not exist")
     return job

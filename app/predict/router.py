@@ -12,6 +12,7 @@ from app.auth.deps import Predictor
 from app.core.config import Settings
 from app.core.deps import SessionDep
 from app.core.errors import InvalidInput
+from app.core.schemas import PROTECTED, error_responses
 from app.ml.tasks import REGISTRY, TaskSpec
 from app.registry.service import get_model_for_task
 
@@ -92,13 +93,14 @@ def _make_route(task: TaskSpec) -> Any:
 
 
 def build_router() -> APIRouter:
-    router = APIRouter(prefix="/predict", tags=["predict"])
+    router = APIRouter(prefix="/predict", tags=["predict"], responses=PROTECTED)
     for name, task in REGISTRY.items():
         router.add_api_route(
             f"/{name}",
             _make_route(task),
             methods=["POST"],
             response_model=PredictResponse,
+            responses=error_responses(400, 404, 413),
             name=f"predict_{name}",
         )
     return router

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Query
 
 from app.auth.deps import ModelReader
 from app.core.deps import SessionDep
-from app.core.schemas import Page
+from app.core.schemas import PROTECTED, Page, error_responses
 from app.db.models import Model
 from app.registry import service
 from app.registry.schemas import ModelRead
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], responses=PROTECTED)
 
 
 def to_read(model: Model) -> ModelRead:
@@ -48,7 +48,7 @@ def list_models(
     return Page[ModelRead](data=[to_read(m) for m in rows], next_cursor=cursor)
 
 
-@router.get("/{model_id}", response_model=ModelRead)
+@router.get("/{model_id}", response_model=ModelRead, responses=error_responses(404))
 def get_model(model_id: str, session: SessionDep, principal: ModelReader) -> ModelRead:
     """A registered model: task, base, method, labels, metrics and provenance."""
     return to_read(service.get_model(session, tenant=principal.tenant, model_id=model_id))

@@ -8,11 +8,13 @@ from sqlalchemy.orm import Session
 from app.core.errors import InvalidInput, NotFound
 from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.db.models import Model
+from app.db.session import get_by_id
+from app.ml.tasks import REGISTRY
 
 
 def get_model(session: Session, *, tenant: str, model_id: str) -> Model:
     """The tenant's registered model, or NotFound (also for another tenant's)."""
-    model = session.get(Model, model_id)
+    model = get_by_id(session, Model, model_id)
     if model is None or model.tenant_id != tenant:
         raise NotFound(f"model '{model_id}' does not exist", field="model")
     return model
@@ -35,5 +37,10 @@ def list_models(
     """The tenant's registered models, newest first."""
     stmt = select(Model).where(Model.tenant_id == tenant)
     if task is not None:
+        if task not in REGISTRY:
+            raise InvalidInput(
+                f"task: unknown task '{task[:40]}'; expected one of {sorted(REGISTRY)}",
+                field="task",
+            )
         stmt = stmt.where(Model.task == task)
     return page_newest_first(session, stmt, Model, limit=min(limit, MAX_LIMIT), after=after)

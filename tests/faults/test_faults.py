@@ -199,10 +199,13 @@ def test_redis_killed_and_restarted(svc: tuple[Service, str], persistent: bool) 
     finished(service, running, "succeeded")
     recovered(service, queued, 1, t0)
     finished(service, queued, "succeeded")
-    republished = any("publishing it again" in m for m in events(service, queued))
-    # Without persistence the queued job's message died with Redis and the reaper published it
-    # again; with the append-only file it survived, and nothing had to be republished.
-    assert republished is not persistent
+    if not persistent:
+        # The queued job's message died with Redis; the reaper published it again.
+        assert any("publishing it again" in m for m in events(service, queued))
+    # (With the append-only file the message survives. A worker that reconnects while busy may
+    # reserve it at once and leave it unacknowledged until its job ends; the reaper cannot tell
+    # that from a dead reservation and may publish it again: harmless, the claim runs it once.)
+    assert service.client.get(f"/v1/jobs/{queued}").json()["attempt"] == 1
 
 
 def test_duplicate_messages_run_the_job_once(svc: tuple[Service, str]) -> None:
