@@ -3,6 +3,8 @@ database is down, the worker rides out the outage, and the job finishes with one
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from tests.faults.test_faults import (
     check_invariants,
     finished,
     mid_training,
+    recovered,
     submit,
 )
 from tests.pgserver import PostgresServer, own_server
@@ -47,6 +50,19 @@ def _poll(client: httpx.Client, stop: threading.Event, seen: dict[int, int]) -> 
             code = 0  # no HTTP answer at all
         seen[code] = seen.get(code, 0) + 1
         time.sleep(0.1)
+
+
+def test_pool_process_killed_mid_training_on_postgres(pg_svc: tuple[Service, str]) -> None:
+    """The reaper and the attempt fence on PostgreSQL: a killed attempt is re-run, once."""
+    service, dataset = pg_svc
+    job_id = submit(service, dataset)
+    mid_training(service, job_id)
+    t0 = time.monotonic()
+    for pid in service.worker_children():
+        os.kill(pid, signal.SIGKILL)
+    FIGURES.kills += 1
+    recovered(service, job_id, 2, t0, "pool process SIGKILL (PostgreSQL)")
+    assert finished(service, job_id, "succeeded")["attempt"] == 2
 
 
 def test_postgres_restart_mid_training(pg: PostgresServer, pg_svc: tuple[Service, str]) -> None:
