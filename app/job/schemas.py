@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.db.models import Job
 
 # Learning rates that worked for all-MiniLM-sized encoders here; the resolved value is stored.
-DEFAULT_LEARNING_RATE = {"full": 1e-4, "lora": 1e-3}
+DEFAULT_LEARNING_RATE = {"full": 1e-4, "lora": 1e-3, "head_only": 1e-3}
 
 
 class _Strict(BaseModel):
@@ -18,9 +18,22 @@ class _Strict(BaseModel):
 
 
 class FullMethod(_Strict):
-    """Every weight trains."""
+    """Every weight trains, or with `train_top_layers` only the task head and the top layers."""
 
     type: Literal["full"] = "full"
+    train_top_layers: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Train only the task head and the top N transformer layers; the embeddings "
+        "and the layers below stay frozen. Omitted: every layer trains.",
+    )
+
+
+class HeadOnlyMethod(_Strict):
+    """Only the new task head trains; the pretrained model is frozen (a linear probe)."""
+
+    type: Literal["head_only"]
 
 
 class LoraMethod(_Strict):
@@ -39,7 +52,7 @@ class LoraMethod(_Strict):
     )
 
 
-Method = Annotated[FullMethod | LoraMethod, Field(discriminator="type")]
+Method = Annotated[FullMethod | LoraMethod | HeadOnlyMethod, Field(discriminator="type")]
 
 
 class Hyperparameters(_Strict):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -123,7 +125,8 @@ def submit_job(
     if idempotency is not None:
         idempotency.replay_if_seen(session)
     task = get_task(spec.task)
-    resolve_base_model(settings, spec.base_model)
+    base = resolve_base_model(settings, spec.base_model)
+    _check_top_layers(spec, base.path_or_hub_id)
     train = _dataset_for(
         session, spec.train_dataset, tenant=tenant, field="train_dataset", task=task.name
     )
@@ -186,6 +189,21 @@ def submit_job(
         raise
     publish_pending(session, queue, job_id=job.id)
     return job
+
+
+def _check_top_layers(spec: JobCreate, base_path: str) -> None:
+    """`train_top_layers` may not exceed the base model's layer count (when its config says)."""
+    wanted = getattr(spec.method, "train_top_layers", None)
+    config = Path(base_path) / "config.json"
+    if wanted is None or not config.is_file():
+        return
+    layers = json.loads(config.read_text()).get("num_hidden_layers")
+    if isinstance(layers, int) and wanted > layers:
+        raise InvalidInput(
+            f"method.train_top_layers: {wanted} is more than the {layers} layers of "
+            f"'{spec.base_model}'",
+            field="method.train_top_layers",
+        )
 
 
 def _check_active_cap(session: Session, *, settings: Settings, tenant: str) -> None:

@@ -38,7 +38,7 @@ def test_submit_commits_then_enqueues_with_defaults(client, queue, train_id):  #
     assert resp.status_code == 201, resp.text
     job = resp.json()
     assert job["status"] == "queued"
-    assert job["method"] == {"type": "full"}
+    assert job["method"] == {"type": "full", "train_top_layers": None}
     hp = job["hyperparameters"]
     assert hp["learning_rate"] > 0 and hp["epochs"] > 0 and hp["batch_size"] > 0
     assert job["seed"] == 42
@@ -176,3 +176,22 @@ def test_task_options_are_validated_by_the_task(client, train_id):  # type: igno
     assert "task_options.doc_stride" in resp.json()["error"]["message"]
     ok = submit(client, train_dataset=train_id)
     assert ok.json()["task_options"] == {}
+
+
+def test_head_only_and_top_layers_are_validated(client, train_id):  # type: ignore[no-untyped-def]
+    ok = submit(client, train_dataset=train_id, method={"type": "head_only"})
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["hyperparameters"]["learning_rate"] == 1e-3
+    top = submit(client, train_dataset=train_id, method={"type": "full", "train_top_layers": 2})
+    assert top.status_code == 201 and top.json()["method"]["train_top_layers"] == 2
+    # all-MiniLM-L6-v2 has 6 layers.
+    too_many = submit(
+        client, train_dataset=train_id, method={"type": "full", "train_top_layers": 7}
+    )
+    assert too_many.status_code == 422
+    assert "method.train_top_layers" in too_many.json()["error"]["message"]
+    assert "6 layers" in too_many.json()["error"]["message"]
+    unknown = submit(client, train_dataset=train_id, method={"type": "dora"})
+    assert unknown.status_code == 422 and "method" in unknown.json()["error"]["message"]
+    zero = submit(client, train_dataset=train_id, method={"type": "full", "train_top_layers": 0})
+    assert zero.status_code == 422 and "train_top_layers" in zero.json()["error"]["message"]

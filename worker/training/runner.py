@@ -14,12 +14,19 @@ from app.basemodel.service import resolve_base_model
 from app.core.config import Settings
 from app.core.storage import remove_tree
 from app.db.models import Dataset, Job, Model
-from app.job.schemas import DEFAULT_LEARNING_RATE, Hyperparameters, JobSpec, LoraMethod
+from app.job.schemas import (
+    DEFAULT_LEARNING_RATE,
+    HeadOnlyMethod,
+    Hyperparameters,
+    JobSpec,
+    LoraMethod,
+)
 from app.ml import device as devices
 from app.ml.loading import load_model_for_training, load_tokenizer, quiet_transformers
 from app.ml.tasks import TaskSpec, get_task
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
+from worker.training.freezing import freeze
 from worker.training.lora import apply_lora, count_parameters, resolved_lora_config
 from worker.training.state import AttemptFence
 
@@ -200,6 +207,10 @@ def _build_trainer(
     if isinstance(spec.method, LoraMethod):
         model = apply_lora(model, task=task, method=spec.method, new_weights=new_weights)
         details["lora"] = resolved_lora_config(model)
+    elif isinstance(spec.method, HeadOnlyMethod):
+        freeze(model, new_weights=new_weights, top_layers=None)
+    elif spec.method.train_top_layers is not None:
+        freeze(model, new_weights=new_weights, top_layers=spec.method.train_top_layers)
     trainable, total = count_parameters(model)
     details["parameters"] = {"trainable": trainable, "total": total}
     fence.log(
