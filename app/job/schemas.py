@@ -66,7 +66,28 @@ class Hyperparameters(_Strict):
     max_length: int = Field(
         default=128, ge=8, le=8192, description="Tokens per example (truncated)."
     )
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Optimizer steps to train for; when given it overrides epochs.",
+    )
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of steps warming up.")
+    warmup_steps: int | None = Field(
+        default=None, ge=0, le=10_000_000, description="Warm-up steps; overrides warmup_ratio."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=1024, description="Batches whose gradients add up to one step."
+    )
+    max_grad_norm: float = Field(
+        default=1.0, ge=0, le=1000, description="Gradient clipping norm; 0 turns clipping off."
+    )
+    dropout: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Overrides the probability of every dropout layer of the model while training.",
+    )
     weight_decay: float = Field(default=0.01, ge=0, le=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     validation_split: float = Field(

@@ -195,3 +195,27 @@ def test_head_only_and_top_layers_are_validated(client, train_id):  # type: igno
     assert unknown.status_code == 422 and "method" in unknown.json()["error"]["message"]
     zero = submit(client, train_dataset=train_id, method={"type": "full", "train_top_layers": 0})
     assert zero.status_code == 422 and "train_top_layers" in zero.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "field"),
+    [
+        ({"learning_rate": 5}, "hyperparameters.learning_rate"),
+        ({"max_steps": 0}, "hyperparameters.max_steps"),
+        ({"gradient_accumulation_steps": 0}, "hyperparameters.gradient_accumulation_steps"),
+        ({"dropout": 1.0}, "hyperparameters.dropout"),
+        ({"max_grad_norm": -1}, "hyperparameters.max_grad_norm"),
+        ({"warmup_steps": -1}, "hyperparameters.warmup_steps"),
+    ],
+)
+def test_bad_hyperparameters_are_422_naming_the_field(client, train_id, hyperparameters, field):  # type: ignore[no-untyped-def]
+    resp = submit(client, train_dataset=train_id, hyperparameters=hyperparameters)
+    assert resp.status_code == 422
+    assert field in resp.json()["error"]["message"]
+
+
+def test_training_controls_are_resolved_and_shown(client, train_id):  # type: ignore[no-untyped-def]
+    hp = {"max_steps": 100, "gradient_accumulation_steps": 4, "warmup_steps": 10, "dropout": 0.2}
+    job = submit(client, train_dataset=train_id, hyperparameters=hp).json()
+    assert {k: job["hyperparameters"][k] for k in hp} == hp
+    assert job["hyperparameters"]["max_grad_norm"] == 1.0

@@ -1,4 +1,4 @@
-"""Which weights train: the head only, or the head plus the top N transformer layers."""
+"""Which weights train (the head only, or the head plus the top N layers), and dropout."""
 
 from __future__ import annotations
 
@@ -46,3 +46,16 @@ def freeze(model: Any, *, new_weights: Iterable[str], top_layers: int | None) ->
             "method: nothing would train (the base model has no new task head to train)",
             field="method",
         )
+
+
+def set_dropout(model: Any, p: float) -> None:
+    """Every dropout layer drops with probability `p`; the config records it for the record."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    config = getattr(model, "config", None)
+    for name in list(vars(config) if config is not None else ()):
+        if "dropout" in name and isinstance(getattr(config, name), float):
+            setattr(config, name, p)

@@ -26,7 +26,7 @@ from app.ml.loading import load_model_for_training, load_tokenizer, quiet_transf
 from app.ml.tasks import TaskSpec, get_task
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
-from worker.training.freezing import freeze
+from worker.training.freezing import freeze, set_dropout
 from worker.training.lora import apply_lora, count_parameters, resolved_lora_config
 from worker.training.state import AttemptFence
 
@@ -125,11 +125,14 @@ def _training_args(inputs: JobInputs, *, output_dir: Path, steps: int) -> Any:
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps or -1,
         learning_rate=learning_rate(inputs.spec),
         per_device_train_batch_size=hp.batch_size,
         per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        max_grad_norm=hp.max_grad_norm,
         # A float below 1 is a ratio of the total steps.
-        warmup_steps=hp.warmup_ratio,
+        warmup_steps=hp.warmup_steps if hp.warmup_steps is not None else hp.warmup_ratio,
         weight_decay=hp.weight_decay,
         lr_scheduler_type=hp.lr_scheduler,
         seed=inputs.spec.seed,
@@ -219,8 +222,11 @@ def _build_trainer(
         **details,
     )
 
-    steps_per_epoch = math.ceil(train.num_rows / spec.hyperparameters.batch_size)
-    steps = max(1, math.ceil(steps_per_epoch * spec.hyperparameters.epochs))
+    hp = spec.hyperparameters
+    if hp.dropout is not None:
+        set_dropout(model, hp.dropout)
+    steps_per_epoch = math.ceil(train.num_rows / (hp.batch_size * hp.gradient_accumulation_steps))
+    steps = hp.max_steps or max(1, math.ceil(steps_per_epoch * hp.epochs))
     args = _training_args(inputs, output_dir=output_dir, steps=steps)
     resolved = {
         **spec.hyperparameters.model_dump(mode="json"),
@@ -335,7 +341,12 @@ def train_job(
         result = trainer.train()
         metrics = _final_metrics(trainer, callback)
         fence.raise_if_cancelled()
-        samples = prepared.train.num_rows * inputs.spec.hyperparameters.epochs
+        hp = inputs.spec.hyperparameters
+        samples = (
+            prepared.train.num_rows * hp.epochs
+            if hp.max_steps is None
+            else trainer.state.global_step * hp.batch_size * hp.gradient_accumulation_steps
+        )
         training = {
             "train_loss": result.training_loss,
             "global_steps": trainer.state.global_step,
