@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.db.models import Job
 
 # Learning rates that worked for all-MiniLM-sized encoders here; the resolved value is stored.
-DEFAULT_LEARNING_RATE = {"full": 1e-4, "lora": 1e-3, "head_only": 1e-3}
+DEFAULT_LEARNING_RATE = {"full": 1e-4, "lora": 1e-3, "head_only": 1e-3, "ia3": 3e-3}
+# Methods that train a peft adapter (saved as an adapter, merged into the base for serving).
+ADAPTER_METHODS = frozenset({"lora", "ia3"})
 
 
 class _Strict(BaseModel):
@@ -27,6 +29,24 @@ class FullMethod(_Strict):
         le=1000,
         description="Train only the task head and the top N transformer layers; the embeddings "
         "and the layers below stay frozen. Omitted: every layer trains.",
+    )
+
+
+class Ia3Method(_Strict):
+    """(IA)^3 (peft.IA3Config): learned rescaling vectors, far fewer weights than LoRA; the task
+    head trains with them and is saved beside them."""
+
+    type: Literal["ia3"]
+    target_modules: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Module names to rescale; found from the architecture when omitted.",
+    )
+    feedforward_modules: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Which of target_modules are feed-forward layers (their inputs are scaled); "
+        "found from the architecture when omitted.",
     )
 
 
@@ -52,7 +72,9 @@ class LoraMethod(_Strict):
     )
 
 
-Method = Annotated[FullMethod | LoraMethod | HeadOnlyMethod, Field(discriminator="type")]
+Method = Annotated[
+    FullMethod | LoraMethod | Ia3Method | HeadOnlyMethod, Field(discriminator="type")
+]
 
 
 class Hyperparameters(_Strict):

@@ -12,6 +12,7 @@ from app.core.config import Settings
 from app.core.errors import Unavailable
 from app.core.storage import resolve
 from app.db.models import Model
+from app.job.schemas import ADAPTER_METHODS
 from app.ml import device as devices
 from app.ml.loading import load_model, load_tokenizer, quiet_transformers, read_model_metadata
 from app.ml.tasks import TaskSpec, get_task
@@ -72,7 +73,7 @@ def _load_adapter_model(
 
 
 def load_predictor(settings: Settings, model_row: Model) -> Predictor:
-    """Load a registered model (full or LoRA) for inference on the best device."""
+    """Load a registered model (full, or an adapter merged into its base) for inference."""
     quiet_transformers()
     path = resolve(settings, model_row.storage_path)
     try:
@@ -85,7 +86,7 @@ def load_predictor(settings: Settings, model_row: Model) -> Predictor:
     labels = list(meta.get("label_names") or model_row.label_names)
     threads = devices.thread_count(settings.inference_threads)
     devices.set_torch_threads(threads)
-    if meta.get("method", {}).get("type", model_row.method) == "lora":
+    if meta.get("method", {}).get("type", model_row.method) in ADAPTER_METHODS:
         model = _load_adapter_model(settings, task, path, meta, labels)
     else:
         model = load_model(task, path)

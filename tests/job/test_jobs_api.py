@@ -219,3 +219,12 @@ def test_training_controls_are_resolved_and_shown(client, train_id):  # type: ig
     job = submit(client, train_dataset=train_id, hyperparameters=hp).json()
     assert {k: job["hyperparameters"][k] for k in hp} == hp
     assert job["hyperparameters"]["max_grad_norm"] == 1.0
+
+
+def test_ia3_method_is_accepted_with_its_learning_rate(client, train_id):  # type: ignore[no-untyped-def]
+    resp = submit(client, train_dataset=train_id, method={"type": "ia3"})
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    assert job["method"]["type"] == "ia3" and job["hyperparameters"]["learning_rate"] == 3e-3
+    bad = submit(client, train_dataset=train_id, method={"type": "ia3", "target_modules": []})
+    assert bad.status_code == 422 and "method.ia3.target_modules" in bad.json()["error"]["message"]

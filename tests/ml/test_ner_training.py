@@ -133,7 +133,11 @@ def served_tags(predictor: Any, rows: dict[str, list[list[str]]]) -> list[list[s
 
 @pytest.mark.parametrize(
     ("method", "options"),
-    [({"type": "full"}, {}), ({"type": "lora", "r": 4}, {"label_all_tokens": True})],
+    [
+        ({"type": "full"}, {}),
+        ({"type": "lora", "r": 4}, {"label_all_tokens": True}),
+        ({"type": "ia3"}, {}),
+    ],
 )
 def test_train_then_serve(
     train_settings: Any,  # noqa: F811
@@ -142,7 +146,12 @@ def test_train_then_serve(
     options: dict[str, Any],
 ) -> None:
     validation = ner_rows(30, seed=1)
-    extra = {"epochs": 20, "learning_rate": 3e-2} if method["type"] == "lora" else {}
+    # Adapters on a randomly initialised tiny model need more steps and a larger rate.
+    extra = {
+        "full": {},
+        "lora": {"epochs": 20, "learning_rate": 3e-2},
+        "ia3": {"epochs": 20, "learning_rate": 1e-1},
+    }[str(method["type"])]
     row = train_ner(validation, method=method, task_options=options, **extra)
     assert row.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     metrics = row.metrics

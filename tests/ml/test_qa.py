@@ -531,7 +531,8 @@ def add_qa_job(
 
 
 @pytest.mark.parametrize(
-    ("method", "v2"), [({"type": "full"}, False), ({"type": "lora", "r": 4}, True)]
+    ("method", "v2"),
+    [({"type": "full"}, False), ({"type": "lora", "r": 4}, True), ({"type": "ia3"}, False)],
 )
 def test_tiny_model_trains_and_answers(
     train_settings: Any,  # noqa: F811
@@ -550,7 +551,7 @@ def test_tiny_model_trains_and_answers(
     assert model.label_names == []
     assert {"exact_match", "f1", "eval_loss"} <= set(model.metrics or {})
     path = train_settings.data_dir / model.storage_path
-    if method["type"] == "lora":
+    if method["type"] != "full":
         adapter = json.loads((path / "adapter_config.json").read_text())
         assert "qa_outputs" in adapter["modules_to_save"]
 

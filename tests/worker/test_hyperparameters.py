@@ -1,4 +1,4 @@
-"""Training controls reach the Trainer: max_steps, accumulation, warm-up steps, clipping, dropout."""
+"""Training controls reach the Trainer: max_steps, accumulation, warm-up, clipping, dropout."""
 
 from __future__ import annotations
 

@@ -219,3 +219,26 @@ def test_no_stray_directories(train_settings, add_job: Callable[..., str]) -> No
     run_job(train_settings, job_id)
     names = [p.name for p in Path(train_settings.models_dir).iterdir()]
     assert len(names) == 1 and not names[0].startswith(".")
+
+
+def test_ia3_saves_adapter_with_head_and_serves_merged(
+    train_settings, db: Session, add_job: Callable[..., str]
+) -> None:
+    from app.predict.predictor import load_predictor
+
+    job_id = add_job(method={"type": "ia3"}, learning_rate=3e-2, epochs=4)
+    assert run_job(train_settings, job_id) == JobStatus.SUCCEEDED
+    model = db.scalars(select(Model).where(Model.job_id == job_id)).one()
+    path = train_settings.data_dir / model.storage_path
+    adapter = json.loads((path / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "IA3"
+    assert set(adapter["target_modules"]) == {"key", "value", "output.dense"}
+    assert adapter["feedforward_modules"] == ["output.dense"]
+    assert "classifier" in adapter["modules_to_save"]
+    meta = json.loads((path / "tuneserve.json").read_text())
+    assert meta["method"]["type"] == "ia3"
+    params = meta["parameters"]
+    # IA3 trains scaling vectors and the head only: far fewer weights than the whole model.
+    assert 0 < params["trainable"] < params["total"] / 20
+    predictor = load_predictor(train_settings, model)
+    assert predictor.model.__class__.__name__ == "BertForSequenceClassification"  # merged

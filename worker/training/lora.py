@@ -1,11 +1,12 @@
-"""LoRA with peft: target modules found from the architecture; the new head trains and saves."""
+"""peft adapters (LoRA, IA3): target modules found from the architecture; the new head trains
+and is saved with the adapter."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from app.job.schemas import LoraMethod
+from app.job.schemas import Ia3Method, LoraMethod
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -51,16 +52,61 @@ def apply_lora(
     return get_peft_model(model, config)
 
 
-def resolved_lora_config(peft_model: Any) -> dict[str, Any]:
+def apply_ia3(
+    model: PreTrainedModel, *, task: TaskSpec, method: Ia3Method, new_weights: Iterable[str]
+) -> Any:
+    """Wrap the model in (IA)^3 vectors; the new head goes in modules_to_save."""
+    from peft import IA3Config, TaskType, get_peft_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS
+
+    model_type = str(getattr(model.config, "model_type", "") or "")
+    targets = method.target_modules or TARGETS.get(model_type)
+    feedforward = method.feedforward_modules or (
+        None if method.target_modules else FEEDFORWARD.get(model_type)
+    )
+    if targets is None:
+        from app.core.errors import InvalidInput
+
+        raise InvalidInput(
+            f"method.target_modules: peft knows no IA3 modules for '{model_type}' models; "
+            "name them (and method.feedforward_modules)",
+            field="method.target_modules",
+        )
+    config = IA3Config(
+        task_type=TaskType(task.peft_task_type) if task.peft_task_type else None,
+        target_modules=list(targets),
+        feedforward_modules=list(feedforward or []),
+        modules_to_save=head_modules(new_weights) or None,
+    )
+    return get_peft_model(model, config)
+
+
+def apply_adapter(
+    model: PreTrainedModel,
+    *,
+    task: TaskSpec,
+    method: LoraMethod | Ia3Method,
+    new_weights: Iterable[str],
+) -> Any:
+    if isinstance(method, LoraMethod):
+        return apply_lora(model, task=task, method=method, new_weights=new_weights)
+    return apply_ia3(model, task=task, method=method, new_weights=new_weights)
+
+
+def resolved_adapter_config(peft_model: Any) -> dict[str, Any]:
     """The adapter settings as applied (target modules after auto-detection)."""
     config = peft_model.peft_config["default"]
-    return {
-        "r": config.r,
-        "lora_alpha": config.lora_alpha,
-        "lora_dropout": config.lora_dropout,
+    resolved: dict[str, Any] = {
         "target_modules": sorted(config.target_modules or []),
         "modules_to_save": sorted(config.modules_to_save or []),
     }
+    if hasattr(config, "r"):
+        resolved |= {"r": config.r, "lora_alpha": config.lora_alpha}
+        resolved["lora_dropout"] = config.lora_dropout
+    if hasattr(config, "feedforward_modules"):
+        resolved["feedforward_modules"] = sorted(config.feedforward_modules or [])
+    return resolved
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

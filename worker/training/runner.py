@@ -18,6 +18,7 @@ from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
     HeadOnlyMethod,
     Hyperparameters,
+    Ia3Method,
     JobSpec,
     LoraMethod,
 )
@@ -27,7 +28,7 @@ from app.ml.tasks import TaskSpec, get_task
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
 from worker.training.freezing import freeze, set_dropout
-from worker.training.lora import apply_lora, count_parameters, resolved_lora_config
+from worker.training.lora import apply_adapter, count_parameters, resolved_adapter_config
 from worker.training.state import AttemptFence
 
 if TYPE_CHECKING:
@@ -207,9 +208,9 @@ def _build_trainer(
     )
 
     details: dict[str, Any] = {"max_length": max_length, "new_weights": new_weights}
-    if isinstance(spec.method, LoraMethod):
-        model = apply_lora(model, task=task, method=spec.method, new_weights=new_weights)
-        details["lora"] = resolved_lora_config(model)
+    if isinstance(spec.method, LoraMethod | Ia3Method):
+        model = apply_adapter(model, task=task, method=spec.method, new_weights=new_weights)
+        details["adapter"] = resolved_adapter_config(model)
     elif isinstance(spec.method, HeadOnlyMethod):
         freeze(model, new_weights=new_weights, top_layers=None)
     elif spec.method.train_top_layers is not None:
@@ -290,7 +291,7 @@ def _metadata(
             "source": inputs.base.source,
             "model_type": inputs.base.model_type,
         },
-        "method": {**inputs.spec.method.model_dump(mode="json"), **details.get("lora", {})},
+        "method": {**inputs.spec.method.model_dump(mode="json"), **details.get("adapter", {})},
         "hyperparameters": details["hyperparameters"],
         "task_options": inputs.spec.task_options,
         "max_length": details["max_length"],
