@@ -13,9 +13,10 @@ from types import FrameType
 
 from app.core.config import Settings
 from app.core.errors import ServiceError
+from app.core.storage import remove_tree
 from app.db.models import JobStatus, new_id
 from app.db.session import make_engine, make_sessionmaker, session_scope
-from worker.training.artifacts import discard
+from worker.training.artifacts import discard, job_dir
 from worker.training.state import UNREACHABLE, AttemptFence, FenceLost, JobCancelled, claim_job
 
 log = logging.getLogger("tuneserve.worker")
@@ -115,16 +116,16 @@ def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:
     from worker.training.runner import train_job
 
     model_id = new_id("mdl")
-    registered = False
+    registered = ended = False
     try:
         row, _ = train_job(settings, fence, model_id=model_id)
         fence.succeed(row, metrics=row.metrics)
-        registered = True
+        registered = ended = True
         log.info("job %s succeeded: model %s", fence.job_id, model_id)
         return JobStatus.SUCCEEDED
     except JobCancelled:
         log.info("job %s cancelled", fence.job_id)
-        fence.finish(JobStatus.CANCELLED, "job cancelled")
+        ended = fence.finish(JobStatus.CANCELLED, "job cancelled")
         return JobStatus.CANCELLED
     except FenceLost as exc:
         log.warning("job %s: %s; abandoning this attempt", fence.job_id, exc)
@@ -132,7 +133,7 @@ def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:
     except Exception as exc:
         log.exception("job %s failed", fence.job_id)
         code, message = error_code(exc), error_message(exc)
-        fence.finish(
+        ended = fence.finish(
             JobStatus.FAILED, f"job failed: {message}", error_code=code, error_message=message
         )
         return JobStatus.FAILED
@@ -144,3 +145,5 @@ def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:
     finally:
         if not registered:
             discard(settings, model_id)
+        if ended:  # checkpoints serve only a later attempt of a job that has not ended
+            remove_tree(job_dir(settings, fence.job_id))

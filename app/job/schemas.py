@@ -112,6 +112,15 @@ class Hyperparameters(_Strict):
     )
     weight_decay: float = Field(default=0.01, ge=0, le=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    checkpoint_every: Annotated[int, Field(ge=1, le=10_000_000)] | Literal["epoch", "no"] = Field(
+        default="epoch",
+        description="Save a resumable checkpoint (weights, optimizer, scheduler, RNG) every N "
+        'optimizer steps, at the end of each epoch ("epoch"), or never ("no"). A job whose '
+        "worker dies resumes from its last complete checkpoint.",
+    )
+    checkpoints_kept: int = Field(
+        default=2, ge=1, le=100, description="How many of the newest checkpoints are kept."
+    )
     validation_split: float = Field(
         default=0.1,
         gt=0,

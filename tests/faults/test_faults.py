@@ -141,6 +141,24 @@ def test_pool_process_killed_mid_training(svc: tuple[Service, str], round_: int)
     assert any("went silent" in m for m in events(service, job_id))
 
 
+def test_sigkill_after_a_checkpoint_resumes_from_it(svc: tuple[Service, str]) -> None:
+    service, dataset = svc
+    hp = {**SPEC["hyperparameters"], "checkpoint_every": 40}
+    job_id = submit(service, dataset, hyperparameters=hp)
+    wait_for(service.client, job_id, ("running",), JOB_TIMEOUT, service.data_dir, min_step=90)
+    t0 = time.monotonic()
+    for pid in service.worker_children():
+        os.kill(pid, signal.SIGKILL)
+    FIGURES.kills += 1
+    recovered(service, job_id, 2, t0, "pool process SIGKILL")
+    assert finished(service, job_id, "succeeded")["attempt"] == 2
+    messages = events(service, job_id)
+    resumed = [m for m in messages if m.startswith("resuming from checkpoint-")]
+    assert resumed, messages
+    step = int(resumed[0].split("checkpoint-")[1].split(" ")[0])
+    assert step >= 80 and step % 40 == 0
+
+
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_whole_worker_killed_and_restarted(svc: tuple[Service, str], round_: int) -> None:
     service, dataset = svc

@@ -50,7 +50,7 @@ def test_head_modules_are_the_parents_of_new_weights() -> None:
     ]
 
 
-def test_training_arguments_group_by_length_and_save_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_training_arguments_group_by_length_and_checkpoint_per_epoch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from types import SimpleNamespace
 
     from app.job.schemas import Hyperparameters, JobSpec
@@ -65,7 +65,24 @@ def test_training_arguments_group_by_length_and_save_nothing(tmp_path) -> None: 
     args = _training_args(SimpleNamespace(spec=spec), output_dir=tmp_path, steps=1000)  # type: ignore[arg-type]
     assert args.train_sampling_strategy == "group_by_length"
     assert args.length_column_name == LENGTH_COLUMN
-    assert args.save_strategy == "no" and args.eval_strategy == "epoch"
+    assert args.save_strategy == "epoch" and args.eval_strategy == "epoch"
+    assert args.save_total_limit == 2
     assert args.report_to in ("none", [], ["none"])
     assert (args.seed, args.learning_rate, args.warmup_steps) == (11, 1e-3, 0.1)
     assert args.lr_scheduler_type == "cosine" and args.logging_steps == 20
+
+
+def test_checkpoint_every_maps_to_save_strategy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from app.job.schemas import Hyperparameters, JobSpec
+    from worker.training.runner import _training_args
+
+    def args(every: object) -> object:
+        hp = Hyperparameters(checkpoint_every=every)  # type: ignore[arg-type]
+        spec = JobSpec(method={"type": "full"}, hyperparameters=hp, seed=1)  # type: ignore[arg-type]
+        return _training_args(SimpleNamespace(spec=spec), output_dir=tmp_path, steps=10)  # type: ignore[arg-type]
+
+    steps = args(25)
+    assert (steps.save_strategy, steps.save_steps) == ("steps", 25)  # type: ignore[attr-defined]
+    assert args("no").save_strategy == "no"  # type: ignore[attr-defined]

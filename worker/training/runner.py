@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from app.basemodel.schemas import ResolvedBaseModel
 from app.basemodel.service import resolve_base_model
 from app.core.config import Settings
-from app.core.storage import remove_tree
 from app.db.models import Dataset, Job, Model
 from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
@@ -27,6 +25,7 @@ from app.ml.loading import load_model_for_training, load_tokenizer, quiet_transf
 from app.ml.tasks import TaskSpec, get_task
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
+from worker.training.checkpoints import CheckpointCallback, checkpoints_dir, latest_complete
 from worker.training.freezing import freeze, set_dropout
 from worker.training.lora import apply_adapter, count_parameters, resolved_adapter_config
 from worker.training.state import AttemptFence
@@ -143,7 +142,12 @@ def _training_args(inputs: JobInputs, *, output_dir: Path, steps: int) -> Any:
         # The datasets hold model inputs plus the length column, which the collator drops.
         remove_unused_columns=False,
         eval_strategy="epoch",
-        save_strategy="no",
+        # Resumable checkpoints (weights, optimizer, scheduler, RNG) for a worker that dies.
+        save_strategy="no"
+        if hp.checkpoint_every == "no"
+        else ("epoch" if hp.checkpoint_every == "epoch" else "steps"),
+        save_steps=hp.checkpoint_every if isinstance(hp.checkpoint_every, int) else 500,
+        save_total_limit=hp.checkpoints_kept,
         logging_strategy="steps",
         logging_steps=max(1, min(50, steps // 50)),
         logging_first_step=True,
@@ -334,42 +338,45 @@ def train_job(
     inputs = _read_inputs(settings, fence)
     fence.raise_if_cancelled()
     prepared = _prepare_rows(settings, inputs, fence)
-    scratch = settings.jobs_dir / inputs.job.id / f"attempt-{fence.attempt}"
-    try:
-        trainer, callback, details = _build_trainer(
-            settings, inputs, prepared, fence, output_dir=scratch
-        )
-        result = trainer.train()
-        metrics = _final_metrics(trainer, callback)
-        fence.raise_if_cancelled()
-        hp = inputs.spec.hyperparameters
-        samples = (
-            prepared.train.num_rows * hp.epochs
-            if hp.max_steps is None
-            else trainer.state.global_step * hp.batch_size * hp.gradient_accumulation_steps
-        )
-        training = {
-            "train_loss": result.training_loss,
-            "global_steps": trainer.state.global_step,
-            "train_runtime_s": result.metrics.get("train_runtime"),
-            "step_seconds": round(callback.step_seconds, 3),
-            "train_samples_per_second": round(samples / max(callback.step_seconds, 1e-9), 2),
-        }
+    # Shared by the job's attempts: a later attempt resumes from what an earlier one saved.
+    saved = checkpoints_dir(settings, inputs.job.id)
+    trainer, callback, details = _build_trainer(settings, inputs, prepared, fence, output_dir=saved)
+    trainer.add_callback(CheckpointCallback(fence))
+    resume = latest_complete(saved)
+    if resume is not None:
+        path, manifest = resume
         fence.log(
-            f"training done: {training['global_steps']} steps, "
-            f"{training['train_samples_per_second']} samples/s in training steps",
-            **training,
+            f"resuming from {path.name} (step {manifest['step']}, "
+            f"epoch {manifest['epoch']:.2f}) saved by an earlier attempt",
+            resumed_from_step=manifest["step"],
         )
-        meta = _metadata(
-            inputs, prepared, model_id=model_id, metrics=metrics, details=details, training=training
-        )
-        written = write_model_dir(
-            settings, model_id=model_id, save=_save(trainer, trainer.processing_class), meta=meta
-        )
-    finally:
-        remove_tree(scratch)
-        with contextlib.suppress(OSError):
-            scratch.parent.rmdir()  # only when no other attempt left files there
+    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
+    metrics = _final_metrics(trainer, callback)
+    fence.raise_if_cancelled()
+    hp = inputs.spec.hyperparameters
+    samples = (
+        prepared.train.num_rows * hp.epochs
+        if hp.max_steps is None
+        else trainer.state.global_step * hp.batch_size * hp.gradient_accumulation_steps
+    )
+    training = {
+        "train_loss": result.training_loss,
+        "global_steps": trainer.state.global_step,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "step_seconds": round(callback.step_seconds, 3),
+        "train_samples_per_second": round(samples / max(callback.step_seconds, 1e-9), 2),
+    }
+    fence.log(
+        f"training done: {training['global_steps']} steps, "
+        f"{training['train_samples_per_second']} samples/s in training steps",
+        **training,
+    )
+    meta = _metadata(
+        inputs, prepared, model_id=model_id, metrics=metrics, details=details, training=training
+    )
+    written = write_model_dir(
+        settings, model_id=model_id, save=_save(trainer, trainer.processing_class), meta=meta
+    )
     row = Model(
         id=model_id,
         tenant_id=inputs.job.tenant_id,
