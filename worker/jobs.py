@@ -16,7 +16,8 @@ from app.core.errors import ServiceError
 from app.core.storage import remove_tree
 from app.db.models import JobStatus, new_id
 from app.db.session import make_engine, make_sessionmaker, session_scope
-from worker.training.artifacts import discard, job_dir
+from app.job.checkpoints import job_dir
+from worker.training.artifacts import discard
 from worker.training.state import UNREACHABLE, AttemptFence, FenceLost, JobCancelled, claim_job
 
 log = logging.getLogger("tuneserve.worker")

@@ -17,7 +17,7 @@ from app.core.idempotency import (
 from app.core.schemas import PROTECTED, Page, error_responses
 from app.db.models import JobEvent
 from app.job import service
-from app.job.schemas import JobCreate, JobEventRead, JobRead
+from app.job.schemas import CheckpointRead, JobCreate, JobEventRead, JobRead
 
 # Event ids are 32-bit integers on PostgreSQL; a larger `after` would overflow the query.
 MAX_EVENT_ID = 2**31 - 1
@@ -116,6 +116,19 @@ def list_events(
         data=[_event_read(e) for e in rows],
         next_cursor=str(next_after) if next_after is not None else None,
     )
+
+
+@router.get(
+    "/{job_id}/checkpoints", response_model=Page[CheckpointRead], responses=error_responses(404)
+)
+def list_checkpoints(
+    job_id: str, session: SessionDep, settings: SettingsDep, principal: JobReader
+) -> Page[CheckpointRead]:
+    """A running or re-queued job's resumable checkpoints with their step and metrics."""
+    rows = service.list_checkpoints(
+        session, settings=settings, tenant=principal.tenant, job_id=job_id
+    )
+    return Page[CheckpointRead](data=rows)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(404, 409))

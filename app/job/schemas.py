@@ -224,3 +224,13 @@ class JobEventRead(BaseModel):
     message: str
     data: dict[str, Any] | None
     created_at: datetime
+
+
+class CheckpointRead(BaseModel):
+    """A complete, resumable checkpoint of a job that has not ended."""
+
+    step: int = Field(description="Optimizer steps done when it was saved.")
+    epoch: float
+    metrics: dict[str, float] = Field(description="The latest evaluation before it was saved.")
+    size_bytes: int
+    saved_at: datetime

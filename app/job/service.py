@@ -29,9 +29,11 @@ from app.db.models import (
     utcnow,
 )
 from app.db.session import get_by_id
+from app.job.checkpoints import checkpoints_dir, complete_checkpoints, saved_at
 from app.job.outbox import publish_pending
 from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
+    CheckpointRead,
     Hyperparameters,
     JobCreate,
     JobRead,
@@ -314,3 +316,20 @@ def cancel_job(session: Session, *, tenant: str, job_id: str) -> Job:
             f"job '{job_id}' is already {job.status} and cannot be cancelled", status=job.status
         )
     return job
+
+
+def list_checkpoints(
+    session: Session, *, settings: Settings, tenant: str, job_id: str
+) -> list[CheckpointRead]:
+    """The job's complete checkpoints, oldest first (none once the job has ended)."""
+    get_job(session, tenant=tenant, job_id=job_id)
+    return [
+        CheckpointRead(
+            step=int(manifest["step"]),
+            epoch=float(manifest["epoch"]),
+            metrics={k: float(v) for k, v in (manifest.get("metrics") or {}).items()},
+            size_bytes=sum(int(n) for n in manifest["files"].values()),
+            saved_at=saved_at(path),
+        )
+        for path, manifest in complete_checkpoints(checkpoints_dir(settings, job_id))
+    ]

@@ -50,6 +50,7 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/jobs"): frozenset({"train", "jobs:read"}),
     ("GET", "/v1/jobs/{job_id}"): frozenset({"train", "jobs:read"}),
     ("GET", "/v1/jobs/{job_id}/events"): frozenset({"train", "jobs:read"}),
+    ("GET", "/v1/jobs/{job_id}/checkpoints"): frozenset({"train", "jobs:read"}),
     ("POST", "/v1/jobs/{job_id}/cancel"): frozenset({"train"}),
     ("GET", "/v1/models"): frozenset({"models:read"}),
     ("GET", "/v1/models/{model_id}"): frozenset({"models:read"}),

@@ -146,6 +146,10 @@ def test_sigkill_after_a_checkpoint_resumes_from_it(svc: tuple[Service, str]) ->
     hp = {**SPEC["hyperparameters"], "checkpoint_every": 40}
     job_id = submit(service, dataset, hyperparameters=hp)
     wait_for(service.client, job_id, ("running",), JOB_TIMEOUT, service.data_dir, min_step=90)
+    listed = service.client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
+    assert [c["step"] for c in listed][-2:] in ([40, 80], [80, 120]) and listed[-1][
+        "size_bytes"
+    ] > 0
     t0 = time.monotonic()
     for pid in service.worker_children():
         os.kill(pid, signal.SIGKILL)

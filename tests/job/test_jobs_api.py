@@ -228,3 +228,27 @@ def test_ia3_method_is_accepted_with_its_learning_rate(client, train_id):  # typ
     assert job["method"]["type"] == "ia3" and job["hyperparameters"]["learning_rate"] == 3e-3
     bad = submit(client, train_dataset=train_id, method={"type": "ia3", "target_modules": []})
     assert bad.status_code == 422 and "method.ia3.target_modules" in bad.json()["error"]["message"]
+
+
+def test_checkpoints_list_only_complete_ones(client, settings, train_id):  # type: ignore[no-untyped-def]
+    from app.job.checkpoints import checkpoints_dir, write_manifest
+
+    job_id = submit(client, train_dataset=train_id).json()["id"]
+    assert client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"] == []
+    root = checkpoints_dir(settings, job_id)
+    for step in (10, 20):
+        path = root / f"checkpoint-{step}"
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"w" * step)
+        (path / "optimizer.pt").write_bytes(b"o" * 3)
+        write_manifest(path, step=step, epoch=step / 10, metrics={"eval_loss": 0.5})
+    torn = root / "checkpoint-30"
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"half")
+    listed = client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
+    assert [(c["step"], c["epoch"], c["size_bytes"]) for c in listed] == [
+        (10, 1.0, 13),
+        (20, 2.0, 23),
+    ]
+    assert listed[0]["metrics"] == {"eval_loss": 0.5}
+    assert client.get("/v1/jobs/job_nope/checkpoints").status_code == 404

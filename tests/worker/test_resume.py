@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent, JobStatus, Model
+from app.job.checkpoints import MANIFEST, checkpoints_dir, latest_complete
 from worker.jobs import run_job
-from worker.training.checkpoints import MANIFEST, checkpoints_dir, latest_complete
 
 SPEC: dict[str, Any] = {"epochs": 3, "batch_size": 8, "checkpoint_every": 2, "dropout": 0.0}
 
@@ -95,7 +95,7 @@ def test_interrupted_attempt_resumes_from_its_last_complete_checkpoint(
 
 
 def test_manifest_lists_every_file_with_its_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from worker.training.checkpoints import read_manifest, write_manifest
+    from app.job.checkpoints import read_manifest, write_manifest
 
     ckpt = tmp_path / "checkpoint-3"
     ckpt.mkdir()

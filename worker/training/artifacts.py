@@ -55,11 +55,6 @@ def temp_dir(settings: Settings, model_id: str) -> Path:
     return settings.models_dir / f".tmp-{model_id}"
 
 
-def job_dir(settings: Settings, job_id: str) -> Path:
-    """A job's working files (its checkpoints), kept across attempts until the job ends."""
-    return settings.jobs_dir / job_id
-
-
 def discard(settings: Settings, model_id: str) -> None:
     """Remove a model directory and its temporary twin (an unregistered model leaves nothing)."""
     remove_tree(temp_dir(settings, model_id))

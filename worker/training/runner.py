@@ -12,6 +12,7 @@ from app.basemodel.schemas import ResolvedBaseModel
 from app.basemodel.service import resolve_base_model
 from app.core.config import Settings
 from app.db.models import Dataset, Job, Model
+from app.job.checkpoints import checkpoints_dir, latest_complete
 from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
     HeadOnlyMethod,
@@ -25,7 +26,7 @@ from app.ml.loading import load_model_for_training, load_tokenizer, quiet_transf
 from app.ml.tasks import TaskSpec, get_task
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
-from worker.training.checkpoints import CheckpointCallback, checkpoints_dir, latest_complete
+from worker.training.checkpoints import CheckpointCallback
 from worker.training.freezing import freeze, set_dropout
 from worker.training.lora import apply_adapter, count_parameters, resolved_adapter_config
 from worker.training.state import AttemptFence
