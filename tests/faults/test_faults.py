@@ -119,6 +119,21 @@ def finished(service: Service, job_id: str, expected: str) -> dict[str, Any]:
     return job
 
 
+def signal_pool(service: Service, job_id: str, sig: int, fault: str) -> dict[str, Any]:
+    """Send `sig` to the worker's pool processes mid-training; wait for the job's attempt 2 to
+    run (recording the recovery time) and then to succeed; its final state."""
+    children = service.worker_children()
+    assert children, "the worker has no pool process"
+    t0 = time.monotonic()
+    for pid in children:
+        os.kill(pid, sig)
+    FIGURES.kills += 1
+    recovered(service, job_id, 2, t0, fault)
+    job = finished(service, job_id, "succeeded")
+    assert job["attempt"] == 2
+    return job
+
+
 def events(service: Service, job_id: str) -> list[str]:
     data = service.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
     return [e["message"] for e in data]
@@ -129,15 +144,7 @@ def test_pool_process_killed_mid_training(svc: tuple[Service, str], round_: int)
     service, dataset = svc
     job_id = submit(service, dataset)
     mid_training(service, job_id)
-    children = service.worker_children()
-    assert children, "the worker has no pool process"
-    t0 = time.monotonic()
-    for pid in children:
-        os.kill(pid, signal.SIGKILL)
-    FIGURES.kills += 1
-    recovered(service, job_id, 2, t0, "pool process SIGKILL")
-    job = finished(service, job_id, "succeeded")
-    assert job["attempt"] == 2
+    signal_pool(service, job_id, signal.SIGKILL, "pool process SIGKILL")
     assert any("went silent" in m for m in events(service, job_id))
 
 
@@ -147,15 +154,9 @@ def test_sigkill_after_a_checkpoint_resumes_from_it(svc: tuple[Service, str]) ->
     job_id = submit(service, dataset, hyperparameters=hp)
     wait_for(service.client, job_id, ("running",), JOB_TIMEOUT, service.data_dir, min_step=90)
     listed = service.client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
-    assert [c["step"] for c in listed][-2:] in ([40, 80], [80, 120]) and listed[-1][
-        "size_bytes"
-    ] > 0
-    t0 = time.monotonic()
-    for pid in service.worker_children():
-        os.kill(pid, signal.SIGKILL)
-    FIGURES.kills += 1
-    recovered(service, job_id, 2, t0, "pool process SIGKILL")
-    assert finished(service, job_id, "succeeded")["attempt"] == 2
+    assert [c["step"] for c in listed][-2:] in ([40, 80], [80, 120])
+    assert all(c["size_bytes"] > 0 for c in listed)
+    signal_pool(service, job_id, signal.SIGKILL, "pool process SIGKILL")
     messages = events(service, job_id)
     resumed = [m for m in messages if m.startswith("resuming from checkpoint-")]
     assert resumed, messages
@@ -183,12 +184,7 @@ def test_sigterm_to_the_pool_process_hands_the_job_back(
     service, dataset = svc
     job_id = submit(service, dataset)
     mid_training(service, job_id)
-    t0 = time.monotonic()
-    for pid in service.worker_children():
-        os.kill(pid, signal.SIGTERM)
-    FIGURES.kills += 1
-    recovered(service, job_id, 2, t0, "pool process SIGTERM")
-    assert finished(service, job_id, "succeeded")["attempt"] == 2
+    signal_pool(service, job_id, signal.SIGTERM, "pool process SIGTERM")
     assert any("worker stopped during training" in m for m in events(service, job_id))
 
 

@@ -3,7 +3,6 @@ database is down, the worker rides out the outage, and the job finishes with one
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -21,7 +20,7 @@ from tests.faults.test_faults import (
     check_invariants,
     finished,
     mid_training,
-    recovered,
+    signal_pool,
     submit,
 )
 from tests.pgserver import PostgresServer, own_server
@@ -57,12 +56,7 @@ def test_pool_process_killed_mid_training_on_postgres(pg_svc: tuple[Service, str
     service, dataset = pg_svc
     job_id = submit(service, dataset)
     mid_training(service, job_id)
-    t0 = time.monotonic()
-    for pid in service.worker_children():
-        os.kill(pid, signal.SIGKILL)
-    FIGURES.kills += 1
-    recovered(service, job_id, 2, t0, "pool process SIGKILL (PostgreSQL)")
-    assert finished(service, job_id, "succeeded")["attempt"] == 2
+    signal_pool(service, job_id, signal.SIGKILL, "pool process SIGKILL (PostgreSQL)")
 
 
 def test_postgres_restart_mid_training(pg: PostgresServer, pg_svc: tuple[Service, str]) -> None:
