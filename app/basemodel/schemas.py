@@ -43,3 +43,5 @@ class ResolvedBaseModel:
     # A local directory (package, local, cached hub snapshot) that from_pretrained reads offline.
     path_or_hub_id: str
     model_type: str | None = None
+    # Transformer blocks, from config.json's num_hidden_layers (None when it does not say).
+    num_layers: int | None = None

@@ -166,8 +166,15 @@ def resolve_base_model(settings: Settings, model_id: str) -> ResolvedBaseModel:
                 "download it on this machine first",
                 field="base_model",
             )
-        model_type = _read_config(entry.path).get("model_type")
-        return ResolvedBaseModel(model_id, entry.source, str(entry.path), model_type)
+        config = _read_config(entry.path)
+        layers = config.get("num_hidden_layers")
+        return ResolvedBaseModel(
+            model_id,
+            entry.source,
+            str(entry.path),
+            config.get("model_type"),
+            layers if isinstance(layers, int) else None,
+        )
     available = [e.id for e in entries if e.path is not None]
     raise InvalidInput(
         f"unknown base_model '{model_id}'; available: {available}",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings
@@ -60,3 +60,9 @@ def get_by_id(session: Session, model: type[T], object_id: str) -> T | None:
     if "\x00" in object_id:
         return None
     return session.get(model, object_id)
+
+
+def rows_changed(session: Session, stmt: Any) -> int:
+    """Run a conditional UPDATE; the number of rows it changed."""
+    result = cast(CursorResult[Any], session.execute(stmt))
+    return int(result.rowcount)

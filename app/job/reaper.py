@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.queue import JobQueue
 from app.db.models import EventType, Job, JobEvent, JobMessage, JobStatus, utcnow
+from app.db.session import rows_changed
 
 log = logging.getLogger("tuneserve.reaper")
 
@@ -48,11 +49,6 @@ def reap(
         _reap_silent(session, settings=settings, now=now, report=report)
     _republish_lost(session, settings=settings, queue=queue, now=now, report=report)
     return report
-
-
-def _changed(session: Session, stmt: object) -> bool:
-    result: CursorResult[object] = session.execute(stmt)  # type: ignore[call-overload]
-    return int(result.rowcount) == 1
 
 
 def _reap_silent(
@@ -94,7 +90,7 @@ def _reap_silent(
             .values(status=status, finished_at=now if terminal else None, **values)
             .execution_options(synchronize_session=False)
         )
-        if not _changed(session, stmt):
+        if rows_changed(session, stmt) != 1:
             session.rollback()  # the worker spoke or someone else reaped it first
             continue
         data = {"status": status, "attempt": attempt, "reason": "heartbeat_timeout"}

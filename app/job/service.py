@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,7 +25,7 @@ from app.db.models import (
     new_id,
     utcnow,
 )
-from app.db.session import get_by_id
+from app.db.session import get_by_id, rows_changed
 from app.job.checkpoints import checkpoints_dir, complete_checkpoints, saved_at
 from app.job.outbox import publish_pending
 from app.job.schemas import (
@@ -128,7 +125,7 @@ def submit_job(
         idempotency.replay_if_seen(session)
     task = get_task(spec.task)
     base = resolve_base_model(settings, spec.base_model)
-    _check_top_layers(spec, base.path_or_hub_id)
+    _check_top_layers(spec, base.num_layers)
     train = _dataset_for(
         session, spec.train_dataset, tenant=tenant, field="train_dataset", task=task.name
     )
@@ -193,16 +190,12 @@ def submit_job(
     return job
 
 
-def _check_top_layers(spec: JobCreate, base_path: str) -> None:
+def _check_top_layers(spec: JobCreate, num_layers: int | None) -> None:
     """`train_top_layers` may not exceed the base model's layer count (when its config says)."""
     wanted = getattr(spec.method, "train_top_layers", None)
-    config = Path(base_path) / "config.json"
-    if wanted is None or not config.is_file():
-        return
-    layers = json.loads(config.read_text()).get("num_hidden_layers")
-    if isinstance(layers, int) and wanted > layers:
+    if wanted is not None and num_layers is not None and wanted > num_layers:
         raise InvalidInput(
-            f"method.train_top_layers: {wanted} is more than the {layers} layers of "
+            f"method.train_top_layers: {wanted} is more than the {num_layers} layers of "
             f"'{spec.base_model}'",
             field="method.train_top_layers",
         )
@@ -269,17 +262,11 @@ def list_events(
     return rows, next_after
 
 
-def _update(session: Session, stmt: Any) -> int:
-    """Run a conditional UPDATE; the number of rows it changed."""
-    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
-    return int(result.rowcount)
-
-
 def cancel_job(session: Session, *, tenant: str, job_id: str) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next step."""
     job = get_job(session, tenant=tenant, job_id=job_id)
     now = utcnow()
-    done = _update(
+    done = rows_changed(
         session,
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
@@ -295,7 +282,7 @@ def cancel_job(session: Session, *, tenant: str, job_id: str) -> Job:
             )
         )
     else:
-        done = _update(
+        done = rows_changed(
             session,
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.RUNNING)

@@ -6,21 +6,17 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import EventType, Job, JobEvent, JobMessage, JobStatus, Model, utcnow
-from app.db.session import session_scope
+from app.db.session import rows_changed, session_scope
 
 log = logging.getLogger("tuneserve.worker")
 T = TypeVar("T")
-
-
-def _rowcount(result: Any) -> int:
-    return cast(CursorResult[Any], result).rowcount
 
 
 UNREACHABLE = (OperationalError, InterfaceError)
@@ -61,22 +57,21 @@ class JobCancelled(Exception):
 def claim_job(session: Session, *, job_id: str, worker: str) -> int | None:
     """Take a queued job for this worker; the new attempt number, or None if it was not queued."""
     now = utcnow()
-    claimed = _rowcount(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-            .values(
-                status=JobStatus.RUNNING,
-                attempt=Job.attempt + 1,
-                started_at=now,
-                heartbeat_at=now,
-                worker=worker[:200],
-                progress_step=0,
-                error_code=None,
-                error_message=None,
-            )
-            .execution_options(synchronize_session=False)
+    claimed = rows_changed(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=Job.attempt + 1,
+            started_at=now,
+            heartbeat_at=now,
+            worker=worker[:200],
+            progress_step=0,
+            error_code=None,
+            error_message=None,
         )
+        .execution_options(synchronize_session=False),
     )
     if claimed != 1:
         return None
@@ -113,13 +108,12 @@ class AttemptFence:
         return (Job.id == self.job_id, Job.attempt == self.attempt, Job.status == JobStatus.RUNNING)
 
     def _touch(self, session: Session, **values: Any) -> None:
-        done = _rowcount(
-            session.execute(
-                update(Job)
-                .where(*self._owned())
-                .values(heartbeat_at=utcnow(), **values)
-                .execution_options(synchronize_session=False)
-            )
+        done = rows_changed(
+            session,
+            update(Job)
+            .where(*self._owned())
+            .values(heartbeat_at=utcnow(), **values)
+            .execution_options(synchronize_session=False),
         )
         if done != 1:
             raise FenceLost(f"job {self.job_id} attempt {self.attempt} is no longer running")
@@ -205,19 +199,18 @@ class AttemptFence:
     def _succeed(self, model: Model, *, metrics: dict[str, Any]) -> None:
         session = self.factory()
         try:
-            done = _rowcount(
-                session.execute(
-                    update(Job)
-                    .where(*self._owned(), Job.cancel_requested.is_(False))
-                    .values(
-                        status=JobStatus.SUCCEEDED,
-                        model_id=model.id,
-                        metrics=metrics,
-                        finished_at=utcnow(),
-                        heartbeat_at=utcnow(),
-                    )
-                    .execution_options(synchronize_session=False)
+            done = rows_changed(
+                session,
+                update(Job)
+                .where(*self._owned(), Job.cancel_requested.is_(False))
+                .values(
+                    status=JobStatus.SUCCEEDED,
+                    model_id=model.id,
+                    metrics=metrics,
+                    finished_at=utcnow(),
+                    heartbeat_at=utcnow(),
                 )
+                .execution_options(synchronize_session=False),
             )
             if done != 1:
                 session.rollback()
