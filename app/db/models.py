@@ -156,6 +156,10 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # What the worker resolved when training began: "auto" values and defaults made concrete.
+    resolved_hyperparameters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # {"trainable": n, "total": n} of the model as trained (after freezing or adapters).
+    parameters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobEvent(Base):
@@ -189,6 +193,13 @@ class Model(Base):
     # Relative to the data directory.
     storage_path: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # How the weights are stored: "full" (a whole model), "adapter" (peft weights over the base),
+    # or "merged" (an adapter folded into its base at registration).
+    artifact: Mapped[str] = mapped_column(String(20), default="full", server_default="full")
+    # The registered model this one was trained from (base_model "model:<id>"); not a foreign key,
+    # so a parent can be deleted without rewriting its descendants' history.
+    parent_model_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    parameters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -14,6 +14,7 @@ from app.core.config import Settings
 from app.db.models import Dataset, Job, Model
 from app.job.checkpoints import checkpoints_dir, latest_complete
 from app.job.schemas import (
+    ADAPTER_METHODS,
     DEFAULT_LEARNING_RATE,
     HeadOnlyMethod,
     Hyperparameters,
@@ -392,5 +393,7 @@ def train_job(
         hyperparameters=details["hyperparameters"],
         storage_path=written.storage_path,
         size_bytes=written.size_bytes,
+        artifact="adapter" if inputs.spec.method.type in ADAPTER_METHODS else "full",
+        parameters=details["parameters"],
     )
     return row, written
