@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     from app.dataset.router import router as datasets_router
     from app.job.router import router as jobs_router
     from app.predict.router import build_router as build_predict_router
+    from app.registry.router import alias_router
     from app.registry.router import router as models_router
 
     settings = settings or get_settings()
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         base_models_router,
         jobs_router,
         models_router,
+        alias_router,
         build_predict_router(),
     ):
         app.include_router(router, prefix="/v1")

@@ -238,3 +238,22 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (UniqueConstraint("tenant_id", "route", "key"),)
+
+
+class ModelAlias(Base):
+    """A tenant's name for one of its models (`production`), accepted wherever a model id is.
+
+    Moving an alias re-points every caller that names it at once; the model it pointed to before
+    is kept so a move can be undone.
+    """
+
+    __tablename__ = "model_aliases"
+
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
+    previous_model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.auth.deps import Predictor
 from app.core.config import Settings
@@ -18,7 +18,7 @@ from app.registry.service import get_model_for_task
 
 
 class PredictResponse(BaseModel):
-    model: str
+    model: str = Field(description="The model that answered (the one an alias pointed at).")
     predictions: list[Any]
 
 

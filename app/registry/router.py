@@ -5,18 +5,38 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from app.auth.deps import ModelReader
+from app.auth.deps import ModelReader, Trainer
 from app.core.deps import SessionDep
 from app.core.schemas import PROTECTED, Page, error_responses
-from app.db.models import Model
-from app.registry import service
-from app.registry.schemas import ModelRead
+from app.db.models import Model, ModelAlias
+from app.registry import aliases, service
+from app.registry.schemas import AliasRead, ModelRead
 
 router = APIRouter(prefix="/models", tags=["models"], responses=PROTECTED)
+alias_router = APIRouter(prefix="/aliases", tags=["models"], responses=PROTECTED)
 
 
-def to_read(model: Model) -> ModelRead:
+def _aliases_by_model(session: Session, models: list[Model]) -> dict[str, list[str]]:
+    if not models:
+        return {}
+    stmt = (
+        select(ModelAlias.model_id, ModelAlias.name)
+        .where(
+            ModelAlias.tenant_id == models[0].tenant_id,
+            ModelAlias.model_id.in_([m.id for m in models]),
+        )
+        .order_by(ModelAlias.name)
+    )
+    found: dict[str, list[str]] = {}
+    for model_id, name in session.execute(stmt):
+        found.setdefault(model_id, []).append(name)
+    return found
+
+
+def to_read(model: Model, names: list[str] | None = None) -> ModelRead:
     return ModelRead(
         id=model.id,
         task=model.task,
@@ -29,7 +49,18 @@ def to_read(model: Model) -> ModelRead:
         train_dataset=model.train_dataset_id,
         validation_dataset=model.validation_dataset_id,
         size_bytes=model.size_bytes,
+        aliases=names or [],
         created_at=model.created_at,
+    )
+
+
+def alias_read(alias: ModelAlias) -> AliasRead:
+    return AliasRead(
+        name=alias.name,
+        model=alias.model_id,
+        previous_model=alias.previous_model_id,
+        created_at=alias.created_at,
+        updated_at=alias.updated_at,
     )
 
 
@@ -45,10 +76,44 @@ def list_models(
     rows, cursor = service.list_models(
         session, tenant=principal.tenant, limit=limit, after=after, task=task
     )
-    return Page[ModelRead](data=[to_read(m) for m in rows], next_cursor=cursor)
+    names = _aliases_by_model(session, rows)
+    return Page[ModelRead](data=[to_read(m, names.get(m.id)) for m in rows], next_cursor=cursor)
 
 
 @router.get("/{model_id}", response_model=ModelRead, responses=error_responses(404))
 def get_model(model_id: str, session: SessionDep, principal: ModelReader) -> ModelRead:
     """A registered model: task, base, method, labels, metrics and provenance."""
-    return to_read(service.get_model(session, tenant=principal.tenant, model_id=model_id))
+    model = service.get_model(session, tenant=principal.tenant, model_id=model_id)
+    return to_read(model, aliases.aliases_of(session, model))
+
+
+@router.put(
+    "/{model_id}/aliases/{name}", response_model=AliasRead, responses=error_responses(404, 422)
+)
+def put_alias(model_id: str, name: str, session: SessionDep, principal: Trainer) -> AliasRead:
+    """Point an alias at this model, creating it or moving it from another model at once.
+
+    /predict accepts the alias wherever it accepts a model id, so callers that name `production`
+    follow each move; `previous_model` tells which model to move it back to.
+    """
+    alias, _ = aliases.set_alias(session, tenant=principal.tenant, model_id=model_id, name=name)
+    return alias_read(alias)
+
+
+@alias_router.get("", response_model=Page[AliasRead])
+def list_aliases(session: SessionDep, principal: ModelReader) -> Page[AliasRead]:
+    """Every alias of the tenant, by name."""
+    rows = aliases.list_aliases(session, tenant=principal.tenant)
+    return Page[AliasRead](data=[alias_read(a) for a in rows])
+
+
+@alias_router.get("/{name}", response_model=AliasRead, responses=error_responses(404))
+def get_alias(name: str, session: SessionDep, principal: ModelReader) -> AliasRead:
+    """Which model an alias points at."""
+    return alias_read(aliases.get_alias(session, tenant=principal.tenant, name=name))
+
+
+@alias_router.delete("/{name}", response_model=AliasRead, responses=error_responses(404))
+def delete_alias(name: str, session: SessionDep, principal: Trainer) -> AliasRead:
+    """Remove an alias; requests naming it get 404 from then on. The model stays."""
+    return alias_read(aliases.delete_alias(session, tenant=principal.tenant, name=name))

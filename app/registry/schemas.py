@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ModelRead(BaseModel):
@@ -21,4 +21,20 @@ class ModelRead(BaseModel):
     train_dataset: str
     validation_dataset: str | None
     size_bytes: int
+    aliases: list[str] = Field(
+        default_factory=list, description="Names that point at this model (see /v1/aliases)."
+    )
     created_at: datetime
+
+
+class AliasRead(BaseModel):
+    """A name for a model, accepted by /predict wherever a model id is."""
+
+    name: str
+    object: Literal["alias"] = "alias"
+    model: str = Field(description="The model the alias points at now.")
+    previous_model: str | None = Field(
+        description="The model it pointed at before its last move (to move it back)."
+    )
+    created_at: datetime
+    updated_at: datetime

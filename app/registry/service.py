@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.errors import InvalidInput, NotFound
 from app.core.pagination import MAX_LIMIT, page_newest_first
-from app.db.models import Model
+from app.db.models import Model, ModelAlias
 from app.db.session import get_by_id
 from app.ml.tasks import REGISTRY
+
+# Alias names: letters, digits, '.', '_' and '-', starting with a letter; `mdl_` starts model ids.
+ALIAS_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
+MODEL_ID_PREFIX = "mdl_"
 
 
 def get_model(session: Session, *, tenant: str, model_id: str) -> Model:
@@ -20,12 +26,24 @@ def get_model(session: Session, *, tenant: str, model_id: str) -> Model:
     return model
 
 
+def resolve_model_ref(session: Session, *, tenant: str, ref: str) -> Model:
+    """The tenant's model named by id or by alias; NotFound for anything else."""
+    if not ref.startswith(MODEL_ID_PREFIX) and ALIAS_PATTERN.fullmatch(ref):
+        alias = session.get(ModelAlias, (tenant, ref))
+        if alias is None:
+            raise NotFound(f"model or alias '{ref}' does not exist", field="model")
+        return get_model(session, tenant=tenant, model_id=alias.model_id)
+    return get_model(session, tenant=tenant, model_id=ref)
+
+
 def get_model_for_task(session: Session, *, tenant: str, model_id: str, task: str) -> Model:
-    """The tenant's model, which must serve `task` (422 otherwise)."""
-    model = get_model(session, tenant=tenant, model_id=model_id)
+    """The tenant's model (by id or alias), which must serve `task` (422 otherwise)."""
+    model = resolve_model_ref(session, tenant=tenant, ref=model_id)
     if model.task != task:
         raise InvalidInput(
-            f"model '{model_id}' is a '{model.task}' model; it cannot serve '{task}'",
+            f"model '{model_id}'"
+            + (f" (alias of '{model.id}')" if model.id != model_id else "")
+            + f" is a '{model.task}' model; it cannot serve '{task}'",
             field="model",
         )
     return model

@@ -54,6 +54,10 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/jobs/{job_id}/cancel"): frozenset({"train"}),
     ("GET", "/v1/models"): frozenset({"models:read"}),
     ("GET", "/v1/models/{model_id}"): frozenset({"models:read"}),
+    ("PUT", "/v1/models/{model_id}/aliases/{name}"): frozenset({"train"}),
+    ("GET", "/v1/aliases"): frozenset({"models:read"}),
+    ("GET", "/v1/aliases/{name}"): frozenset({"models:read"}),
+    ("DELETE", "/v1/aliases/{name}"): frozenset({"train"}),
     **{("POST", f"/v1/predict/{task}"): frozenset({"predict"}) for task in REGISTRY},
 }
 
@@ -82,11 +86,16 @@ class Ids:
     job_id: str
     key_id: str
     models: dict[str, str] = field(default_factory=dict)
+    alias: str = "no-such-alias"
 
     def path(self, template: str) -> str:
         model_id = next(iter(self.models.values()), "mdl_none")
         return template.format(
-            dataset_id=self.dataset_id, job_id=self.job_id, key_id=self.key_id, model_id=model_id
+            dataset_id=self.dataset_id,
+            job_id=self.job_id,
+            key_id=self.key_id,
+            model_id=model_id,
+            name=self.alias,
         )
 
 
@@ -149,11 +158,21 @@ def tenant_a(client: TestClient, app: FastAPI, admin_key: str) -> Ids:
             )
             ids.models[task] = model_id
         session.commit()
+    ids.alias = "a-production"
+    resp = client.put(f"/v1/models/{ids.models['classification']}/aliases/{ids.alias}")
+    assert resp.status_code == 200, resp.text
     return ids
 
 
 def a_ids_in(text: str, ids: Ids) -> list[str]:
-    every = [ids.dataset_id, ids.job_id, ids.key_id, *ids.models.values(), "secret log line"]
+    every = [
+        ids.dataset_id,
+        ids.job_id,
+        ids.key_id,
+        *ids.models.values(),
+        ids.alias,
+        "secret log line",
+    ]
     return [i for i in every if i in text]
 
 
@@ -212,6 +231,8 @@ def test_tenant_b_cannot_reach_tenant_a_on_any_route(  # type: ignore[no-untyped
     assert job["status"] == "queued"
     assert client.get("/v1/keys").json()["data"][-1]["revoked_at"] is None
     assert len(client.get("/v1/models").json()["data"]) == len(REGISTRY)
+    alias = client.get(f"/v1/aliases/{tenant_a.alias}").json()
+    assert (alias["model"], alias["previous_model"]) == (tenant_a.models["classification"], None)
     # A's own model is found by A (its files are missing here, hence 503, not 404).
     resp = send(client, "POST", "/v1/predict/classification", tenant_a, {})
     assert resp.status_code == 503, resp.text

@@ -30,7 +30,7 @@ class ClassificationPredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Model id from /v1/models.")
+    model: str = Field(description="Model id from /v1/models, or an alias (/v1/aliases).")
     inputs: list[str | TextPair] = Field(
         min_length=1, description="Texts, or objects with `text` and optional `text_pair`."
     )

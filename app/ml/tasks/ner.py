@@ -66,7 +66,7 @@ class NerPredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Model id from /v1/models.")
+    model: str = Field(description="Model id from /v1/models, or an alias (/v1/aliases).")
     inputs: list[str | TokensInput] = Field(
         min_length=1,
         description='Raw texts (entities come back with character offsets), or {"tokens": [...]}'

@@ -107,7 +107,7 @@ class QAPredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Model id from /v1/models.")
+    model: str = Field(description="Model id from /v1/models, or an alias (/v1/aliases).")
     inputs: list[QAInput] = Field(min_length=1, description="Questions, each with its context.")
     top_k: int = Field(default=1, ge=1, le=100, description="Answers returned per input.")
 

@@ -1,0 +1,119 @@
+"""Registry aliases: /predict follows an alias as it moves between models (and back)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from app.db.models import JobStatus
+from tests.conftest import auth, create_api_key
+from worker.jobs import run_job
+
+TEXTS = ["a great superb film", "awful boring plot", "the story"]
+
+
+def _train(settings: Any, db: Session, add_job: Callable[..., str], seed: int) -> str:
+    job_id = add_job(seed=seed, epochs=2, learning_rate=1e-2)
+    assert run_job(settings, job_id) == JobStatus.SUCCEEDED
+    from sqlalchemy import select
+
+    from app.db.models import Model
+
+    return str(db.scalars(select(Model.id).where(Model.job_id == job_id)).one())
+
+
+@pytest.fixture
+def two_models(train_settings, db: Session, add_job: Callable[..., str]) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    return _train(train_settings, db, add_job, 1), _train(train_settings, db, add_job, 2)
+
+
+def predict(client: TestClient, model: str) -> tuple[int, Any]:
+    resp = client.post(
+        "/v1/predict/classification", json={"model": model, "inputs": TEXTS, "top_k": None}
+    )
+    return resp.status_code, resp.json()
+
+
+def test_predict_follows_an_alias_as_it_moves(
+    client: TestClient, two_models: tuple[str, str]
+) -> None:
+    a, b = two_models
+    _, direct_a = predict(client, a)
+    _, direct_b = predict(client, b)
+    # Different seeds, different models: the test can tell which one answered.
+    assert direct_a["predictions"] != direct_b["predictions"]
+
+    resp = client.put(f"/v1/models/{a}/aliases/production")
+    assert resp.status_code == 200, resp.text
+    assert resp.json() | {"created_at": None, "updated_at": None} == {
+        "name": "production",
+        "object": "alias",
+        "model": a,
+        "previous_model": None,
+        "created_at": None,
+        "updated_at": None,
+    }
+    status, via_alias = predict(client, "production")
+    assert status == 200 and via_alias == direct_a
+
+    moved = client.put(f"/v1/models/{b}/aliases/production").json()
+    assert (moved["model"], moved["previous_model"]) == (b, a)
+    status, via_alias = predict(client, "production")
+    assert status == 200 and via_alias == direct_b  # the answering model is named in `model`
+
+    # ... and back, to the model the last move left.
+    back = client.put(f"/v1/models/{moved['previous_model']}/aliases/production").json()
+    assert (back["model"], back["previous_model"]) == (a, b)
+    assert predict(client, "production")[1] == direct_a
+
+    assert client.get(f"/v1/models/{a}").json()["aliases"] == ["production"]
+    assert client.get(f"/v1/models/{b}").json()["aliases"] == []
+    listed = client.get("/v1/models").json()["data"]
+    assert {m["id"]: m["aliases"] for m in listed} == {a: ["production"], b: []}
+    assert [x["name"] for x in client.get("/v1/aliases").json()["data"]] == ["production"]
+    assert client.get("/v1/aliases/production").json()["model"] == a
+
+    assert client.delete("/v1/aliases/production").status_code == 200
+    status, body = predict(client, "production")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    assert client.get(f"/v1/models/{a}").json()["aliases"] == []
+
+
+def test_alias_rules(client: TestClient, two_models: tuple[str, str], migrated) -> None:  # type: ignore[no-untyped-def]
+    a, _ = two_models
+    for bad in ("mdl_x", "1st", "with space", "x" * 65, "ü"):
+        resp = client.put(f"/v1/models/{a}/aliases/{bad}")
+        assert resp.status_code == 422, (bad, resp.text)
+        assert resp.json()["error"]["details"]["field"] == "name"
+    assert client.put("/v1/models/mdl_missing/aliases/prod").status_code == 404
+    assert client.get("/v1/aliases/nothing").status_code == 404
+    assert client.delete("/v1/aliases/nothing").status_code == 404
+
+    # Moving an alias needs the train scope; a predict-only key may use it but not move it.
+    predict_only = auth(create_api_key(migrated, scopes=("predict",)))
+    assert client.put(f"/v1/models/{a}/aliases/prod").status_code == 200
+    resp = client.put(f"/v1/models/{a}/aliases/prod2", headers=predict_only)
+    assert resp.status_code == 403
+    resp = client.post(
+        "/v1/predict/classification",
+        json={"model": "prod", "inputs": TEXTS},
+        headers=predict_only,
+    )
+    assert resp.status_code == 200 and resp.json()["model"] == a
+
+    # An alias of a classification model cannot serve another task; the message names both.
+    resp = client.post("/v1/predict/ner", json={"model": "prod", "inputs": ["Angela Merkel"]})
+    assert resp.status_code == 422
+    assert "prod" in resp.json()["error"]["message"] and a in resp.json()["error"]["message"]
+
+    # Aliases are per tenant: another tenant's "prod" is not found, and it may make its own.
+    other = auth(create_api_key(migrated, tenant="other"))
+    resp = client.post(
+        "/v1/predict/classification", json={"model": "prod", "inputs": TEXTS}, headers=other
+    )
+    assert resp.status_code == 404
+    assert client.get("/v1/aliases", headers=other).json()["data"] == []
