@@ -104,6 +104,14 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     from app.basemodel.router import router as base_models_router
     from app.dataset.router import router as datasets_router
     from app.job.router import router as jobs_router
+    from app.monitoring.metrics import (
+        JobsCollector,
+        LoadedModelsCollector,
+        Metrics,
+        MetricsMiddleware,
+    )
+    from app.monitoring.router import router as metrics_router
+    from app.predict.cache import PredictorCache
     from app.predict.router import build_router as build_predict_router
     from app.registry.router import alias_router
     from app.registry.router import router as models_router
@@ -136,6 +144,13 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         max_depth=settings.max_json_depth,
         exempt=("/v1/datasets",),
     )
+    metrics = Metrics()
+    metrics.watch(JobsCollector(app.state.sessionmaker))
+    app.state.metrics = metrics
+    app.state.predictors = PredictorCache(settings.predictor_cache_size, metrics=metrics)
+    metrics.watch(LoadedModelsCollector(app.state.predictors.memory))
+    # Added last, so outermost: it also counts what the body limit and error handlers answer.
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     for router in (
         keys_router,
         datasets_router,
@@ -146,6 +161,8 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         build_predict_router(),
     ):
         app.include_router(router, prefix="/v1")
+
+    app.include_router(metrics_router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.auth.schemas import Principal, Scope
+from app.auth.schemas import OPERATOR_TENANT, Principal, Scope
 from app.auth.service import authenticate
 from app.core.deps import SessionDep
 from app.core.errors import Forbidden, Unauthorized
@@ -54,6 +54,25 @@ def require(*scopes: Scope) -> Callable[[Principal], Principal]:
     return check
 
 
+def metrics_reader(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal | None:
+    """/metrics: open when the operator made it public, else an operator key with the scope."""
+    if request.app.state.settings.metrics_public:
+        return None
+    principal = get_principal(request, session, credentials)
+    if not principal.allows(Scope.METRICS_READ) or principal.tenant != OPERATOR_TENANT:
+        raise Forbidden(
+            f"metrics cover every tenant: they need an admin or 'metrics:read' key of the "
+            f"operator's tenant '{OPERATOR_TENANT}'",
+            code="missing_scope",
+            required=[str(Scope.METRICS_READ)],
+        )
+    return principal
+
+
 AnyKey = Annotated[Principal, Depends(get_principal)]
 Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]
 DataWriter = Annotated[Principal, Depends(require(Scope.DATA_WRITE))]
@@ -62,3 +81,4 @@ Trainer = Annotated[Principal, Depends(require(Scope.TRAIN))]
 JobReader = Annotated[Principal, Depends(require(Scope.TRAIN, Scope.JOBS_READ))]
 ModelReader = Annotated[Principal, Depends(require(Scope.MODELS_READ))]
 Predictor = Annotated[Principal, Depends(require(Scope.PREDICT))]
+MetricsReader = Annotated[Principal | None, Depends(metrics_reader)]

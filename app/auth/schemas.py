@@ -16,6 +16,8 @@ class Scope(StrEnum):
     JOBS_READ = "jobs:read"
     MODELS_READ = "models:read"
     PREDICT = "predict"
+    # Read /metrics (only keys of the operator's tenant: metrics span every tenant).
+    METRICS_READ = "metrics:read"
 
 
 OPERATOR_TENANT = "default"

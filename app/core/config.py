@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # Serving.
     predictor_cache_size: int = 4
     inference_threads: int = 1
+    # /metrics without a key (for a scraper on a private network); else an operator key is needed.
+    metrics_public: bool = False
 
     # Training (worker side).
     training_threads: int | None = None

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from app.predict.predictor import Predictor
+
+if TYPE_CHECKING:
+    from app.monitoring.metrics import Metrics
 
 T = TypeVar("T")
 
@@ -15,10 +19,11 @@ T = TypeVar("T")
 class LRUCache(Generic[T]):
     """At most `capacity` values; the least recently used one is dropped first."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, metrics: Metrics | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        self.metrics = metrics
         self._items: OrderedDict[str, T] = OrderedDict()
         self._lock = threading.Lock()
         # One lock per key being loaded, so two requests for one model load it once
@@ -36,15 +41,26 @@ class LRUCache(Generic[T]):
         """The cached value for `key`, or `loader()`'s, cached. A failed load caches nothing."""
         value = self.get(key)
         if value is not None:
+            self._count("hit")
             return value
         with self._lock:
             key_lock = self._loading.setdefault(key, threading.Lock())
         with key_lock:
             try:
                 value = self.get(key)
-                if value is None:
+                if value is not None:
+                    self._count("hit")  # loaded by the request this one waited for
+                    return value
+                started = time.perf_counter()
+                try:
                     value = loader()
-                    self._put(key, value)
+                except Exception:
+                    self._count("load_failure")
+                    raise
+                if self.metrics is not None:
+                    self.metrics.model_load_seconds.observe(time.perf_counter() - started)
+                self._count("load")
+                self._put(key, value)
                 return value
             finally:
                 with self._lock:
@@ -57,6 +73,15 @@ class LRUCache(Generic[T]):
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
+                self._count("eviction")
+
+    def _count(self, event: str) -> None:
+        if self.metrics is not None:
+            self.metrics.cache_events.labels(event).inc()
+
+    def values(self) -> list[T]:
+        with self._lock:
+            return list(self._items.values())
 
     def evict(self, key: str) -> None:
         """Forget `key` (a deleted model)."""
@@ -79,3 +104,7 @@ class LRUCache(Generic[T]):
 
 class PredictorCache(LRUCache[Predictor]):
     """Loaded predictors by model id: `get_or_load(model_id, lambda: load_predictor(...))`."""
+
+    def memory(self) -> dict[str, int]:
+        """Bytes of weights (parameters and buffers) of each loaded model."""
+        return {p.model_id: p.weight_bytes for p in self.values()}

@@ -37,6 +37,7 @@ class Predictor:
     threads: int
     options: BaseModel
     batch_size: int = DEFAULT_BATCH_SIZE
+    weight_bytes: int = 0
 
     def predict(self, request: BaseModel) -> list[Any]:
         """One result per input of a validated predict request, in input order."""
@@ -72,6 +73,17 @@ def _load_adapter_model(
     return merged
 
 
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes held by a model's parameters and buffers (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
 def load_predictor(settings: Settings, model_row: Model) -> Predictor:
     """Load a registered model (full, or an adapter merged into its base) for inference."""
     quiet_transformers()
@@ -101,4 +113,5 @@ def load_predictor(settings: Settings, model_row: Model) -> Predictor:
         max_length=int(meta.get("max_length") or 512),
         threads=threads,
         options=task.options_model.model_validate(meta.get("task_options") or {}),
+        weight_bytes=weight_bytes(model),
     )

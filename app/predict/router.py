@@ -3,6 +3,7 @@
 # No `from __future__ import annotations` here: the route signatures are built per task at runtime.
 
 import threading
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,9 +12,10 @@ from pydantic import BaseModel, Field
 from app.auth.deps import Predictor
 from app.core.config import Settings
 from app.core.deps import SessionDep
-from app.core.errors import InvalidInput
+from app.core.errors import InvalidInput, ServiceError
 from app.core.schemas import PROTECTED, error_responses
 from app.ml.tasks import REGISTRY, TaskSpec
+from app.monitoring.metrics import Metrics
 from app.registry.service import get_model_for_task
 
 
@@ -52,10 +54,7 @@ def check_limits(settings: Settings, inputs: list[Any]) -> None:
 
 def _state(request: Request) -> tuple[Settings, Any, threading.Lock]:
     state = request.app.state
-    if not hasattr(state, "predictors"):
-        from app.predict.cache import PredictorCache
-
-        state.predictors = PredictorCache(state.settings.predictor_cache_size)
+    if not hasattr(state, "inference_lock"):
         # One model call at a time per process: concurrent calls on 2 cores only thrash.
         state.inference_lock = threading.Lock()
     return state.settings, state.predictors, state.inference_lock
@@ -83,9 +82,23 @@ def _make_route(task: TaskSpec) -> Any:
 
         from app.predict.predictor import load_predictor
 
-        predictor = cache.get_or_load(model_row.id, lambda: load_predictor(settings, model_row))
-        with lock:
-            predictions = predictor.predict(body)
+        metrics: Metrics = request.app.state.metrics
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            predictor = cache.get_or_load(model_row.id, lambda: load_predictor(settings, model_row))
+            with lock:
+                predictions = predictor.predict(body)
+            outcome = "ok"
+        except ServiceError as exc:
+            outcome = "client_error" if exc.status_code < 500 else "error"
+            raise
+        finally:
+            metrics.predict_requests.labels(task.name, model_row.id, outcome).inc()
+            metrics.predict_latency.labels(task.name, model_row.id).observe(
+                time.perf_counter() - started
+            )
+        metrics.predict_inputs.labels(task.name, model_row.id).inc(len(inputs))
         return PredictResponse(model=model_row.id, predictions=predictions)
 
     predict.__doc__ = f"Predict with a registered {task.name} model; answers are in input order."

@@ -58,6 +58,8 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/aliases"): frozenset({"models:read"}),
     ("GET", "/v1/aliases/{name}"): frozenset({"models:read"}),
     ("DELETE", "/v1/aliases/{name}"): frozenset({"train"}),
+    # Operator keys only (metrics span every tenant): tenant b is refused below.
+    ("GET", "/metrics"): frozenset({"metrics:read"}),
     **{("POST", f"/v1/predict/{task}"): frozenset({"predict"}) for task in REGISTRY},
 }
 
@@ -206,6 +208,8 @@ def test_tenant_b_cannot_reach_tenant_a_on_any_route(  # type: ignore[no-untyped
             missing = send(anon, method, path, fresh, b)
             assert missing.status_code == 404
             assert resp.json()["error"]["code"] == missing.json()["error"]["code"], where
+        elif (method, path) == ("GET", "/metrics"):
+            assert resp.status_code == 403, where  # even for b's admin key
         elif method == "GET":
             # A list: B sees its own things (its dataset, its key) and none of A's.
             assert resp.status_code == 200, where
@@ -254,6 +258,8 @@ def test_each_route_needs_its_scope_and_a_key(app, migrated, tenant_a) -> None: 
         assert resp.status_code == 401, f"{method} {path} without a key: {resp.status_code}"
         assert resp.headers["WWW-Authenticate"] == "Bearer"
         allowed = ROUTE_SCOPES[(method, path)] | {"admin"}
+        if path == "/metrics":
+            allowed = set()  # these keys are tenant c's; tests/predict/test_metrics.py has more
         for scope, headers in keys.items():
             resp = send(anon, method, path, fake, headers)
             where = f"{method} {path} with scope {scope}: {resp.status_code} {resp.text[:200]}"

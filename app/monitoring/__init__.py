@@ -1,0 +1,1 @@
+"""Operational metrics of the service (Prometheus)."""
