@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     from app.basemodel.router import router as base_models_router
     from app.dataset.router import router as datasets_router
     from app.job.router import router as jobs_router
+    from app.ml import device as devices
     from app.monitoring.metrics import (
         JobsCollector,
         LoadedModelsCollector,
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         MetricsMiddleware,
     )
     from app.monitoring.router import router as metrics_router
+    from app.predict.batcher import Batcher
     from app.predict.cache import PredictorCache
     from app.predict.router import build_router as build_predict_router
     from app.registry.router import alias_router
@@ -149,6 +151,16 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     app.state.metrics = metrics
     app.state.predictors = PredictorCache(settings.predictor_cache_size, metrics=metrics)
     metrics.watch(LoadedModelsCollector(app.state.predictors.memory))
+    app.state.batcher = (
+        Batcher(
+            max_batch_tokens=settings.batch_max_tokens,
+            max_wait_ms=settings.batch_max_wait_ms,
+            threads=devices.thread_count(settings.inference_threads),
+            metrics=metrics,
+        )
+        if settings.batching
+        else None
+    )
     # Added last, so outermost: it also counts what the body limit and error handlers answer.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     for router in (

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # Serving.
     predictor_cache_size: int = 4
     inference_threads: int = 1
+    # Micro-batching of concurrent /predict calls (see app/predict/batcher.py): the longest a call
+    # waits for others while the model is under load, and the padded tokens of one model call.
+    batching: bool = True
+    batch_max_wait_ms: float = Field(default=2.0, ge=0, le=100)
+    batch_max_tokens: int = Field(default=8192, ge=64)
     # /metrics without a key (for a scraper on a private network); else an operator key is needed.
     metrics_public: bool = False
 

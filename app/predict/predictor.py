@@ -16,6 +16,7 @@ from app.job.schemas import ADAPTER_METHODS
 from app.ml import device as devices
 from app.ml.loading import load_model, load_tokenizer, quiet_transformers, read_model_metadata
 from app.ml.tasks import TaskSpec, get_task
+from app.predict.batcher import BatchedModel, Batcher, ModelRunner
 
 if TYPE_CHECKING:
     import torch
@@ -38,16 +39,26 @@ class Predictor:
     options: BaseModel
     batch_size: int = DEFAULT_BATCH_SIZE
     weight_bytes: int = 0
+    runner: ModelRunner | None = None
+    adapter: str | None = None
 
-    def predict(self, request: BaseModel) -> list[Any]:
-        """One result per input of a validated predict request, in input order."""
+    def predict(self, request: BaseModel, *, batcher: Batcher | None = None) -> list[Any]:
+        """One result per input of a validated predict request, in input order.
+
+        With a batcher, the task's model calls join other requests' in the model thread;
+        without one, the caller runs the model itself (and must serialize calls).
+        """
         import torch
 
-        # set_num_threads also sets the OpenMP team of the calling (threadpool) thread.
-        devices.set_torch_threads(self.threads)
+        model: Any = self.model
+        if batcher is not None and self.runner is not None:
+            model = BatchedModel(batcher, self.runner, self.adapter)
+        else:
+            # set_num_threads also sets the OpenMP team of the calling (threadpool) thread.
+            devices.set_torch_threads(self.threads)
         with torch.inference_mode():
             return self.task.predict(
-                self.model,
+                model,
                 self.tokenizer,
                 request,
                 label_names=self.label_names,
@@ -71,6 +82,24 @@ def _load_adapter_model(
     # Folding the adapters into the base weights makes inference as fast as a full model.
     merged: torch.nn.Module = peft_model.merge_and_unload()
     return merged
+
+
+def plain_runner(
+    label: str, task: TaskSpec, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
+) -> ModelRunner:
+    """How the model thread runs a model of its own (no weights shared with another)."""
+    return ModelRunner(
+        module=model,
+        group=("model", id(model)),
+        label=label,
+        # Token classification and QA answer per token; classification per input.
+        sequence_outputs=task.auto_model_class_name != "AutoModelForSequenceClassification",
+        pad_values={
+            "input_ids": int(tokenizer.pad_token_id or 0),
+            "token_type_ids": int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+        },
+        forward=lambda batch, _adapters: model(**batch),
+    )
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -104,14 +133,16 @@ def load_predictor(settings: Settings, model_row: Model) -> Predictor:
         model = load_model(task, path)
     model.eval()
     model.to(devices.select_device())
+    tokenizer = load_tokenizer(path)
     return Predictor(
         model_id=model_row.id,
         task=task,
         model=model,
-        tokenizer=load_tokenizer(path),
+        tokenizer=tokenizer,
         label_names=labels,
         max_length=int(meta.get("max_length") or 512),
         threads=threads,
         options=task.options_model.model_validate(meta.get("task_options") or {}),
         weight_bytes=weight_bytes(model),
+        runner=plain_runner(model_row.id, task, model, tokenizer),
     )

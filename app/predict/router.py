@@ -87,8 +87,12 @@ def _make_route(task: TaskSpec) -> Any:
         outcome = "error"
         try:
             predictor = cache.get_or_load(model_row.id, lambda: load_predictor(settings, model_row))
-            with lock:
-                predictions = predictor.predict(body)
+            batcher = request.app.state.batcher
+            if batcher is not None:
+                predictions = predictor.predict(body, batcher=batcher)
+            else:
+                with lock:
+                    predictions = predictor.predict(body)
             outcome = "ok"
         except ServiceError as exc:
             outcome = "client_error" if exc.status_code < 500 else "error"

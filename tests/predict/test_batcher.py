@@ -1,0 +1,188 @@
+"""Micro-batching: concurrent calls share model calls and each gets exactly its own answers."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from app.ml.tasks import get_task
+from app.predict.batcher import BatchedModel, Batcher, ModelRunner
+from app.predict.predictor import plain_runner
+from tests.tinymodel import NEGATIVE, NEUTRAL, POSITIVE, build_tiny_model_dir
+
+WORDS = POSITIVE + NEGATIVE + NEUTRAL + ["zebra", "quixotic"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-bert")
+
+
+def load(tiny_dir: Path, task: str) -> tuple[Any, Any]:
+    from app.ml.loading import load_model, load_tokenizer
+
+    labels = ["O", "B-PER", "I-PER"] if task == "ner" else ["neg", "pos"]
+    model = load_model(get_task(task), tiny_dir, label_names=[] if task == "qa" else labels)
+    return model, load_tokenizer(tiny_dir)
+
+
+def texts(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(1, 30))) for _ in range(n)]
+
+
+@pytest.fixture
+def batcher() -> Iterator[Batcher]:
+    b = Batcher(max_batch_tokens=4096, max_wait_ms=2.0)
+    yield b
+    b.stop()
+
+
+@pytest.mark.parametrize("task", ["classification", "ner", "qa"])
+def test_concurrent_calls_get_their_own_answers(
+    tiny_dir: Path, batcher: Batcher, task: str
+) -> None:
+    model, tokenizer = load(tiny_dir, task)
+    runner = plain_runner("tiny", get_task(task), model, tokenizer)
+    batched = BatchedModel(batcher, runner)
+    requests = [texts(seed, random.Random(seed).randint(1, 6)) for seed in range(48)]
+
+    def encode(batch: list[str]) -> Any:
+        if task == "qa":
+            pairs = list(reversed(batch))
+            return tokenizer(batch, pairs, padding=True, truncation=True, return_tensors="pt")
+        return tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+
+    def alone(batch: list[str]) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            out = model(**encode(batch))
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    expected = [alone(r) for r in requests]
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda r: batched(**encode(r)), requests))
+    for want, have, batch in zip(expected, got, requests, strict=True):
+        assert set(have) == set(want)
+        for name, tensor in want.items():
+            assert have[name].shape == tensor.shape
+            if runner.sequence_outputs:
+                # Padding positions are not defined; the real tokens' outputs are.
+                mask = encode(batch)["attention_mask"].bool()
+                assert torch.allclose(have[name][mask], tensor[mask], atol=1e-5), name
+            else:
+                assert torch.allclose(have[name], tensor, atol=1e-5), name
+    assert hasattr(got[0], "logits" if task != "qa" else "start_logits")
+    # The proxy looks like the model to task code.
+    assert batched.config is model.config and batched.device == model.device
+
+
+class Recording:
+    """A runner's forward that records batch shapes and can hold the model thread."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.shapes: list[tuple[int, int]] = []
+        self.adapters: list[list[str | None]] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.entered = threading.Event()
+
+    def __call__(self, batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
+        self.entered.set()
+        self.hold.wait(timeout=30)
+        self.shapes.append(tuple(batch["input_ids"].shape))  # type: ignore[arg-type]
+        self.adapters.append(adapters)
+        return self.model(**batch)
+
+
+def runner_for(model: Any, tokenizer: Any, forward: Recording, **kw: Any) -> ModelRunner:
+    base = plain_runner("tiny", get_task("classification"), model, tokenizer)
+    return ModelRunner(
+        module=model,
+        group=kw.pop("group", "g"),
+        label="tiny",
+        sequence_outputs=False,
+        pad_values=base.pad_values,
+        forward=forward,
+        **kw,
+    )
+
+
+def test_calls_queued_while_the_model_is_busy_run_as_one_batch(
+    tiny_dir: Path, batcher: Batcher
+) -> None:
+    model, tokenizer = load(tiny_dir, "classification")
+    forward = Recording(model)
+    batched = BatchedModel(batcher, runner_for(model, tokenizer, forward))
+    forward.hold.clear()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(lambda: batched(**tokenizer(["good film"], return_tensors="pt")))
+        assert forward.entered.wait(timeout=30)  # the model thread is busy with `first`
+        later = [
+            pool.submit(lambda t=t: batched(**tokenizer(t, padding=True, return_tensors="pt")))
+            for t in (["bad"], ["a very good plot", "dull"], ["the story was nice and warm"])
+        ]
+        while len(batcher._pending) < 3:  # all three queued behind `first`
+            threading.Event().wait(0.005)
+        forward.hold.set()
+        first.result(timeout=30)
+        results = [f.result(timeout=30) for f in later]
+    # Two model calls: `first`, then the four rows of the three queued calls together, padded
+    # to the longest of them only.
+    longest = len(tokenizer("the story was nice and warm")["input_ids"])
+    assert forward.shapes == [(1, 4), (4, longest)]
+    assert [r.logits.shape[0] for r in results] == [1, 2, 1]
+
+
+def test_token_budget_splits_a_batch_and_lone_calls_do_not_wait(tiny_dir: Path) -> None:
+    model, tokenizer = load(tiny_dir, "classification")
+    forward = Recording(model)
+    # A long wait that a lone call must never pay, and a budget of 64 padded tokens.
+    batcher = Batcher(max_batch_tokens=64, max_wait_ms=30_000)
+    try:
+        batched = BatchedModel(batcher, runner_for(model, tokenizer, forward))
+        many = texts(3, 20)
+        out = batched(**tokenizer(many, padding=True, return_tensors="pt"))
+        assert out.logits.shape == (20, 2)
+        assert len(forward.shapes) > 1
+        assert all(rows * width <= 64 for rows, width in forward.shapes), forward.shapes
+        # Sorted by length: the chunks' widths never decrease.
+        widths = [w for _, w in forward.shapes]
+        assert widths == sorted(widths)
+        with ThreadPoolExecutor(1) as pool:
+            for _ in range(3):  # each alone: answered long before the 30 s wait
+                call = pool.submit(lambda: batched(**tokenizer(["good"], return_tensors="pt")))
+                call.result(timeout=10)
+    finally:
+        batcher.stop()
+
+
+def test_a_failing_model_call_fails_every_call_in_its_batch(
+    tiny_dir: Path, batcher: Batcher
+) -> None:
+    model, tokenizer = load(tiny_dir, "classification")
+
+    def broken(batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
+        raise RuntimeError("out of memory (simulated)")
+
+    runner = runner_for(model, tokenizer, Recording(model))
+    runner.forward = broken
+    batched = BatchedModel(batcher, runner)
+    with ThreadPoolExecutor(4) as pool:
+        calls = [
+            pool.submit(lambda: batched(**tokenizer(["good"], return_tensors="pt")))
+            for _ in range(4)
+        ]
+        for call in calls:
+            with pytest.raises(RuntimeError, match="simulated"):
+                call.result(timeout=30)
+    # The model thread survives: a later call with a working model is answered.
+    ok = BatchedModel(batcher, plain_runner("t", get_task("classification"), model, tokenizer))
+    assert ok(**tokenizer(["good"], return_tensors="pt")).logits.shape == (1, 2)
