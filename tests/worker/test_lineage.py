@@ -244,3 +244,129 @@ def test_interrupted_child_resumes_from_its_checkpoint(
     assert any("resuming from checkpoint-4 (step 4" in m for m in messages)
     child = db.scalars(select(Model).where(Model.job_id == job_id)).one()
     assert child.parent_model_id == parent.id and child.base_model == f"model:{parent.id}"
+
+
+def _task_job(
+    db: Session,
+    stored: dict[str, Any],
+    *,
+    task: str,
+    base_model: str,
+    rows: dict[str, list[Any]],
+    method: dict[str, Any],
+    **options: Any,
+) -> str:
+    """A queued job of any task on rows held in memory (a 25% held-out validation split)."""
+    from app.db.models import Dataset, new_id
+    from app.job.schemas import Hyperparameters, JobSpec
+
+    dataset_id = new_id("ds")
+    db.add(
+        Dataset(
+            tenant_id="default",
+            id=dataset_id,
+            name="rows.jsonl",
+            task=task,
+            format="jsonl",
+            num_rows=len(next(iter(rows.values()))),
+            columns=list(rows),
+            sha256="0" * 64,
+            size_bytes=1,
+            storage_path=f"datasets/{dataset_id}",
+        )
+    )
+    stored[dataset_id] = rows
+    hp = Hyperparameters(
+        epochs=2, batch_size=8, learning_rate=1e-2, max_length=32, validation_split=0.25
+    )
+    spec = JobSpec(method=method, hyperparameters=hp, task_options=options, seed=3)  # type: ignore[arg-type]
+    job_id = new_id("job")
+    db.add(
+        Job(
+            tenant_id="default",
+            id=job_id,
+            task=task,
+            base_model=base_model,
+            train_dataset_id=dataset_id,
+            spec=spec.model_dump(mode="json"),
+            status=JobStatus.QUEUED,
+        )
+    )
+    db.commit()
+    return job_id
+
+
+def _run(settings: Any, db: Session, job_id: str) -> Model:
+    assert run_job(settings, job_id) == JobStatus.SUCCEEDED, _failure(db, job_id)
+    return db.scalars(select(Model).where(Model.job_id == job_id)).one()
+
+
+def test_ner_and_qa_children_keep_their_heads(
+    train_settings, db: Session, stored_rows: dict[str, Any]
+) -> None:
+    from tests.ml.test_ner_training import ner_rows
+    from tests.ml.test_qa import synthetic_rows
+
+    # NER: a child whose data has persons only keeps the parent's five tags, in its order.
+    parent = _run(
+        train_settings,
+        db,
+        _task_job(
+            db,
+            stored_rows,
+            task="ner",
+            base_model=TINY_MODEL_ID,
+            rows=ner_rows(40, seed=0),
+            method={"type": "full"},
+        ),
+    )
+    assert parent.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    persons = ner_rows(60, seed=1)
+    keep = [i for i, tags in enumerate(persons["tags"]) if not any("LOC" in t for t in tags)]
+    persons = {k: [v[i] for i in keep] for k, v in persons.items()}
+    child = _run(
+        train_settings,
+        db,
+        _task_job(
+            db,
+            stored_rows,
+            task="ner",
+            base_model=f"model:{parent.id}",
+            rows=persons,
+            method={"type": "lora", "r": 4},
+        ),
+    )
+    assert child.label_names == parent.label_names and child.parent_model_id == parent.id
+    assert _meta(train_settings, child)["head_weights"] == HEAD
+
+    # QA has no labels; a head_only child of a LoRA parent trains the span head it inherited.
+    qa_parent = _run(
+        train_settings,
+        db,
+        _task_job(
+            db,
+            stored_rows,
+            task="qa",
+            base_model=TINY_MODEL_ID,
+            rows=synthetic_rows(24, seed=1),
+            method={"type": "lora", "r": 4},
+            doc_stride=8,
+        ),
+    )
+    qa_child = _run(
+        train_settings,
+        db,
+        _task_job(
+            db,
+            stored_rows,
+            task="qa",
+            base_model=f"model:{qa_parent.id}",
+            rows=synthetic_rows(24, seed=2),
+            method={"type": "head_only"},
+            doc_stride=8,
+        ),
+    )
+    assert qa_child.label_names == [] and qa_child.parent_model_id == qa_parent.id
+    meta = _meta(train_settings, qa_child)
+    assert meta["head_weights"] == ["qa_outputs.bias", "qa_outputs.weight"]
+    assert meta["parameters"]["trainable"] == 32 * 2 + 2
