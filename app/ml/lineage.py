@@ -126,7 +126,12 @@ def resolve_model_base(
         if parent is None:  # an adapter of a catalog base: the root
             weights = resolve_base_model(settings, str(base.get("id"))).path_or_hub_id
             break
-        current, relative = str(parent["id"]), str(parent["storage_path"])
+        try:
+            current, relative = str(parent["id"]), str(parent["storage_path"])
+        except (KeyError, TypeError):
+            raise _unavailable(
+                f"{_which(current, wanted)} does not say where its parent is", current
+            ) from None
     else:
         raise _unavailable(
             f"the lineage of '{wanted}' has more than {MAX_LINEAGE_DEPTH} adapters in a row; "
