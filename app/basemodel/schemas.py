@@ -13,6 +13,8 @@ class BaseModelSource(StrEnum):
     PACKAGE = "package"
     LOCAL = "local"
     HUB = "hub"
+    # A registered model continued by a job (base_model "model:<id>"); never listed as a base.
+    MODEL = "model"
 
 
 class BaseModelRead(BaseModel):
@@ -35,6 +37,23 @@ class BaseModelRead(BaseModel):
 
 
 @dataclass(frozen=True)
+class ModelLineage:
+    """A registered model as a job's base: what the worker and the predictor rebuild it from."""
+
+    parent_id: str
+    # Relative to the data directory, as on the parent's row.
+    parent_storage_path: str
+    # The catalog base model at the root of the lineage.
+    root_id: str
+    # Adapter directories merged, oldest first, into the weights at path_or_hub_id.
+    adapters: tuple[str, ...]
+    # The parent's labels in its order: a continued model keeps its head's outputs.
+    label_names: tuple[str, ...]
+    # The task head's weights as the parent recorded them (they train in full); may be empty.
+    head_weights: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ResolvedBaseModel:
     """Where a base-model id lives on this machine; only the worker and the predictor see this."""
 
@@ -45,3 +64,14 @@ class ResolvedBaseModel:
     model_type: str | None = None
     # Transformer blocks, from config.json's num_hidden_layers (None when it does not say).
     num_layers: int | None = None
+    # Set for base_model "model:<id>": path_or_hub_id is then the parent's directory (full
+    # weights) or the root base's, with `lineage.adapters` to merge in.
+    lineage: ModelLineage | None = None
+
+    @property
+    def parent_model_id(self) -> str | None:
+        return self.lineage.parent_id if self.lineage else None
+
+    @property
+    def root_id(self) -> str:
+        return self.lineage.root_id if self.lineage else self.id

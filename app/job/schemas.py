@@ -133,7 +133,12 @@ class JobCreate(_Strict):
     """Body of POST /v1/jobs."""
 
     task: str = Field(description="classification")
-    base_model: str = Field(min_length=1, max_length=300, description="An id from /v1/base-models.")
+    base_model: str = Field(
+        min_length=1,
+        max_length=300,
+        description='An id from /v1/base-models, or "model:<id>" to go on training a registered '
+        "model of the same task (its weights, head and labels) on new data.",
+    )
     train_dataset: str
     validation_dataset: str | None = None
     method: Method = Field(default_factory=FullMethod)

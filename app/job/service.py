@@ -38,6 +38,7 @@ from app.job.schemas import (
     LoraMethod,
 )
 from app.ml.tasks import DatasetSummary, TaskSpec, get_task
+from app.registry.lineage import check_parent_labels, resolve_job_base
 
 log = logging.getLogger("tuneserve.jobs")
 
@@ -119,16 +120,17 @@ def submit_job(
 
     With `idempotency`, a key seen before replays its first response (raises Replay) instead.
     """
-    from app.basemodel.service import resolve_base_model
-
     if idempotency is not None:
         idempotency.replay_if_seen(session)
     task = get_task(spec.task)
-    base = resolve_base_model(settings, spec.base_model)
+    base = resolve_job_base(
+        session, settings=settings, tenant=tenant, task=task.name, base_model=spec.base_model
+    )
     _check_top_layers(spec, base.num_layers)
     train = _dataset_for(
         session, spec.train_dataset, tenant=tenant, field="train_dataset", task=task.name
     )
+    val: Dataset | None = None
     if spec.validation_dataset is not None:
         val = _dataset_for(
             session,
@@ -146,6 +148,7 @@ def submit_job(
                 field="train_dataset",
             )
         task.check_compatible(_summary(train), _summary(train))
+    check_parent_labels(base, train=train, validation=val)
 
     resolved = resolve_spec(spec, task, _summary(train))
     # Lock the tenant row (PostgreSQL) so concurrent submissions count each other.

@@ -14,6 +14,7 @@ from app.core.storage import resolve
 from app.db.models import Model
 from app.job.schemas import ADAPTER_METHODS
 from app.ml import device as devices
+from app.ml.lineage import load_base_model, resolve_recorded_base
 from app.ml.loading import load_model, load_tokenizer, quiet_transformers, read_model_metadata
 from app.ml.tasks import TaskSpec, get_task
 from app.predict.batcher import BatchedModel, Batcher, ModelRunner
@@ -73,10 +74,9 @@ def _load_adapter_model(
 ) -> torch.nn.Module:
     from peft import PeftModel
 
-    from app.basemodel.service import resolve_base_model
-
-    base = resolve_base_model(settings, meta["base_model"]["id"])
-    model = load_model(task, base.path_or_hub_id, label_names=labels)
+    # A catalog base, or a registered model ("model:<id>") rebuilt from its lineage.
+    base = resolve_recorded_base(settings, meta)
+    model = load_base_model(task, base, label_names=labels)
     # The head's trained weights come with the adapter (modules_to_save).
     peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
     # Folding the adapters into the base weights makes inference as fast as a full model.

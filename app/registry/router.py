@@ -41,6 +41,7 @@ def to_read(model: Model, names: list[str] | None = None) -> ModelRead:
         id=model.id,
         task=model.task,
         base_model=model.base_model,
+        parent_model=model.parent_model_id,
         method=model.method,
         label_names=list(model.label_names),
         metrics=model.metrics or {},

@@ -12,7 +12,13 @@ class ModelRead(BaseModel):
     id: str
     object: Literal["model"] = "model"
     task: str
-    base_model: str
+    base_model: str = Field(
+        description='The base it was trained from: a base-model id, or "model:<id>" for a model '
+        "continued from a registered one."
+    )
+    parent_model: str | None = Field(
+        default=None, description="The registered model it was continued from, if any."
+    )
     method: str
     label_names: list[str]
     metrics: dict[str, Any]

@@ -222,6 +222,16 @@ def test_tenant_b_cannot_reach_tenant_a_on_any_route(  # type: ignore[no-untyped
             missing = send(anon, method, path, fresh, b)
             own = resp.json()["error"]["message"].replace(tenant_a.dataset_id, "ID")
             assert own == missing.json()["error"]["message"].replace(fresh.dataset_id, "ID")
+            # So is A's model named as the base to continue training from.
+            theirs, unknown = tenant_a.models["classification"], fresh.models["classification"]
+            messages = []
+            for model_id in (theirs, unknown):
+                spec = {"task": "classification", "train_dataset": own_ds}
+                body = {**spec, "base_model": f"model:{model_id}"}
+                answer = anon.post("/v1/jobs", json=body, headers=b)
+                assert answer.status_code == 422, answer.text
+                messages.append(answer.json()["error"]["message"].replace(model_id, "ID"))
+            assert messages[0] == messages[1], messages
         elif (method, path) in {("POST", "/v1/keys"), ("POST", "/v1/datasets")}:
             assert resp.status_code == 201, where  # B creates its own, in its own tenant
             assert a_ids_in(resp.text, tenant_a) == [], where

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.basemodel.schemas import ResolvedBaseModel
-from app.basemodel.service import resolve_base_model
 from app.core.config import Settings
 from app.db.models import Dataset, Job, Model
 from app.job.checkpoints import checkpoints_dir, latest_complete
@@ -23,8 +22,10 @@ from app.job.schemas import (
     LoraMethod,
 )
 from app.ml import device as devices
-from app.ml.loading import load_model_for_training, load_tokenizer, quiet_transformers
+from app.ml.lineage import base_metadata, load_starting_model
+from app.ml.loading import load_tokenizer, quiet_transformers
 from app.ml.tasks import TaskSpec, get_task
+from app.registry.lineage import continued_labels, resolve_job_base
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
 from worker.training.checkpoints import CheckpointCallback
@@ -72,10 +73,16 @@ def _read_inputs(settings: Settings, fence: AttemptFence) -> JobInputs:
         val_row = (
             session.get(Dataset, job.validation_dataset_id) if job.validation_dataset_id else None
         )
+        base = resolve_job_base(
+            session,
+            settings=settings,
+            tenant=job.tenant_id,
+            task=job.task,
+            base_model=job.base_model,
+        )
     if train_row is None:
         raise RuntimeError(f"train dataset {job.train_dataset_id} no longer exists")
     task = get_task(job.task)
-    base = resolve_base_model(settings, job.base_model)
     return JobInputs(job, JobSpec.model_validate(job.spec), task, base, train_row, val_row)
 
 
@@ -94,6 +101,7 @@ def _prepare_rows(settings: Settings, inputs: JobInputs, fence: AttemptFence) ->
         )
     # Labels come from the whole train set: a rare class the split sent to validation still counts.
     labels = inputs.task.label_names(train, split.validation if split.kind == "given" else None)
+    labels = continued_labels(inputs.base, labels)  # a continued model keeps its parent's
     source = "validation dataset" if split.kind == "given" else f"{split.kind} split of train set"
     fence.log(
         f"datasets: {split.train.num_rows} train rows, {split.validation.num_rows} validation rows"
@@ -191,9 +199,7 @@ def _build_trainer(
     task, spec = inputs.task, inputs.spec
     set_seed(spec.seed)  # before the head is initialised
     tokenizer = load_tokenizer(inputs.base.path_or_hub_id)
-    model, new_weights = load_model_for_training(
-        task, inputs.base.path_or_hub_id, label_names=prepared.label_names
-    )
+    model, new_weights = load_starting_model(task, inputs.base, label_names=prepared.label_names)
     max_length = effective_max_length(spec.hyperparameters.max_length, tokenizer, model.config)
     options = task.options_model.model_validate(spec.task_options)
     label2id = {name: i for i, name in enumerate(prepared.label_names)}
@@ -292,11 +298,9 @@ def _metadata(
         "job_id": inputs.job.id,
         "task": inputs.task.name,
         "label_names": prepared.label_names,
-        "base_model": {
-            "id": inputs.base.id,
-            "source": inputs.base.source,
-            "model_type": inputs.base.model_type,
-        },
+        "base_model": base_metadata(inputs.base),
+        # The task head's weights, for a model continued from this one.
+        "head_weights": details["new_weights"],
         "method": {**inputs.spec.method.model_dump(mode="json"), **details.get("adapter", {})},
         "hyperparameters": details["hyperparameters"],
         "task_options": inputs.spec.task_options,
@@ -394,6 +398,7 @@ def train_job(
         storage_path=written.storage_path,
         size_bytes=written.size_bytes,
         artifact="adapter" if inputs.spec.method.type in ADAPTER_METHODS else "full",
+        parent_model_id=inputs.base.parent_model_id,
         parameters=details["parameters"],
     )
     return row, written
