@@ -59,19 +59,18 @@ def questions(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-@contextmanager
 def auth_headers() -> dict[str, str]:
     """`Authorization: Bearer $TUNESERVE_API_KEY` (`tuneserve up` prints a key on first start)."""
     key = os.environ.get("TUNESERVE_API_KEY")
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+@contextmanager
 def service(data_dir: Path | None, port: int, api: str) -> Iterator[str]:
     """Start `tuneserve up` when asked (stopped with SIGTERM afterwards), else use `api`."""
     if data_dir is None:
         yield api
         return
-    cli = REPO / ".venv" / "bin" / "tuneserve"
     log = open(data_dir.parent / f"{data_dir.name}.log", "wb")  # noqa: SIM115
     # The service registers this key as its admin key; the client below sends it.
     os.environ.setdefault("TUNESERVE_API_KEY", "tsk_" + secrets.token_urlsafe(32))
@@ -81,7 +80,8 @@ def service(data_dir: Path | None, port: int, api: str) -> Iterator[str]:
         "TUNESERVE_BOOTSTRAP_ADMIN_KEY": os.environ["TUNESERVE_API_KEY"],
     }
     proc = subprocess.Popen(
-        [str(cli), "up", "--data-dir", str(data_dir), "--port", str(port)],
+        [sys.executable, "-m", "app.cli", "up", "--data-dir", str(data_dir), "--port", str(port)],
+        cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
