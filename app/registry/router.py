@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from app.auth.deps import ModelReader
 from app.core.deps import SessionDep
-from app.core.schemas import PROTECTED, Page, error_responses
+from app.core.schemas import PROTECTED, Page, ParameterCounts, error_responses
 from app.db.models import Model
 from app.registry import service
 from app.registry.schemas import ModelRead
@@ -29,6 +29,7 @@ def to_read(model: Model) -> ModelRead:
         train_dataset=model.train_dataset_id,
         validation_dataset=model.validation_dataset_id,
         size_bytes=model.size_bytes,
+        parameters=ParameterCounts.model_validate(model.parameters) if model.parameters else None,
         created_at=model.created_at,
     )
 

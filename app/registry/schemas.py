@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from app.core.schemas import ParameterCounts
 
 
 class ModelRead(BaseModel):
@@ -21,4 +23,8 @@ class ModelRead(BaseModel):
     train_dataset: str
     validation_dataset: str | None
     size_bytes: int
+    parameters: ParameterCounts | None = Field(
+        default=None,
+        description="Weights as trained; null for models registered before they were counted.",
+    )
     created_at: datetime
