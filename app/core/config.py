@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +63,10 @@ class Settings(BaseSettings):
 
     # Training (worker side).
     training_threads: int | None = None
+    # What the workers train on, as the API judges job specs (mixed precision needs a CUDA GPU).
+    # "auto": what torch sees in the API process; set "cuda" for an API on a machine without the
+    # workers' GPUs.
+    worker_device: Literal["auto", "cpu", "cuda"] = "auto"
     cancel_poll_seconds: float = 1.0
 
     # Recovery. A worker heartbeats a running job every `heartbeat_seconds`; the reaper re-queues

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 T = TypeVar("T")
 
@@ -13,6 +13,13 @@ class Page(BaseModel, Generic[T]):
     data: list[T]
     # Opaque cursor for the next page; null on the last one.
     next_cursor: str | None = None
+
+
+class ParameterCounts(BaseModel):
+    """Weights of a model as trained (after freezing or adapters), shown on jobs and models."""
+
+    trainable: int = Field(description="Weights the optimizer updates.")
+    total: int = Field(description="All weights of the model, frozen ones and adapters too.")
 
 
 class ErrorBody(BaseModel):

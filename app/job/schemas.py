@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.schemas import ParameterCounts
 from app.db.models import Job
 
 # Learning rates that worked for all-MiniLM-sized encoders here; the resolved value is stored.
@@ -77,16 +78,70 @@ Method = Annotated[
 ]
 
 
+Auto = Literal["auto"]
+
+# epochs "auto": enough passes to see AUTO_EPOCHS_MIN_EXAMPLES training examples on a small set,
+# few enough to see at most AUTO_EPOCHS_MAX_EXAMPLES on a large one, 3 in between (as OpenAI's
+# n_epochs "auto"), clamped to AUTO_EPOCHS_RANGE.
+AUTO_EPOCHS_BASE = 3
+AUTO_EPOCHS_MIN_EXAMPLES = 2_000
+AUTO_EPOCHS_MAX_EXAMPLES = 100_000
+AUTO_EPOCHS_RANGE = (1, 20)
+
+
+class EarlyStopping(_Strict):
+    """Stop when the validation metric stops improving, and keep the best checkpoint."""
+
+    metric: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description='An evaluation metric the task reports (higher is better), or "loss" (the '
+        "validation loss, lower is better). Default: the task's primary metric.",
+    )
+    patience: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Evaluations in a row without improvement after which training stops.",
+    )
+    threshold: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="How much the metric must beat the best so far to count as an improvement.",
+    )
+
+
 class Hyperparameters(_Strict):
     """Training options; omitted ones take the service's defaults."""
 
-    epochs: float = Field(default=3, gt=0, le=100, description="Passes over the training set.")
-    learning_rate: float | None = Field(
-        default=None, gt=0, le=1, description="Peak learning rate; default depends on the method."
+    epochs: Annotated[float, Field(gt=0, le=100)] | Auto = Field(
+        default=3.0,
+        description='Passes over the training set. "auto": 3, more for a small train set and '
+        f"fewer for a large one: ceil({AUTO_EPOCHS_MIN_EXAMPLES:,} / rows) when 3 passes would "
+        f"show fewer than {AUTO_EPOCHS_MIN_EXAMPLES:,} examples, "
+        f"floor({AUTO_EPOCHS_MAX_EXAMPLES:,} / rows) when they would show more than "
+        f"{AUTO_EPOCHS_MAX_EXAMPLES:,}, always {AUTO_EPOCHS_RANGE[0]} to "
+        f"{AUTO_EPOCHS_RANGE[1]} (rows: the train rows after any validation split).",
     )
-    batch_size: int = Field(default=32, ge=1, le=1024, description="Per-device train batch size.")
-    max_length: int = Field(
-        default=128, ge=8, le=8192, description="Tokens per example (truncated)."
+    learning_rate: Annotated[float, Field(gt=0, le=1)] | Auto | None = Field(
+        default=None,
+        description='Peak learning rate; omitted or "auto": the default of the task and method.',
+    )
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | Auto = Field(
+        default=32,
+        description='Per-device train batch size. "auto": the largest power of two whose '
+        "estimated training memory (weights, gradients and Adam state, plus activations at "
+        "max_length) fits in 70% of the free GPU memory, at most 128; on CPU, in half the "
+        "available RAM, at most 4,096 tokens a batch (32 at 128 tokens) and 64; and never "
+        "more than an eighth of the train rows.",
+    )
+    max_length: Annotated[int, Field(ge=8, le=8192)] | Auto = Field(
+        default=128,
+        description='Tokens per example (truncated). "auto": the 99th percentile of the '
+        "tokenized lengths of up to 2,000 train rows, rounded up to a multiple of 8, capped "
+        "by the model's limit.",
     )
     max_steps: int | None = Field(
         default=None,
@@ -112,6 +167,25 @@ class Hyperparameters(_Strict):
     )
     weight_decay: float = Field(default=0.01, ge=0, le=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Label smoothing (TrainingArguments.label_smoothing_factor): this share of "
+        "each target's probability is spread evenly over all labels. Tasks whose training "
+        "targets are not labels (extractive QA's start/end positions) refuse a value above 0.",
+    )
+    early_stopping: EarlyStopping | None = Field(
+        default=None,
+        description="Evaluate at every checkpoint, stop once the metric has not improved for "
+        "`patience` evaluations, and register the best checkpoint with its evaluation. Needs "
+        'checkpoints (checkpoint_every "epoch" or N steps, not "no").',
+    )
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = Field(
+        default="auto",
+        description='Mixed-precision training on a CUDA GPU. "auto": bf16 where the GPU '
+        'supports it, else "no". bf16 and fp16 are refused where the workers train on CPU.',
+    )
     checkpoint_every: Annotated[int, Field(ge=1, le=10_000_000)] | Literal["epoch", "no"] = Field(
         default="epoch",
         description="Save a resumable checkpoint (weights, optimizer, scheduler, RNG) every N "
@@ -119,7 +193,11 @@ class Hyperparameters(_Strict):
         "worker dies resumes from its last complete checkpoint.",
     )
     checkpoints_kept: int = Field(
-        default=2, ge=1, le=100, description="How many of the newest checkpoints are kept."
+        default=2,
+        ge=1,
+        le=100,
+        description="How many of the newest checkpoints are kept (with early stopping, the "
+        "best one is kept too).",
     )
     validation_split: float = Field(
         default=0.1,
@@ -127,6 +205,16 @@ class Hyperparameters(_Strict):
         lt=0.5,
         description="Share of the train set held out (stratified, seeded) if no validation set.",
     )
+
+
+class ResolvedHyperparameters(Hyperparameters):
+    """Hyperparameters with every "auto" and default made concrete, as a worker trains them."""
+
+    epochs: float = Field(gt=0, le=100)
+    learning_rate: float = Field(gt=0, le=1)
+    batch_size: int = Field(ge=1, le=1024)
+    max_length: int = Field(ge=8, le=8192)
+    mixed_precision: Literal["no", "bf16", "fp16"]
 
 
 class JobCreate(_Strict):
@@ -178,9 +266,15 @@ class JobRead(BaseModel):
     train_dataset: str
     validation_dataset: str | None
     method: dict[str, Any]
-    hyperparameters: dict[str, Any]
+    hyperparameters: dict[str, Any] = Field(
+        description='As resolved by the worker once training has started ("auto" values and '
+        "defaults made concrete, with the device); until then, as submitted."
+    )
     task_options: dict[str, Any]
     seed: int
+    parameters: ParameterCounts | None = Field(
+        default=None, description="Weights of the model as trained; known once training starts."
+    )
     status: str
     attempt: int
     progress: JobProgress
@@ -207,9 +301,10 @@ class JobRead(BaseModel):
             train_dataset=job.train_dataset_id,
             validation_dataset=job.validation_dataset_id,
             method=spec.get("method", {}),
-            hyperparameters=spec.get("hyperparameters", {}),
+            hyperparameters=job.resolved_hyperparameters or spec.get("hyperparameters", {}),
             task_options=spec.get("task_options", {}),
             seed=spec.get("seed", 0),
+            parameters=ParameterCounts.model_validate(job.parameters) if job.parameters else None,
             status=job.status,
             attempt=job.attempt,
             progress=JobProgress(step=job.progress_step, total=job.progress_total, epoch=job.epoch),

@@ -27,6 +27,7 @@ from app.db.models import (
 )
 from app.db.session import get_by_id, rows_changed
 from app.job.checkpoints import checkpoints_dir, complete_checkpoints, saved_at
+from app.job.controls import check_controls, resolve_controls
 from app.job.outbox import publish_pending
 from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
@@ -83,6 +84,8 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
     hp = Hyperparameters.model_validate({**hp.model_dump(), **task_defaults})
     if hp.learning_rate is None:
         hp = hp.model_copy(update={"learning_rate": DEFAULT_LEARNING_RATE[spec.method.type]})
+    # "auto" values stay as asked: the worker resolves them when training starts.
+    hp = resolve_controls(hp, task)
     method = spec.method
     if isinstance(method, LoraMethod) and method.lora_alpha is None:
         method = method.model_copy(update={"lora_alpha": 2.0 * method.r})
@@ -151,6 +154,7 @@ def submit_job(
     check_parent_labels(base, train=train, validation=val)
 
     resolved = resolve_spec(spec, task, _summary(train))
+    check_controls(settings, resolved.hyperparameters, task)
     # Lock the tenant row (PostgreSQL) so concurrent submissions count each other.
     session.execute(select(Tenant.id).where(Tenant.id == tenant).with_for_update())
     job = Job(

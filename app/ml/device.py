@@ -39,8 +39,33 @@ def set_torch_threads(count: int) -> None:
         torch.set_num_threads(count)
 
 
+def visible_device_type() -> str:
+    """The type of select_device() ("cuda", "mps" or "cpu"), for a process that will not train."""
+    return select_device().type
+
+
+def precision_problem(precision: str, device: torch.device) -> str | None:
+    """Why `precision` ("no", "bf16", "fp16") cannot train on `device`, or None when it can."""
+    if precision == "no":
+        return None
+    if device.type != "cuda":
+        return f"{precision} mixed precision needs a CUDA GPU; this worker trains on {device.type}"
+    if precision == "bf16" and not bf16_supported(device):
+        import torch
+
+        name = torch.cuda.get_device_name(device)
+        return f"bf16 needs a GPU with bfloat16 support (Ampere or newer); this worker has {name}"
+    return None
+
+
 def bf16_supported(device: torch.device) -> bool:
-    """Mixed precision only where the hardware has it (on CPU bf16 matmul is ~150x slower)."""
+    """Mixed precision only where the hardware has it (on CPU bf16 matmul is ~150x slower, and
+    a pre-Ampere GPU only emulates it)."""
     import torch
 
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type != "cuda":
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch from before emulation (and the argument) existed
+        return bool(torch.cuda.is_bf16_supported())

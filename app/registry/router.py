@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.deps import ModelReader, Trainer
 from app.core.deps import SessionDep
-from app.core.schemas import PROTECTED, Page, error_responses
+from app.core.schemas import PROTECTED, Page, ParameterCounts, error_responses
 from app.db.models import Model, ModelAlias
 from app.registry import aliases, service
 from app.registry.schemas import AliasRead, ModelRead
@@ -50,6 +50,7 @@ def to_read(model: Model, names: list[str] | None = None) -> ModelRead:
         train_dataset=model.train_dataset_id,
         validation_dataset=model.validation_dataset_id,
         size_bytes=model.size_bytes,
+        parameters=ParameterCounts.model_validate(model.parameters) if model.parameters else None,
         aliases=names or [],
         created_at=model.created_at,
     )

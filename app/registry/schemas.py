@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.core.schemas import ParameterCounts
+
 
 class ModelRead(BaseModel):
     id: str
@@ -27,6 +29,10 @@ class ModelRead(BaseModel):
     train_dataset: str
     validation_dataset: str | None
     size_bytes: int
+    parameters: ParameterCounts | None = Field(
+        default=None,
+        description="Weights as trained; null for models registered before they were counted.",
+    )
     aliases: list[str] = Field(
         default_factory=list, description="Names that point at this model (see /v1/aliases)."
     )

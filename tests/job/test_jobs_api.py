@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -206,6 +207,12 @@ def test_head_only_and_top_layers_are_validated(client, train_id):  # type: igno
         ({"dropout": 1.0}, "hyperparameters.dropout"),
         ({"max_grad_norm": -1}, "hyperparameters.max_grad_norm"),
         ({"warmup_steps": -1}, "hyperparameters.warmup_steps"),
+        ({"label_smoothing": 1.0}, "hyperparameters.label_smoothing"),
+        ({"early_stopping": {"patience": 0}}, "hyperparameters.early_stopping.patience"),
+        ({"early_stopping": {"threshold": -1}}, "hyperparameters.early_stopping.threshold"),
+        ({"mixed_precision": "fp8"}, "hyperparameters.mixed_precision"),
+        ({"batch_size": "big"}, "hyperparameters.batch_size"),
+        ({"epochs": "auto-ish"}, "hyperparameters.epochs"),
     ],
 )
 def test_bad_hyperparameters_are_422_naming_the_field(client, train_id, hyperparameters, field):  # type: ignore[no-untyped-def]
@@ -252,3 +259,109 @@ def test_checkpoints_list_only_complete_ones(client, settings, train_id):  # typ
     ]
     assert listed[0]["metrics"] == {"eval_loss": 0.5}
     assert client.get("/v1/jobs/job_nope/checkpoints").status_code == 404
+
+
+def qa_upload(client: TestClient) -> str:
+    context = "Paris is the capital of France."
+    answer = {"text": ["Paris"], "answer_start": [0]}
+    rows = [
+        {"id": f"q{i}", "question": f"What is the capital, take {i}?", "context": context}
+        | {"answers": answer}
+        for i in range(6)
+    ]
+    body = "\n".join(json.dumps(r) for r in rows).encode()
+    resp = client.post(
+        "/v1/datasets",
+        data={"task": "qa"},
+        files={"file": ("rows.jsonl", io.BytesIO(body), "application/jsonl")},
+    )
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+def test_label_smoothing_is_refused_for_a_task_without_labels(client, queue, train_id):  # type: ignore[no-untyped-def]
+    qa = qa_upload(client)
+    smoothed = {"label_smoothing": 0.1}
+    resp = client.post(
+        "/v1/jobs",
+        json={"task": "qa", "base_model": BASE, "train_dataset": qa, "hyperparameters": smoothed},
+    )
+    assert resp.status_code == 422, resp.text
+    err = resp.json()["error"]
+    assert err["details"]["field"] == "hyperparameters.label_smoothing"
+    assert "hyperparameters.label_smoothing" in err["message"] and "'qa'" in err["message"]
+    assert queue.enqueued == []
+    ok = submit(client, train_dataset=train_id, hyperparameters=smoothed)
+    assert ok.status_code == 201 and ok.json()["hyperparameters"]["label_smoothing"] == 0.1
+
+
+def test_early_stopping_metric_must_be_one_the_task_reports(client, train_id):  # type: ignore[no-untyped-def]
+    def stop(**hp: object) -> object:
+        return submit(client, train_dataset=train_id, hyperparameters=hp)
+
+    resp = stop(early_stopping={"metric": "f1"})  # NER and QA report f1; classification does not
+    assert resp.status_code == 422
+    err = resp.json()["error"]
+    assert err["details"]["field"] == "hyperparameters.early_stopping.metric"
+    assert "'f1'" in err["message"] and "['accuracy', 'macro_f1', 'loss']" in err["message"]
+
+    filled = stop(early_stopping={"patience": 3}).json()["hyperparameters"]["early_stopping"]
+    assert filled == {"metric": "accuracy", "patience": 3, "threshold": 0.0}
+    assert stop(early_stopping={"metric": "loss"}).status_code == 201
+
+    never = stop(early_stopping={"metric": "loss"}, checkpoint_every="no")
+    assert never.status_code == 422
+    assert never.json()["error"]["details"]["field"] == "hyperparameters.checkpoint_every"
+    assert "early_stopping" in never.json()["error"]["message"]
+    assert stop(early_stopping={}, checkpoint_every=50).status_code == 201
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_needs_a_gpu_worker(client, settings, monkeypatch, train_id, precision):  # type: ignore[no-untyped-def]
+    import torch
+
+    from app.ml import device
+
+    def submit_precision() -> object:
+        hp = {"mixed_precision": precision}
+        return submit(client, train_dataset=train_id, hyperparameters=hp)
+
+    # "auto": the API judges by the device torch sees here (made a CPU for this test).
+    monkeypatch.setattr(device, "select_device", lambda: torch.device("cpu"))
+    for worker_device in ("auto", "cpu"):
+        settings.worker_device = worker_device
+        resp = submit_precision()
+        assert resp.status_code == 422, resp.text
+        err = resp.json()["error"]
+        assert err["code"] == "unsupported_precision"
+        assert err["details"]["field"] == "hyperparameters.mixed_precision"
+        assert f"{precision} needs a CUDA GPU and the workers train on cpu" in err["message"]
+    settings.worker_device = "cuda"  # workers on GPUs the API cannot see
+    resp = submit_precision()
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["hyperparameters"]["mixed_precision"] == precision
+    settings.worker_device = "cpu"
+    for fine in ("no", "auto"):
+        hp = {"mixed_precision": fine}
+        assert submit(client, train_dataset=train_id, hyperparameters=hp).status_code == 201
+
+
+def test_auto_values_are_shown_as_asked_until_training_starts(client, app, train_id):  # type: ignore[no-untyped-def]
+    from app.db.models import Job
+
+    auto = {"epochs": "auto", "batch_size": "auto", "max_length": "auto", "learning_rate": "auto"}
+    job = submit(client, train_dataset=train_id, hyperparameters=auto).json()
+    assert {k: job["hyperparameters"][k] for k in auto} == auto
+    assert job["hyperparameters"]["mixed_precision"] == "auto" and job["parameters"] is None
+    # What a worker writes when training starts replaces them.
+    resolved = {**job["hyperparameters"], "epochs": 5.0, "batch_size": 16, "device": "cpu"}
+    with app.state.sessionmaker() as s:
+        row = s.get(Job, job["id"])
+        row.resolved_hyperparameters = resolved
+        row.parameters = {"trainable": 10, "total": 100}
+        s.commit()
+    read = client.get(f"/v1/jobs/{job['id']}").json()
+    assert read["hyperparameters"] == resolved
+    assert read["parameters"] == {"trainable": 10, "total": 100}
+    listed = client.get("/v1/jobs").json()["data"]
+    assert next(j for j in listed if j["id"] == job["id"])["parameters"]["total"] == 100

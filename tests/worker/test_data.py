@@ -50,19 +50,26 @@ def test_head_modules_are_the_parents_of_new_weights() -> None:
     ]
 
 
-def test_training_arguments_group_by_length_and_checkpoint_per_epoch(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from types import SimpleNamespace
+def resolved(**values: object) -> object:
+    """Hyperparameters as a worker resolves them (every "auto" made concrete)."""
+    from app.job.schemas import ResolvedHyperparameters
 
-    from app.job.schemas import Hyperparameters, JobSpec
+    defaults = {
+        "epochs": 3,
+        "learning_rate": 1e-3,
+        "batch_size": 32,
+        "max_length": 128,
+        "mixed_precision": "no",
+    }
+    return ResolvedHyperparameters.model_validate({**defaults, **values})
+
+
+def test_training_arguments_group_by_length_and_checkpoint_per_epoch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from worker.training.data import LENGTH_COLUMN
     from worker.training.runner import _training_args
 
-    spec = JobSpec(
-        method={"type": "lora"},  # type: ignore[arg-type]
-        hyperparameters=Hyperparameters(warmup_ratio=0.1, lr_scheduler="cosine"),
-        seed=11,
-    )
-    args = _training_args(SimpleNamespace(spec=spec), output_dir=tmp_path, steps=1000)  # type: ignore[arg-type]
+    hp = resolved(warmup_ratio=0.1, lr_scheduler="cosine")
+    args = _training_args(hp, seed=11, output_dir=tmp_path, steps=1000)  # type: ignore[arg-type]
     assert args.train_sampling_strategy == "group_by_length"
     assert args.length_column_name == LENGTH_COLUMN
     assert args.save_strategy == "epoch" and args.eval_strategy == "epoch"
@@ -70,19 +77,33 @@ def test_training_arguments_group_by_length_and_checkpoint_per_epoch(tmp_path) -
     assert args.report_to in ("none", [], ["none"])
     assert (args.seed, args.learning_rate, args.warmup_steps) == (11, 1e-3, 0.1)
     assert args.lr_scheduler_type == "cosine" and args.logging_steps == 20
+    assert not args.load_best_model_at_end and args.label_smoothing_factor == 0
+    assert not args.bf16 and not args.fp16
 
 
 def test_checkpoint_every_maps_to_save_strategy(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from types import SimpleNamespace
-
-    from app.job.schemas import Hyperparameters, JobSpec
     from worker.training.runner import _training_args
 
     def args(every: object) -> object:
-        hp = Hyperparameters(checkpoint_every=every)  # type: ignore[arg-type]
-        spec = JobSpec(method={"type": "full"}, hyperparameters=hp, seed=1)  # type: ignore[arg-type]
-        return _training_args(SimpleNamespace(spec=spec), output_dir=tmp_path, steps=10)  # type: ignore[arg-type]
+        hp = resolved(checkpoint_every=every)
+        return _training_args(hp, seed=1, output_dir=tmp_path, steps=10)  # type: ignore[arg-type]
 
     steps = args(25)
     assert (steps.save_strategy, steps.save_steps) == ("steps", 25)  # type: ignore[attr-defined]
     assert args("no").save_strategy == "no"  # type: ignore[attr-defined]
+
+
+def test_early_stopping_evaluates_at_every_checkpoint_and_keeps_the_best(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from worker.training.runner import _training_args
+
+    hp = resolved(checkpoint_every=25, early_stopping={"metric": "accuracy"}, label_smoothing=0.1)
+    steps = _training_args(hp, seed=1, output_dir=tmp_path, steps=100)  # type: ignore[arg-type]
+    assert (steps.eval_strategy, steps.eval_steps, steps.save_steps) == ("steps", 25, 25)
+    assert steps.load_best_model_at_end and steps.metric_for_best_model == "accuracy"
+    assert steps.greater_is_better and steps.label_smoothing_factor == 0.1
+    assert steps.restore_callback_states_from_checkpoint  # the patience count survives a resume
+
+    hp = resolved(early_stopping={"metric": "loss", "patience": 1})
+    epochs = _training_args(hp, seed=1, output_dir=tmp_path, steps=100)  # type: ignore[arg-type]
+    assert (epochs.eval_strategy, epochs.save_strategy) == ("epoch", "epoch")
+    assert epochs.metric_for_best_model == "loss" and not epochs.greater_is_better

@@ -111,3 +111,48 @@ def test_manifest_lists_every_file_with_its_size(tmp_path) -> None:  # type: ign
     assert (ckpt / MANIFEST).exists()
     (ckpt / "optimizer.pt").write_bytes(b"y" * 4)  # changed after the manifest: not complete
     assert read_manifest(ckpt) is None
+
+
+def test_early_stopping_resumes_with_its_patience_and_best_checkpoint(
+    train_settings,
+    db: Session,
+    add_job: Callable[..., str],
+    add_dataset: Callable[..., str],
+) -> None:
+    from tests.tinymodel import sentiment_rows
+    from tests.worker.test_controls import EARLY_STOPPING, flip_every
+    from worker.training.callbacks import JobProgressCallback
+
+    train, validation = add_dataset(), add_dataset(flip_every(sentiment_rows(12, seed=1), 3))
+    straight = add_job(train=train, validation=validation, **EARLY_STOPPING)
+    assert run_job(train_settings, straight) == JobStatus.SUCCEEDED
+    expected = _job(db, straight)
+    # The straight run stops at step 25: the best is step 15, then 20 and 25 are worse.
+    assert expected.progress_step == 25
+
+    job_id = add_job(train=train, validation=validation, **EARLY_STOPPING)
+    original = JobProgressCallback.on_step_end
+
+    def dies_at_step_22(self: Any, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        original(self, args, state, control, **kw)
+        if state.global_step == 22:
+            raise KeyboardInterrupt("the worker is stopping")
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(JobProgressCallback, "on_step_end", dies_at_step_22)
+        run_job(train_settings, job_id)
+    # checkpoints_kept=1, yet the best (15) is kept beside the newest (20).
+    saved = checkpoints_dir(train_settings, job_id)
+    assert sorted(p.name for p in saved.iterdir()) == ["checkpoint-15", "checkpoint-20"]
+
+    assert run_job(train_settings, job_id) == JobStatus.SUCCEEDED
+    job = _job(db, job_id)
+    # One more worse evaluation after the resume was enough (the patience count came back with
+    # checkpoint-20), and the best checkpoint restored is the one the first attempt saved.
+    assert (job.attempt, job.progress_step) == (2, 25)
+    assert job.metrics == expected.metrics
+    messages = list(
+        db.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+    )
+    assert any("resuming from checkpoint-20" in m for m in messages)
+    assert any(m.startswith("restored checkpoint-15, the best by loss") for m in messages)

@@ -61,3 +61,36 @@ def test_cancel_request_is_seen_by_the_fence(
             fence.raise_if_cancelled()
     finally:
         engine.dispose()
+
+
+def test_resolved_hyperparameters_are_written_by_the_owning_attempt_only(
+    train_settings, db: Session, add_job: Callable[..., str]
+) -> None:
+    job_id = add_job()
+    engine = make_engine(train_settings)
+    factory = make_sessionmaker(engine)
+    try:
+        with session_scope(factory) as session:
+            claim_job(session, job_id=job_id, worker="w1")
+        fence = AttemptFence(factory, job_id=job_id, attempt=1)
+        fence.training_started(
+            hyperparameters={"batch_size": 16}, parameters={"trainable": 1, "total": 2}
+        )
+        db.expire_all()
+        job = db.get(Job, job_id)
+        assert job is not None and job.resolved_hyperparameters == {"batch_size": 16}
+        assert job.parameters == {"trainable": 1, "total": 2}
+
+        db.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.QUEUED))
+        db.commit()
+        with session_scope(factory) as session:
+            assert claim_job(session, job_id=job_id, worker="w2") == 2
+        with pytest.raises(FenceLost):
+            fence.training_started(
+                hyperparameters={"batch_size": 99}, parameters={"trainable": 0, "total": 0}
+            )
+        db.expire_all()
+        job = db.get(Job, job_id)
+        assert job is not None and job.resolved_hyperparameters == {"batch_size": 16}
+    finally:
+        engine.dispose()

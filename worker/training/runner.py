@@ -14,18 +14,18 @@ from app.db.models import Dataset, Job, Model
 from app.job.checkpoints import checkpoints_dir, latest_complete
 from app.job.schemas import (
     ADAPTER_METHODS,
-    DEFAULT_LEARNING_RATE,
     HeadOnlyMethod,
-    Hyperparameters,
     Ia3Method,
     JobSpec,
     LoraMethod,
+    ResolvedHyperparameters,
 )
 from app.ml import device as devices
 from app.ml.lineage import base_metadata, load_starting_model
 from app.ml.loading import load_tokenizer, quiet_transformers
 from app.ml.tasks import TaskSpec, get_task
 from app.registry.lineage import continued_labels, resolve_job_base
+from worker.training import auto, stopping
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
 from worker.training.checkpoints import CheckpointCallback
@@ -58,10 +58,6 @@ class PreparedData:
     validation: datasets.Dataset
     split_kind: str
     label_names: list[str]
-
-
-def learning_rate(spec: JobSpec) -> float:
-    return spec.hyperparameters.learning_rate or DEFAULT_LEARNING_RATE[spec.method.type]
 
 
 def _read_inputs(settings: Settings, fence: AttemptFence) -> JobInputs:
@@ -115,6 +111,10 @@ def _prepare_rows(settings: Settings, inputs: JobInputs, fence: AttemptFence) ->
     return PreparedData(split.train, split.validation, split.kind, labels)
 
 
+# Tokens an example may have at most (Hyperparameters.max_length's bound).
+MAX_LENGTH_LIMIT = 8192
+
+
 def effective_max_length(requested: int, tokenizer: PreTrainedTokenizerBase, config: Any) -> int:
     """The requested length, capped by the tokenizer's and the position embeddings' limits."""
     limits = [requested]
@@ -127,16 +127,15 @@ def effective_max_length(requested: int, tokenizer: PreTrainedTokenizerBase, con
     return min(limits)
 
 
-def _training_args(inputs: JobInputs, *, output_dir: Path, steps: int) -> Any:
+def _training_args(hp: ResolvedHyperparameters, *, seed: int, output_dir: Path, steps: int) -> Any:
     from transformers import TrainingArguments
 
-    hp: Hyperparameters = inputs.spec.hyperparameters
     device = devices.select_device()
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=hp.epochs,
         max_steps=hp.max_steps or -1,
-        learning_rate=learning_rate(inputs.spec),
+        learning_rate=hp.learning_rate,
         per_device_train_batch_size=hp.batch_size,
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
@@ -145,13 +144,13 @@ def _training_args(inputs: JobInputs, *, output_dir: Path, steps: int) -> Any:
         warmup_steps=hp.warmup_steps if hp.warmup_steps is not None else hp.warmup_ratio,
         weight_decay=hp.weight_decay,
         lr_scheduler_type=hp.lr_scheduler,
-        seed=inputs.spec.seed,
+        seed=seed,
         # Batches of similar lengths pad little: 1.9x the samples/s of random batches here.
         train_sampling_strategy="group_by_length",
         length_column_name=training_data.LENGTH_COLUMN,
         # The datasets hold model inputs plus the length column, which the collator drops.
         remove_unused_columns=False,
-        eval_strategy="epoch",
+        **stopping.evaluation_args(hp),
         # Resumable checkpoints (weights, optimizer, scheduler, RNG) for a worker that dies.
         save_strategy="no"
         if hp.checkpoint_every == "no"
@@ -166,7 +165,11 @@ def _training_args(inputs: JobInputs, *, output_dir: Path, steps: int) -> Any:
         dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda",
         use_cpu=device.type == "cpu",
-        bf16=devices.bf16_supported(device),
+        # resolve_precision has checked that the device has it.
+        bf16=hp.mixed_precision == "bf16",
+        fp16=hp.mixed_precision == "fp16",
+        # The Trainer smooths only batches with a `labels` key; tasks without one refuse it.
+        label_smoothing_factor=hp.label_smoothing,
     )
 
 
@@ -200,26 +203,18 @@ def _build_trainer(
     set_seed(spec.seed)  # before the head is initialised
     tokenizer = load_tokenizer(inputs.base.path_or_hub_id)
     model, new_weights = load_starting_model(task, inputs.base, label_names=prepared.label_names)
-    max_length = effective_max_length(spec.hyperparameters.max_length, tokenizer, model.config)
+    config = model.config
     options = task.options_model.model_validate(spec.task_options)
     label2id = {name: i for i, name in enumerate(prepared.label_names)}
 
-    def encoder(for_eval: bool) -> Any:
+    def encoder(max_length: int, for_eval: bool) -> Any:
         return task.preprocess(
             tokenizer, label2id=label2id, max_length=max_length, options=options, for_eval=for_eval
         )
 
+    # The base model's forward arguments (an adapter's wrapper takes **kwargs).
     keep = training_data.model_input_columns(model)
-    first_input = tokenizer.model_input_names[0]
-    train = training_data.tokenize(prepared.train, encoder(False), keep=keep, length_of=first_input)
-    validation = training_data.tokenize(
-        prepared.validation,
-        encoder(True),
-        keep=keep | set(task.eval_only_columns),
-        length_of=first_input,
-    )
-
-    details: dict[str, Any] = {"max_length": max_length, "new_weights": new_weights}
+    details: dict[str, Any] = {"new_weights": new_weights}
     if isinstance(spec.method, LoraMethod | Ia3Method):
         model = apply_adapter(model, task=task, method=spec.method, new_weights=new_weights)
         details["adapter"] = resolved_adapter_config(model)
@@ -235,25 +230,56 @@ def _build_trainer(
         **details,
     )
 
-    hp = spec.hyperparameters
+    hp = auto.resolve_for_training(
+        spec.hyperparameters,
+        auto.AutoInputs(
+            task=task,
+            method=spec.method.type,
+            train_rows=prepared.train.num_rows,
+            previous=inputs.job.resolved_hyperparameters,
+            device=devices.select_device(),
+            length_limit=effective_max_length(MAX_LENGTH_LIMIT, tokenizer, config),
+        ),
+        train=prepared.train,
+        seed=spec.seed,
+        tokenizer=tokenizer,
+        config=config,
+        encoder=encoder,
+        parameters=details["parameters"],
+    )
+    details["max_length"] = hp.max_length
+    first_input = tokenizer.model_input_names[0]
+    train = training_data.tokenize(
+        prepared.train, encoder(hp.max_length, False), keep=keep, length_of=first_input
+    )
+    validation = training_data.tokenize(
+        prepared.validation,
+        encoder(hp.max_length, True),
+        keep=keep | set(task.eval_only_columns),
+        length_of=first_input,
+    )
+
     if hp.dropout is not None:
         set_dropout(model, hp.dropout)
     steps_per_epoch = math.ceil(train.num_rows / (hp.batch_size * hp.gradient_accumulation_steps))
     steps = hp.max_steps or max(1, math.ceil(steps_per_epoch * hp.epochs))
-    args = _training_args(inputs, output_dir=output_dir, steps=steps)
+    args = _training_args(hp, seed=spec.seed, output_dir=output_dir, steps=steps)
     resolved = {
-        **spec.hyperparameters.model_dump(mode="json"),
-        "learning_rate": args.learning_rate,
-        "max_length": max_length,
+        **hp.model_dump(mode="json"),
         "torch_threads": devices.thread_count(settings.training_threads),
         "device": args.device.type,
     }
     details["hyperparameters"] = resolved
+    details["resolved"] = hp
+    fence.training_started(hyperparameters=resolved, parameters=details["parameters"])
     fence.log(f"hyperparameters: {resolved}", **resolved)
 
-    callback = JobProgressCallback(
-        fence, poll_seconds=settings.cancel_poll_seconds, primary_metric=task.primary_metric
-    )
+    callbacks: list[Any] = [
+        JobProgressCallback(
+            fence, poll_seconds=settings.cancel_poll_seconds, primary_metric=task.primary_metric
+        )
+    ]
+    callbacks += stopping.callbacks(hp)
     trainer = ordered_eval_trainer()(
         model=model,
         args=args,
@@ -267,15 +293,19 @@ def _build_trainer(
             eval_rows=prepared.validation,
             eval_features=validation,
         ),
-        callbacks=[callback],
+        callbacks=callbacks,
     )
     # Losses go to the job's events; the Trainer's own printing of them would only fill the log.
     trainer.remove_callback(PrinterCallback)
-    return trainer, callback, details
+    return trainer, callbacks[0], details
 
 
 def _final_metrics(trainer: Trainer, callback: JobProgressCallback) -> dict[str, Any]:
-    """The evaluation after the last step: reused from the epoch-end one when it is the same."""
+    """The best checkpoint's evaluation when it was restored; else the evaluation after the last
+    step, reused from the epoch-end one when it is the same."""
+    best = stopping.restored_best(trainer)
+    if best is not None:
+        return best[1]
     if callback.last_eval is not None and callback.last_eval[0] == trainer.state.global_step:
         return callback.last_eval[1]
     trainer.evaluate()
@@ -359,13 +389,15 @@ def train_job(
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     metrics = _final_metrics(trainer, callback)
     fence.raise_if_cancelled()
-    hp = inputs.spec.hyperparameters
+    hp: ResolvedHyperparameters = details["resolved"]
+    stopped = stopping.report(trainer, hp, fence)
     samples = (
-        prepared.train.num_rows * hp.epochs
+        prepared.train.num_rows * float(trainer.state.epoch or hp.epochs)
         if hp.max_steps is None
         else trainer.state.global_step * hp.batch_size * hp.gradient_accumulation_steps
     )
     training = {
+        **stopped,
         "train_loss": result.training_loss,
         "global_steps": trainer.state.global_step,
         "train_runtime_s": result.metrics.get("train_runtime"),

@@ -169,6 +169,20 @@ class AttemptFence:
             return False
         return True
 
+    def training_started(
+        self, *, hyperparameters: dict[str, Any], parameters: dict[str, int]
+    ) -> None:
+        """Record the resolved hyperparameters and parameter counts on the job row (retried while
+        the database is unreachable: a later attempt reuses them to resume consistently)."""
+
+        def write() -> None:
+            with session_scope(self.factory) as session:
+                self._touch(
+                    session, resolved_hyperparameters=hyperparameters, parameters=parameters
+                )
+
+        retry_while_unreachable(write, seconds=self.db_retry_seconds)
+
     def raise_if_cancelled(self) -> None:
         if self.progress():
             raise JobCancelled()

@@ -68,6 +68,13 @@ class TaskSpec(Protocol):
     peft_task_type: str | None
     # The metric that decides which checkpoint is best, and the one shown first.
     primary_metric: str
+    # The scalar metrics compute_metrics always reports, each higher-is-better; early stopping
+    # may watch any of them, or "loss" (the validation loss, which every task reports).
+    eval_metrics: tuple[str, ...]
+    # Whether training batches carry a `labels` tensor of class ids (-100: ignored), which is
+    # what the Trainer's label smoothing needs; it skips batches without one, so a task whose
+    # targets are something else (QA's start/end positions) must say False.
+    supports_label_smoothing: bool
     # Job-spec `task_options` (e.g. NER's label_all_tokens, QA's doc_stride), validated on submit.
     options_model: type[BaseModel]
     # Request schema for POST /v1/predict/{name}.

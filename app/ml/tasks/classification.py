@@ -80,6 +80,8 @@ class ClassificationTask(TaskDefaults):
     auto_model_class_name: str = "AutoModelForSequenceClassification"
     peft_task_type: str | None = "SEQ_CLS"
     primary_metric: str = "accuracy"
+    eval_metrics: tuple[str, ...] = ("accuracy", "macro_f1")
+    supports_label_smoothing: bool = True
     predict_request: type[BaseModel] = ClassificationPredictRequest
 
     def normalize(self, ds: datasets.Dataset, *, strict: bool = False) -> Normalized:

@@ -86,6 +86,8 @@ class NerTask(TaskDefaults):
     auto_model_class_name: str = "AutoModelForTokenClassification"
     peft_task_type: str | None = "TOKEN_CLS"
     primary_metric: str = "f1"
+    eval_metrics: tuple[str, ...] = ("f1", "precision", "recall", "accuracy")
+    supports_label_smoothing: bool = True
     options_model: type[BaseModel] = NerOptions
     predict_request: type[BaseModel] = NerPredictRequest
     eval_only_columns: tuple[str, ...] = (WORD_INDEX,)

@@ -146,6 +146,9 @@ class QATask(TaskDefaults):
     # modules_to_save either way.
     peft_task_type: str | None = None
     primary_metric: str = "f1"
+    eval_metrics: tuple[str, ...] = ("exact_match", "f1")
+    # Targets are start/end token positions, not labels: nothing to smooth.
+    supports_label_smoothing: bool = False
     options_model: type[BaseModel] = QAOptions
     predict_request: type[BaseModel] = QAPredictRequest
     # Which question a feature belongs to and where its tokens sit in the context.
