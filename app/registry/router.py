@@ -22,6 +22,7 @@ def to_read(model: Model) -> ModelRead:
         task=model.task,
         base_model=model.base_model,
         method=model.method,
+        artifact=model.artifact,  # type: ignore[arg-type]  # pydantic checks the value
         label_names=list(model.label_names),
         metrics=model.metrics or {},
         hyperparameters=model.hyperparameters or {},
