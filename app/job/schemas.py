@@ -1,19 +1,35 @@
-"""Job spec and job schemas. Option names follow peft's LoraConfig and TrainingArguments."""
+"""Job spec and job schemas. Option names follow peft's configs and TrainingArguments."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from app.core.schemas import ParameterCounts
 from app.db.models import Job
 
 # Learning rates that worked for all-MiniLM-sized encoders here; the resolved value is stored.
-DEFAULT_LEARNING_RATE = {"full": 1e-4, "lora": 1e-3, "head_only": 1e-3, "ia3": 3e-3}
-# Methods that train a peft adapter (saved as an adapter, merged into the base for serving).
-ADAPTER_METHODS = frozenset({"lora", "ia3"})
+# adalora and prefix_tuning are untuned: LoRA's rate for AdaLoRA (the same kind of update), and
+# for prefix tuning the 1e-2 of peft's and P-tuning v2's examples.
+DEFAULT_LEARNING_RATE = {
+    "full": 1e-4,
+    "lora": 1e-3,
+    "head_only": 1e-3,
+    "ia3": 3e-3,
+    "adalora": 1e-3,
+    "prefix_tuning": 1e-2,
+}
+# Methods that train a peft adapter (saved as an adapter unless merged at registration).
+ADAPTER_METHODS = frozenset({"lora", "ia3", "adalora", "prefix_tuning"})
+
+
+MERGE_DESCRIPTION = (
+    "Fold the trained adapter into the base weights when the model is registered: a full model "
+    "directory (artifact 'merged') that needs no peft to load, at the size of the base model. "
+    "Otherwise the adapter is saved alone (artifact 'adapter') and merged when it is loaded."
+)
 
 
 class _Strict(BaseModel):
@@ -49,6 +65,7 @@ class Ia3Method(_Strict):
         description="Which of target_modules are feed-forward layers (their inputs are scaled); "
         "found from the architecture when omitted.",
     )
+    merge_adapter: bool = Field(default=False, description=MERGE_DESCRIPTION)
 
 
 class HeadOnlyMethod(_Strict):
@@ -71,10 +88,112 @@ class LoraMethod(_Strict):
         min_length=1,
         description="Module names to adapt; found from the architecture when omitted.",
     )
+    merge_adapter: bool = Field(default=False, description=MERGE_DESCRIPTION)
+
+
+class AdaLoraMethod(_Strict):
+    """AdaLoRA (peft.AdaLoraConfig): LoRA whose rank budget moves, while training, to the matrices
+    that matter most; the task head trains with it and is saved beside it.
+
+    Every adapted matrix starts at rank `init_r`. After `tinit` warm-up steps the total budget
+    shrinks (cubically) until `tfinal` steps before the end, where it reaches an average of
+    `target_r` per matrix; the last `tfinal` steps train the final ranks."""
+
+    type: Literal["adalora"]
+    init_r: int = Field(default=12, ge=1, le=512, description="Rank every matrix starts with.")
+    target_r: int = Field(
+        default=8,
+        ge=1,
+        le=512,
+        description="Average rank per matrix left at the end; less than init_r.",
+    )
+    lora_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        le=4096,
+        description="Scaling numerator (alpha/init_r, as peft computes it); default 2 * init_r.",
+    )
+    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Module names to adapt; found from the architecture when omitted.",
+    )
+    tinit: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description="Optimizer steps at the start that train every rank before any is pruned; "
+        "default a tenth of the job's steps.",
+    )
+    tfinal: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description="Optimizer steps at the end that train the final ranks; default a fifth of "
+        "the job's steps. tinit + tfinal must leave steps to reallocate ranks in.",
+    )
+    delta_t: int = Field(
+        default=1,
+        ge=1,
+        le=10_000_000,
+        # peft calls it deltaT; either spelling is accepted.
+        validation_alias=AliasChoices("delta_t", "deltaT"),
+        description="Steps between two reallocations of the budget (peft's deltaT).",
+    )
+    orth_reg_weight: float = Field(
+        default=0.5,
+        ge=0,
+        le=100,
+        description="Weight of the loss term that keeps the singular vectors orthogonal.",
+    )
+    merge_adapter: bool = Field(default=False, description=MERGE_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _budget_shrinks(self) -> AdaLoraMethod:
+        # peft's allocator prunes init_r - target_r ranks per matrix; with none to prune its
+        # threshold search (kthvalue with k = 0) fails at the first reallocation.
+        if self.target_r >= self.init_r:
+            raise ValueError(
+                f"target_r ({self.target_r}) must be less than init_r ({self.init_r}): AdaLoRA "
+                "prunes ranks from init_r down to target_r (for a fixed rank, use lora)"
+            )
+        return self
+
+
+class PrefixTuningMethod(_Strict):
+    """Prefix tuning (peft.PrefixTuningConfig): trained key/value vectors that every attention
+    layer attends to before the input; the task head trains with them and is saved beside them.
+    The prefix cannot be folded into the weights: the model is served as base + prefix, and the
+    prefix takes num_virtual_tokens of the base model's positions."""
+
+    type: Literal["prefix_tuning"]
+    num_virtual_tokens: int = Field(
+        default=20, ge=1, le=512, description="Length of the trained prefix, in tokens."
+    )
+    prefix_projection: bool = Field(
+        default=False,
+        description="Train the prefix through a two-layer MLP (more stable, more weights while "
+        "training; the saved prefix is the MLP's output either way).",
+    )
+    encoder_hidden_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=65_536,
+        description="Hidden size of that MLP; only with prefix_projection. Default: the base "
+        "model's hidden size.",
+    )
+
+    @model_validator(mode="after")
+    def _projection_size(self) -> PrefixTuningMethod:
+        if self.encoder_hidden_size is not None and not self.prefix_projection:
+            raise ValueError("encoder_hidden_size is only used with prefix_projection: true")
+        return self
 
 
 Method = Annotated[
-    FullMethod | LoraMethod | Ia3Method | HeadOnlyMethod, Field(discriminator="type")
+    FullMethod | LoraMethod | Ia3Method | AdaLoraMethod | PrefixTuningMethod | HeadOnlyMethod,
+    Field(discriminator="type"),
 ]
 
 

@@ -31,6 +31,7 @@ from app.job.controls import check_controls, resolve_controls
 from app.job.outbox import publish_pending
 from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
+    AdaLoraMethod,
     CheckpointRead,
     Hyperparameters,
     JobCreate,
@@ -89,6 +90,8 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
     method = spec.method
     if isinstance(method, LoraMethod) and method.lora_alpha is None:
         method = method.model_copy(update={"lora_alpha": 2.0 * method.r})
+    if isinstance(method, AdaLoraMethod) and method.lora_alpha is None:
+        method = method.model_copy(update={"lora_alpha": 2.0 * method.init_r})
     try:
         # The train set's summary lets a task resolve "auto" options from the data (QA's
         # version_2_with_negative: true when the train set has unanswerable questions).
@@ -130,6 +133,7 @@ def submit_job(
         session, settings=settings, tenant=tenant, task=task.name, base_model=spec.base_model
     )
     _check_top_layers(spec, base.num_layers)
+    _check_method(spec, task)
     train = _dataset_for(
         session, spec.train_dataset, tenant=tenant, field="train_dataset", task=task.name
     )
@@ -206,6 +210,29 @@ def _check_top_layers(spec: JobCreate, num_layers: int | None) -> None:
             f"'{spec.base_model}'",
             field="method.train_top_layers",
         )
+
+
+def _check_method(spec: JobCreate, task: TaskSpec) -> None:
+    """The task must be able to train with the method; AdaLoRA's schedule must fit max_steps."""
+    method = spec.method
+    reason = task.unsupported_methods.get(method.type)
+    if reason is not None:
+        raise InvalidInput(
+            f"method.type: '{method.type}' cannot train '{task.name}' models: {reason}",
+            field="method.type",
+        )
+    steps = spec.hyperparameters.max_steps
+    # Without max_steps the step count depends on the rows left after tokenizing and holding
+    # out; the worker checks the schedule against it before training.
+    if isinstance(method, AdaLoraMethod) and steps is not None:
+        fixed = (method.tinit or 0) + (method.tfinal or 0)
+        if fixed >= steps:
+            raise InvalidInput(
+                f"method.tinit: tinit + tfinal ({fixed}) must be less than "
+                f"hyperparameters.max_steps ({steps}), to leave steps in which AdaLoRA "
+                "reallocates ranks",
+                field="method.tinit",
+            )
 
 
 def _check_active_cap(session: Session, *, settings: Settings, tenant: str) -> None:

@@ -33,6 +33,10 @@ def quiet_transformers() -> None:
     warnings.filterwarnings(
         "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
     )
+    # Two false alarms of peft about AdaLoRA: a matrix pruned to rank 0 taken for an ungathered
+    # DeepSpeed shard, and AdaLoRA's rank pattern (by lora_E weight) read as LoRA's (by module).
+    warnings.filterwarnings("ignore", message=".*LoRA tensor\\(s\\) have invalid shape.*")
+    warnings.filterwarnings("ignore", message=".*rank_pattern keys did not match any targeted.*")
 
 
 def auto_model_class(task: TaskSpec) -> Any:

@@ -12,7 +12,6 @@ from app.core.config import Settings
 from app.core.errors import Unavailable
 from app.core.storage import resolve
 from app.db.models import Model
-from app.job.schemas import ADAPTER_METHODS
 from app.ml import device as devices
 from app.ml.lineage import load_base_model, resolve_recorded_base
 from app.ml.loading import load_model, load_tokenizer, quiet_transformers, read_model_metadata
@@ -79,6 +78,11 @@ def _load_adapter_model(
     model = load_base_model(task, base, label_names=labels)
     # The head's trained weights come with the adapter (modules_to_save).
     peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    if peft_model.active_peft_config.is_prompt_learning:
+        # A prefix is extra keys and values, not a change of weights: it stays a PeftModel,
+        # whose forward feeds the prefix to every layer.
+        unmerged: torch.nn.Module = peft_model
+        return unmerged
     # Folding the adapters into the base weights makes inference as fast as a full model.
     merged: torch.nn.Module = peft_model.merge_and_unload()
     return merged
@@ -114,7 +118,8 @@ def weight_bytes(model: torch.nn.Module) -> int:
 
 
 def load_predictor(settings: Settings, model_row: Model) -> Predictor:
-    """Load a registered model (full, or an adapter merged into its base) for inference."""
+    """Load a registered model for inference, as its artifact says: a model directory (full or
+    merged at registration), or an adapter applied to its base model."""
     quiet_transformers()
     path = resolve(settings, model_row.storage_path)
     try:
@@ -127,7 +132,7 @@ def load_predictor(settings: Settings, model_row: Model) -> Predictor:
     labels = list(meta.get("label_names") or model_row.label_names)
     threads = devices.thread_count(settings.inference_threads)
     devices.set_torch_threads(threads)
-    if meta.get("method", {}).get("type", model_row.method) in ADAPTER_METHODS:
+    if model_row.artifact == "adapter":
         model = _load_adapter_model(settings, task, path, meta, labels)
     else:
         model = load_model(task, path)

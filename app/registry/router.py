@@ -43,6 +43,7 @@ def to_read(model: Model, names: list[str] | None = None) -> ModelRead:
         base_model=model.base_model,
         parent_model=model.parent_model_id,
         method=model.method,
+        artifact=model.artifact,  # type: ignore[arg-type]  # pydantic checks the value
         label_names=list(model.label_names),
         metrics=model.metrics or {},
         hyperparameters=model.hyperparameters or {},

@@ -22,6 +22,10 @@ class ModelRead(BaseModel):
         default=None, description="The registered model it was continued from, if any."
     )
     method: str
+    artifact: Literal["full", "adapter", "merged"] = Field(
+        description="What the model directory holds: a full model, an adapter to apply to "
+        "base_model, or an adapter merged into the base weights at registration."
+    )
     label_names: list[str]
     metrics: dict[str, Any]
     hyperparameters: dict[str, Any]

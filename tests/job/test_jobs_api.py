@@ -365,3 +365,90 @@ def test_auto_values_are_shown_as_asked_until_training_starts(client, app, train
     assert read["parameters"] == {"trainable": 10, "total": 100}
     listed = client.get("/v1/jobs").json()["data"]
     assert next(j for j in listed if j["id"] == job["id"])["parameters"]["total"] == 100
+
+
+def test_adalora_and_prefix_tuning_are_accepted_with_resolved_defaults(client, train_id):  # type: ignore[no-untyped-def]
+    resp = submit(client, train_dataset=train_id, method={"type": "adalora", "init_r": 16})
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    assert job["method"] == {
+        "type": "adalora",
+        "init_r": 16,
+        "target_r": 8,
+        "lora_alpha": 32.0,  # 2 * init_r, stored
+        "lora_dropout": 0.1,
+        "target_modules": None,
+        "tinit": None,  # a tenth and a fifth of the job's steps, known when it runs
+        "tfinal": None,
+        "delta_t": 1,
+        "orth_reg_weight": 0.5,
+        "merge_adapter": False,
+    }
+    assert job["hyperparameters"]["learning_rate"] == 1e-3
+    # peft's spelling of delta_t is accepted too.
+    alias = submit(client, train_dataset=train_id, method={"type": "adalora", "deltaT": 10})
+    assert alias.status_code == 201 and alias.json()["method"]["delta_t"] == 10
+
+    prefix = submit(client, train_dataset=train_id, method={"type": "prefix_tuning"})
+    assert prefix.status_code == 201, prefix.text
+    assert prefix.json()["method"] == {
+        "type": "prefix_tuning",
+        "num_virtual_tokens": 20,
+        "prefix_projection": False,
+        "encoder_hidden_size": None,
+    }
+    assert prefix.json()["hyperparameters"]["learning_rate"] == 1e-2
+    projected = {"type": "prefix_tuning", "prefix_projection": True, "encoder_hidden_size": 64}
+    assert submit(client, train_dataset=train_id, method=projected).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("method", "field"),
+    [
+        ({"type": "adalora", "init_r": 8, "target_r": 8}, "target_r (8) must be less than init_r"),
+        ({"type": "adalora", "target_r": 16}, "target_r (16) must be less than init_r (12)"),
+        ({"type": "adalora", "init_r": 0}, "method.adalora.init_r"),
+        ({"type": "adalora", "target_r": 0}, "method.adalora.target_r"),
+        ({"type": "adalora", "lora_alpha": 0}, "method.adalora.lora_alpha"),
+        ({"type": "adalora", "lora_dropout": 1}, "method.adalora.lora_dropout"),
+        ({"type": "adalora", "target_modules": []}, "method.adalora.target_modules"),
+        ({"type": "adalora", "tinit": -1}, "method.adalora.tinit"),
+        ({"type": "adalora", "tfinal": -1}, "method.adalora.tfinal"),
+        ({"type": "adalora", "delta_t": 0}, "method.adalora.delta_t"),
+        ({"type": "adalora", "orth_reg_weight": -0.1}, "method.adalora.orth_reg_weight"),
+        ({"type": "adalora", "r": 8}, "method.adalora.r"),
+        ({"type": "prefix_tuning", "num_virtual_tokens": 0}, "method.prefix_tuning.num_virtual"),
+        ({"type": "prefix_tuning", "num_virtual_tokens": 513}, "method.prefix_tuning.num_virtual"),
+        ({"type": "prefix_tuning", "encoder_hidden_size": 64}, "only used with prefix_projection"),
+        ({"type": "prefix_tuning", "merge_adapter": True}, "method.prefix_tuning.merge_adapter"),
+        ({"type": "full", "merge_adapter": True}, "method.full.merge_adapter"),
+        ({"type": "lora", "merge_adapter": "maybe"}, "method.lora.merge_adapter"),
+    ],
+)
+def test_bad_method_options_are_422_naming_the_field(client, queue, train_id, method, field):  # type: ignore[no-untyped-def]
+    resp = submit(client, train_dataset=train_id, method=method)
+    assert resp.status_code == 422, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "invalid_input" and field in err["message"], err["message"]
+    assert queue.enqueued == []
+
+
+def test_adalora_schedule_must_fit_max_steps(client, train_id):  # type: ignore[no-untyped-def]
+    method = {"type": "adalora", "tinit": 60, "tfinal": 40}
+    resp = submit(client, train_dataset=train_id, method=method, hyperparameters={"max_steps": 100})
+    assert resp.status_code == 422
+    message = resp.json()["error"]["message"]
+    assert message.startswith("method.tinit: tinit + tfinal (100) must be less than")
+    assert "hyperparameters.max_steps (100)" in message
+    fits = submit(client, train_dataset=train_id, method=method, hyperparameters={"max_steps": 101})
+    assert fits.status_code == 201, fits.text
+
+
+@pytest.mark.parametrize("method_type", ["lora", "ia3", "adalora"])
+def test_mergeable_adapters_take_merge_adapter(client, train_id, method_type):  # type: ignore[no-untyped-def]
+    plain = submit(client, train_dataset=train_id, method={"type": method_type})
+    assert plain.json()["method"]["merge_adapter"] is False
+    method = {"type": method_type, "merge_adapter": True}
+    merged = submit(client, train_dataset=train_id, method=method)
+    assert merged.status_code == 201, merged.text
+    assert merged.json()["method"]["merge_adapter"] is True

@@ -1,4 +1,4 @@
-"""NER training for real on the tiny BERT (full and LoRA), then serving through load_predictor."""
+"""NER training for real on the tiny BERT (full and each peft method), then serving it."""
 
 from __future__ import annotations
 
@@ -138,6 +138,8 @@ def served_tags(predictor: Any, rows: dict[str, list[list[str]]]) -> list[list[s
         ({"type": "full"}, {}),
         ({"type": "lora", "r": 4}, {"label_all_tokens": True}),
         ({"type": "ia3"}, {}),
+        ({"type": "adalora", "init_r": 6, "target_r": 2}, {}),
+        ({"type": "prefix_tuning", "num_virtual_tokens": 8}, {}),
     ],
 )
 def test_train_then_serve(
@@ -152,6 +154,8 @@ def test_train_then_serve(
         "full": {},
         "lora": {"epochs": 20, "learning_rate": 3e-2},
         "ia3": {"epochs": 20, "learning_rate": 1e-1},
+        "adalora": {"epochs": 20, "learning_rate": 1e-1},
+        "prefix_tuning": {"epochs": 20, "learning_rate": 1e-1},
     }[str(method["type"])]
     row = train_ner(validation, method=method, task_options=options, **extra)
     assert row.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]

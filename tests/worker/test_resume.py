@@ -156,3 +156,82 @@ def test_early_stopping_resumes_with_its_patience_and_best_checkpoint(
     )
     assert any("resuming from checkpoint-20" in m for m in messages)
     assert any(m.startswith("restored checkpoint-15, the best by loss") for m in messages)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        # The Trainer's checkpoint adapter is cut to the ranks allocated so far: peft cannot load
+        # it back into the training model (init_r), and the allocator's scores are not in it.
+        {"type": "adalora", "init_r": 6, "target_r": 2, "tinit": 2, "tfinal": 4},
+        # The Trainer's checkpoint holds the projection's output, not the projection.
+        {"type": "prefix_tuning", "num_virtual_tokens": 4, "prefix_projection": True},
+    ],
+    ids=["adalora", "prefix_projection"],
+)
+def test_peft_methods_resume_from_their_checkpoint_state(
+    train_settings, db: Session, add_job: Callable[..., str], method: dict[str, Any]
+) -> None:
+    from safetensors.torch import load_file
+
+    from worker.training import adapters
+    from worker.training.adalora import allocating_tuner
+    from worker.training.callbacks import JobProgressCallback
+
+    job_id = add_job(method=method, learning_rate=1e-2, **SPEC)
+    original = JobProgressCallback.on_step_end
+
+    def dies_at_step_9(self: Any, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        original(self, args, state, control, **kw)
+        if state.global_step == 9:
+            raise KeyboardInterrupt("the worker is stopping")
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(JobProgressCallback, "on_step_end", dies_at_step_9)
+        run_job(train_settings, job_id)
+    latest = latest_complete(checkpoints_dir(train_settings, job_id))
+    assert latest is not None and latest[1]["step"] == 8
+    # Listed in the manifest: written before the checkpoint was marked complete.
+    assert adapters.CHECKPOINT_STATE in latest[1]["files"]
+    saved = load_file(str(latest[0] / adapters.CHECKPOINT_STATE))
+
+    loaded: list[dict[str, Any]] = []
+    load = adapters.load_checkpoint_state
+
+    def load_and_look(model: Any, directory: Any) -> bool:
+        found = load(model, directory)
+        state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        tuner = allocating_tuner(model)
+        if tuner is not None:
+            scores = tuner.rankallocator.exp_avg_ipt
+            state |= {f"adalora.exp_avg_ipt.{n}": v.clone() for n, v in scores.items()}
+            state["rank_pattern"] = tuner.peft_config["default"].rank_pattern
+        loaded.append(state)
+        return found
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(adapters, "load_checkpoint_state", load_and_look)
+        assert run_job(train_settings, job_id) == JobStatus.SUCCEEDED, _job(
+            db, job_id
+        ).error_message
+
+    # Attempt 2 started from every trainable tensor as attempt 1 had it at step 8, and AdaLoRA's
+    # allocator from its importance scores and last rank pattern.
+    (state,) = loaded
+    pattern = state.pop("rank_pattern", None)
+    assert set(state) == {
+        k for k in saved if not k.startswith(("adalora.ipt", "adalora.exp_avg_unc"))
+    }
+    for name, tensor in state.items():
+        assert tensor.equal(saved[name]), name
+    model = db.scalars(select(Model).where(Model.job_id == job_id)).one()
+    path = train_settings.data_dir / model.storage_path
+    if method["type"] == "adalora":
+        assert any(k.startswith("adalora.exp_avg_ipt.") for k in state)
+        assert pattern is not None and len(pattern) == 4
+        ranks = [
+            t.shape[0]
+            for k, t in load_file(str(path / "adapter_model.safetensors")).items()
+            if k.endswith("lora_E")
+        ]
+        assert sum(ranks) == 2 * len(ranks) == 8  # target_r per matrix, on average

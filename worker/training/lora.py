@@ -1,5 +1,5 @@
-"""peft adapters (LoRA, IA3): target modules found from the architecture; the new head trains
-and is saved with the adapter."""
+"""LoRA and IA3 adapters: target modules found from the architecture; the new head trains and is
+saved with the adapter. The other methods and the choice between them: adapters.py."""
 
 from __future__ import annotations
 
@@ -80,33 +80,6 @@ def apply_ia3(
         modules_to_save=head_modules(new_weights) or None,
     )
     return get_peft_model(model, config)
-
-
-def apply_adapter(
-    model: PreTrainedModel,
-    *,
-    task: TaskSpec,
-    method: LoraMethod | Ia3Method,
-    new_weights: Iterable[str],
-) -> Any:
-    if isinstance(method, LoraMethod):
-        return apply_lora(model, task=task, method=method, new_weights=new_weights)
-    return apply_ia3(model, task=task, method=method, new_weights=new_weights)
-
-
-def resolved_adapter_config(peft_model: Any) -> dict[str, Any]:
-    """The adapter settings as applied (target modules after auto-detection)."""
-    config = peft_model.peft_config["default"]
-    resolved: dict[str, Any] = {
-        "target_modules": sorted(config.target_modules or []),
-        "modules_to_save": sorted(config.modules_to_save or []),
-    }
-    if hasattr(config, "r"):
-        resolved |= {"r": config.r, "lora_alpha": config.lora_alpha}
-        resolved["lora_dropout"] = config.lora_dropout
-    if hasattr(config, "feedforward_modules"):
-        resolved["feedforward_modules"] = sorted(config.feedforward_modules or [])
-    return resolved
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

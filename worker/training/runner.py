@@ -13,11 +13,8 @@ from app.core.config import Settings
 from app.db.models import Dataset, Job, Model
 from app.job.checkpoints import checkpoints_dir, latest_complete
 from app.job.schemas import (
-    ADAPTER_METHODS,
     HeadOnlyMethod,
-    Ia3Method,
     JobSpec,
-    LoraMethod,
     ResolvedHyperparameters,
 )
 from app.ml import device as devices
@@ -25,12 +22,12 @@ from app.ml.lineage import base_metadata, load_starting_model
 from app.ml.loading import load_tokenizer, quiet_transformers
 from app.ml.tasks import TaskSpec, get_task
 from app.registry.lineage import continued_labels, resolve_job_base
-from worker.training import auto, stopping
+from worker.training import adapters, auto, stopping
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
 from worker.training.checkpoints import CheckpointCallback
 from worker.training.freezing import freeze, set_dropout
-from worker.training.lora import apply_adapter, count_parameters, resolved_adapter_config
+from worker.training.lora import count_parameters
 from worker.training.state import AttemptFence
 
 if TYPE_CHECKING:
@@ -115,15 +112,18 @@ def _prepare_rows(settings: Settings, inputs: JobInputs, fence: AttemptFence) ->
 MAX_LENGTH_LIMIT = 8192
 
 
-def effective_max_length(requested: int, tokenizer: PreTrainedTokenizerBase, config: Any) -> int:
-    """The requested length, capped by the tokenizer's and the position embeddings' limits."""
+def effective_max_length(
+    requested: int, tokenizer: PreTrainedTokenizerBase, config: Any, *, reserved: int = 0
+) -> int:
+    """The requested length, capped by the tokenizer's and the position embeddings' limits
+    (less the `reserved` positions a prefix takes)."""
     limits = [requested]
     model_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(model_max, int) and 0 < model_max < 1_000_000:
         limits.append(model_max)
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
-        limits.append(positions)
+        limits.append(positions - reserved)
     return min(limits)
 
 
@@ -174,7 +174,8 @@ def _training_args(hp: ResolvedHyperparameters, *, seed: int, output_dir: Path, 
 
 
 def ordered_eval_trainer() -> type[Trainer]:
-    """A Trainer that evaluates features in dataset order, whatever the train sampling."""
+    """A Trainer that evaluates features in dataset order, whatever the train sampling, and
+    whose checkpoints of peft models resume every method (see adapters.save_checkpoint_state)."""
     from torch.utils.data import SequentialSampler
     from transformers import Trainer
 
@@ -183,6 +184,18 @@ def ordered_eval_trainer() -> type[Trainer]:
         # does; compute_metrics maps predictions back to eval rows by position (QA, NER).
         def _get_eval_sampler(self, eval_dataset: Any) -> Any:
             return SequentialSampler(eval_dataset)
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            super()._save_checkpoint(model, trial)
+            # Before on_save, so the checkpoint's manifest lists the file.
+            run_dir = Path(self._get_output_dir(trial=trial))
+            adapters.save_checkpoint_state(
+                self.model, run_dir / f"checkpoint-{self.state.global_step}"
+            )
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            if not adapters.load_checkpoint_state(self.model, Path(resume_from_checkpoint)):
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     return OrderedEvalTrainer
 
@@ -204,6 +217,12 @@ def _build_trainer(
     tokenizer = load_tokenizer(inputs.base.path_or_hub_id)
     model, new_weights = load_starting_model(task, inputs.base, label_names=prepared.label_names)
     config = model.config
+    length_limit = effective_max_length(
+        MAX_LENGTH_LIMIT,
+        tokenizer,
+        config,
+        reserved=adapters.reserved_positions(spec.method, config),
+    )
     options = task.options_model.model_validate(spec.task_options)
     label2id = {name: i for i, name in enumerate(prepared.label_names)}
 
@@ -215,9 +234,16 @@ def _build_trainer(
     # The base model's forward arguments (an adapter's wrapper takes **kwargs).
     keep = training_data.model_input_columns(model)
     details: dict[str, Any] = {"new_weights": new_weights}
-    if isinstance(spec.method, LoraMethod | Ia3Method):
-        model = apply_adapter(model, task=task, method=spec.method, new_weights=new_weights)
-        details["adapter"] = resolved_adapter_config(model)
+    if isinstance(spec.method, adapters.PeftMethod):
+        # AdaLoRA's schedule needs the step count, known once "auto" values are resolved (which
+        # needs the parameter counts): scheduled provisionally here, for real below.
+        model = adapters.apply_adapter(
+            model,
+            task=task,
+            method=spec.method,
+            new_weights=new_weights,
+            total_steps=adapters.PROVISIONAL_STEPS,
+        )
     elif isinstance(spec.method, HeadOnlyMethod):
         freeze(model, new_weights=new_weights, top_layers=None)
     elif spec.method.train_top_layers is not None:
@@ -238,7 +264,7 @@ def _build_trainer(
             train_rows=prepared.train.num_rows,
             previous=inputs.job.resolved_hyperparameters,
             device=devices.select_device(),
-            length_limit=effective_max_length(MAX_LENGTH_LIMIT, tokenizer, config),
+            length_limit=length_limit,
         ),
         train=prepared.train,
         seed=spec.seed,
@@ -263,6 +289,9 @@ def _build_trainer(
         set_dropout(model, hp.dropout)
     steps_per_epoch = math.ceil(train.num_rows / (hp.batch_size * hp.gradient_accumulation_steps))
     steps = hp.max_steps or max(1, math.ceil(steps_per_epoch * hp.epochs))
+    if isinstance(spec.method, adapters.PeftMethod):
+        adapters.schedule(model, spec.method, total_steps=steps)
+        details["adapter"] = adapters.resolved_adapter_config(model)
     args = _training_args(hp, seed=spec.seed, output_dir=output_dir, steps=steps)
     resolved = {
         **hp.model_dump(mode="json"),
@@ -280,6 +309,7 @@ def _build_trainer(
         )
     ]
     callbacks += stopping.callbacks(hp)
+    callbacks += adapters.training_callbacks(model)
     trainer = ordered_eval_trainer()(
         model=model,
         args=args,
@@ -355,16 +385,6 @@ def _metadata(
     }
 
 
-def _save(trainer: Trainer, tokenizer: Any) -> Any:
-    def save(directory: Path) -> None:
-        # Full models: config (with id2label) + model.safetensors. LoRA: adapter_config.json +
-        # adapter_model.safetensors, the head included through modules_to_save.
-        trainer.model.save_pretrained(str(directory), safe_serialization=True)  # type: ignore[union-attr, operator]
-        tokenizer.save_pretrained(str(directory))
-
-    return save
-
-
 def train_job(
     settings: Settings, fence: AttemptFence, *, model_id: str
 ) -> tuple[Model, WrittenModel]:
@@ -409,11 +429,13 @@ def train_job(
         f"{training['train_samples_per_second']} samples/s in training steps",
         **training,
     )
+    artifact = adapters.artifact_kind(inputs.spec.method)
     meta = _metadata(
         inputs, prepared, model_id=model_id, metrics=metrics, details=details, training=training
     )
+    save = adapters.saver(trainer.model, trainer.processing_class, merge=artifact == "merged")
     written = write_model_dir(
-        settings, model_id=model_id, save=_save(trainer, trainer.processing_class), meta=meta
+        settings, model_id=model_id, save=save, meta=meta | {"artifact": artifact}
     )
     row = Model(
         id=model_id,
@@ -429,7 +451,7 @@ def train_job(
         hyperparameters=details["hyperparameters"],
         storage_path=written.storage_path,
         size_bytes=written.size_bytes,
-        artifact="adapter" if inputs.spec.method.type in ADAPTER_METHODS else "full",
+        artifact=artifact,
         parent_model_id=inputs.base.parent_model_id,
         parameters=details["parameters"],
     )

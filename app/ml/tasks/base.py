@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -81,6 +82,9 @@ class TaskSpec(Protocol):
     predict_request: type[BaseModel]
     # Columns the evaluation features carry for compute_metrics that the model must not see.
     eval_only_columns: tuple[str, ...]
+    # Fine-tuning methods (job spec `method.type`) this task cannot train, each with the reason;
+    # a job naming one is refused at submission with that reason.
+    unsupported_methods: Mapping[str, str]
 
     def default_hyperparameters(self, method: str) -> dict[str, Any]:
         """Hyperparameters this task sets when the job spec leaves them out (e.g. QA's length)."""
@@ -175,6 +179,7 @@ class TaskDefaults:
     native_formats: tuple[str, ...] = ()
     options_model: type[BaseModel] = NoOptions
     eval_only_columns: tuple[str, ...] = ()
+    unsupported_methods: Mapping[str, str] = MappingProxyType({})
 
     def default_hyperparameters(self, method: str) -> dict[str, Any]:
         return {}

