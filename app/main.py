@@ -114,7 +114,9 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     from app.monitoring.router import router as metrics_router
     from app.predict.batcher import Batcher
     from app.predict.cache import PredictorCache
+    from app.predict.preload import preload
     from app.predict.router import build_router as build_predict_router
+    from app.predict.shared import SharedBases
     from app.registry.router import alias_router
     from app.registry.router import router as models_router
 
@@ -149,8 +151,18 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     metrics = Metrics()
     metrics.watch(JobsCollector(app.state.sessionmaker))
     app.state.metrics = metrics
-    app.state.predictors = PredictorCache(settings.predictor_cache_size, metrics=metrics)
+    app.state.shared_bases = SharedBases()
+    app.state.predictors = PredictorCache(
+        settings.predictor_cache_size,
+        budget_bytes=settings.predictor_cache_bytes,
+        shared=app.state.shared_bases,
+        metrics=metrics,
+    )
     metrics.watch(LoadedModelsCollector(app.state.predictors.memory))
+    if settings.preload_models:
+        app.state.preloading = preload(
+            settings, app.state.sessionmaker, app.state.predictors, app.state.shared_bases
+        )
     app.state.batcher = (
         Batcher(
             max_batch_tokens=settings.batch_max_tokens,

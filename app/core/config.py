@@ -51,7 +51,12 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = 10
 
     # Serving.
-    predictor_cache_size: int = 4
+    # Models kept loaded for /predict: at most this many, within this many bytes of weights (a
+    # shared base counted once); the least recently used go first.
+    predictor_cache_size: int = Field(default=64, ge=1)
+    predictor_cache_bytes: int = Field(default=4 * 1024**3, ge=1)
+    # Model ids loaded when the API starts (in the background), so their first request is fast.
+    preload_models: list[str] = Field(default_factory=list)
     inference_threads: int = 1
     # Micro-batching of concurrent /predict calls (see app/predict/batcher.py): the longest a call
     # waits for others while the model is under load, and the padded tokens of one model call.

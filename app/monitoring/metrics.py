@@ -110,7 +110,7 @@ class LoadedModelsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         sizes = self._sizes()
         count = GaugeMetricFamily("tuneserve_loaded_models", "Models loaded for serving.")
-        count.add_metric([], len(sizes))
+        count.add_metric([], sum(not name.startswith("base:") for name in sizes))
         total = GaugeMetricFamily(
             "tuneserve_loaded_model_bytes",
             "Bytes of weights held by loaded models, by model (shared base weights counted once, "

@@ -1,4 +1,5 @@
-"""A thread-safe LRU of loaded predictors; each model loads once even under concurrent requests."""
+"""A thread-safe LRU of loaded predictors within a count and a memory budget; each model loads once
+even under concurrent requests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from app.predict.predictor import Predictor
+from app.predict.shared import SharedBases
 
 if TYPE_CHECKING:
     from app.monitoring.metrics import Metrics
@@ -17,13 +19,25 @@ T = TypeVar("T")
 
 
 class LRUCache(Generic[T]):
-    """At most `capacity` values; the least recently used one is dropped first."""
+    """At most `capacity` values, and at most `budget` by `size()` (the newest value is kept even
+    alone over it); the least recently used are dropped first and handed to `on_drop`."""
 
-    def __init__(self, capacity: int, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        metrics: Metrics | None = None,
+        budget: int | None = None,
+        size: Callable[[], int] | None = None,
+        on_drop: Callable[[T], None] | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self.metrics = metrics
+        self.budget = budget
+        self._size = size
+        self._on_drop = on_drop
         self._items: OrderedDict[str, T] = OrderedDict()
         self._lock = threading.Lock()
         # One lock per key being loaded, so two requests for one model load it once
@@ -71,9 +85,24 @@ class LRUCache(Generic[T]):
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-                self._count("eviction")
+        self._shrink()
+
+    def _over(self) -> bool:
+        if len(self._items) > self.capacity:
+            return True
+        return self.budget is not None and self._size is not None and self._size() > self.budget
+
+    def _shrink(self) -> None:
+        """Drop least recently used values until within capacity and budget."""
+        while True:
+            with self._lock:
+                if len(self._items) <= 1 or not self._over():
+                    return
+                _, dropped = self._items.popitem(last=False)
+            self._count("eviction")
+            # Outside the lock: freeing a shared adapter waits for the batch using it.
+            if self._on_drop is not None:
+                self._on_drop(dropped)
 
     def _count(self, event: str) -> None:
         if self.metrics is not None:
@@ -86,11 +115,17 @@ class LRUCache(Generic[T]):
     def evict(self, key: str) -> None:
         """Forget `key` (a deleted model)."""
         with self._lock:
-            self._items.pop(key, None)
+            dropped = self._items.pop(key, None)
+        if dropped is not None and self._on_drop is not None:
+            self._on_drop(dropped)
 
     def clear(self) -> None:
         with self._lock:
+            dropped = list(self._items.values())
             self._items.clear()
+        for value in dropped:
+            if self._on_drop is not None:
+                self._on_drop(value)
 
     def keys(self) -> list[str]:
         """Cached keys, least recently used first."""
@@ -103,8 +138,39 @@ class LRUCache(Generic[T]):
 
 
 class PredictorCache(LRUCache[Predictor]):
-    """Loaded predictors by model id: `get_or_load(model_id, lambda: load_predictor(...))`."""
+    """Loaded predictors by model id: `get_or_load(model_id, lambda: load_predictor(...))`.
+
+    The memory budget counts each predictor's own weights plus, once, each base model its
+    adapters share; a dropped predictor frees what it holds once no request still uses it.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        budget_bytes: int | None = None,
+        shared: SharedBases | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.shared = shared
+        super().__init__(
+            capacity,
+            metrics=metrics,
+            budget=budget_bytes,
+            size=self.total_bytes,
+            on_drop=lambda predictor: predictor.close(),
+        )
 
     def memory(self) -> dict[str, int]:
-        """Bytes of weights (parameters and buffers) of each loaded model."""
-        return {p.model_id: p.weight_bytes for p in self.values()}
+        """Bytes of weights (parameters and buffers) of each loaded model and shared base."""
+        sizes = {p.model_id: p.weight_bytes for p in self.values()}
+        if self.shared is not None:
+            sizes |= self.shared.memory()
+        return sizes
+
+    def total_bytes(self) -> int:
+        # Called with the cache lock held: reads the items directly.
+        total = sum(p.weight_bytes for p in self._items.values())
+        if self.shared is not None:
+            total += sum(self.shared.memory().values())
+        return total

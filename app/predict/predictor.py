@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +19,8 @@ from app.ml import device as devices
 from app.ml.lineage import load_base_model, resolve_recorded_base
 from app.ml.loading import load_model, load_tokenizer, quiet_transformers, read_model_metadata
 from app.ml.tasks import TaskSpec, get_task
-from app.predict.batcher import BatchedModel, Batcher, ModelRunner
+from app.predict.batcher import BatchedModel, Batcher, BatchOutput, ModelRunner
+from app.predict.shared import SharedBases, tensor_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -38,9 +42,16 @@ class Predictor:
     threads: int
     options: BaseModel
     batch_size: int = DEFAULT_BATCH_SIZE
+    # Bytes this predictor holds on its own (an adapter on a shared base: the adapter's).
     weight_bytes: int = 0
     runner: ModelRunner | None = None
+    # The adapter of a shared base that answers for this model (None: a model of its own).
     adapter: str | None = None
+    # Called once, when the cache has dropped this predictor and no request still uses it.
+    release: Callable[[], None] | None = None
+    _users: int = field(default=0, repr=False)
+    _closing: bool = field(default=False, repr=False)
+    _state: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def predict(self, request: BaseModel, *, batcher: Batcher | None = None) -> list[Any]:
         """One result per input of a validated predict request, in input order.
@@ -56,16 +67,55 @@ class Predictor:
         else:
             # set_num_threads also sets the OpenMP team of the calling (threadpool) thread.
             devices.set_torch_threads(self.threads)
-        with torch.inference_mode():
-            return self.task.predict(
-                model,
-                self.tokenizer,
-                request,
-                label_names=self.label_names,
-                max_length=self.max_length,
-                batch_size=self.batch_size,
-                options=self.options,
-            )
+            if self.adapter is not None and self.runner is not None:
+                model = _DirectAdapterModel(self.runner, self.adapter)
+        with self._state:
+            self._users += 1
+        try:
+            with torch.inference_mode():
+                return self.task.predict(
+                    model,
+                    self.tokenizer,
+                    request,
+                    label_names=self.label_names,
+                    max_length=self.max_length,
+                    batch_size=self.batch_size,
+                    options=self.options,
+                )
+        finally:
+            with self._state:
+                self._users -= 1
+                last = self._closing and self._users == 0
+            if last:
+                self._release()
+
+    def close(self) -> None:
+        """The cache dropped this predictor: free what it holds once no request uses it."""
+        with self._state:
+            self._closing = True
+            idle = self._users == 0
+        if idle:
+            self._release()
+
+    def _release(self) -> None:
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+
+
+class _DirectAdapterModel:
+    """A shared base's adapter called in the caller's thread (serving without the batcher)."""
+
+    def __init__(self, runner: ModelRunner, adapter: str) -> None:
+        self._runner = runner
+        self._adapter = adapter
+
+    def __call__(self, **inputs: torch.Tensor) -> BatchOutput:
+        rows = next(iter(inputs.values())).shape[0]
+        return BatchOutput(self._runner.forward(dict(inputs), [self._adapter] * rows))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner.module, name)
 
 
 def _load_adapter_model(
@@ -88,6 +138,50 @@ def _load_adapter_model(
     return merged
 
 
+# peft adapter types whose adapters share a base and mix in one batch (`adapter_names`).
+SHAREABLE_ADAPTERS = frozenset({"lora"})
+# Each load of a shared adapter gets its own name, so a predictor being dropped (whose adapter
+# goes once its last request is answered) never removes the adapter of the one replacing it.
+_load_numbers = itertools.count(1)
+
+
+def _pad_values(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    return {
+        "input_ids": int(tokenizer.pad_token_id or 0),
+        "token_type_ids": int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+    }
+
+
+def _sequence_outputs(task: TaskSpec) -> bool:
+    # Token classification and QA answer per token; classification per input.
+    return task.auto_model_class_name != "AutoModelForSequenceClassification"
+
+
+def shared_runner(
+    group: Any,
+    label: str,
+    task: TaskSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    peft_model: Any,
+    lock: threading.RLock,
+) -> ModelRunner:
+    """How the model thread runs a shared base: rows of any of its adapters in one forward."""
+
+    def forward(batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
+        with lock:
+            return peft_model(**batch, adapter_names=adapters)
+
+    return ModelRunner(
+        module=peft_model,
+        group=("shared", group),
+        label=label,
+        sequence_outputs=_sequence_outputs(task),
+        pad_values=_pad_values(tokenizer),
+        forward=forward,
+        mixed_adapters=True,
+    )
+
+
 def plain_runner(
     label: str, task: TaskSpec, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
 ) -> ModelRunner:
@@ -96,28 +190,52 @@ def plain_runner(
         module=model,
         group=("model", id(model)),
         label=label,
-        # Token classification and QA answer per token; classification per input.
-        sequence_outputs=task.auto_model_class_name != "AutoModelForSequenceClassification",
-        pad_values={
-            "input_ids": int(tokenizer.pad_token_id or 0),
-            "token_type_ids": int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
-        },
+        sequence_outputs=_sequence_outputs(task),
+        pad_values=_pad_values(tokenizer),
         forward=lambda batch, _adapters: model(**batch),
     )
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes held by a model's parameters and buffers (tied weights counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return total
+def _load_shared_adapter(
+    settings: Settings,
+    shared: SharedBases,
+    model_row: Model,
+    task: TaskSpec,
+    path: Path,
+    meta: dict[str, Any],
+    labels: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+) -> tuple[Any, ModelRunner, str, int, Callable[[], None]]:
+    """A LoRA model as a named adapter of its base's shared copy."""
+    base_id = str(meta["base_model"]["id"])
+    # Adapters of one base share it when their heads have the same shape.
+    key = (task.name, base_id, len(labels))
+    label = f"{base_id} ({task.name}, {len(labels)} labels)"
+
+    def load_base() -> torch.nn.Module:
+        base = resolve_recorded_base(settings, meta)
+        model: Any = load_base_model(task, base, label_names=labels)
+        model.eval()
+        moved: torch.nn.Module = model.to(devices.select_device())
+        return moved
+
+    adapter = f"{model_row.id}#{next(_load_numbers)}"
+    base, added = shared.attach(
+        key,
+        label=label,
+        adapter=adapter,
+        path=path,
+        load_base=load_base,
+        make_runner=lambda peft_model, lock: shared_runner(
+            key, label, task, tokenizer, peft_model, lock
+        ),
+    )
+    return base.peft_model, base.runner, adapter, added, lambda: shared.detach(base, adapter)
 
 
-def load_predictor(settings: Settings, model_row: Model) -> Predictor:
+def load_predictor(
+    settings: Settings, model_row: Model, *, shared: SharedBases | None = None
+) -> Predictor:
     """Load a registered model for inference, as its artifact says: a model directory (full or
     merged at registration), or an adapter applied to its base model."""
     quiet_transformers()
@@ -132,13 +250,32 @@ def load_predictor(settings: Settings, model_row: Model) -> Predictor:
     labels = list(meta.get("label_names") or model_row.label_names)
     threads = devices.thread_count(settings.inference_threads)
     devices.set_torch_threads(threads)
+    tokenizer = load_tokenizer(path)
+    method = str((meta.get("method") or {}).get("type", model_row.method))
+    if shared is not None and model_row.artifact == "adapter" and method in SHAREABLE_ADAPTERS:
+        peft_model, runner, adapter, added, release = _load_shared_adapter(
+            settings, shared, model_row, task, path, meta, labels, tokenizer
+        )
+        return Predictor(
+            model_id=model_row.id,
+            task=task,
+            model=peft_model,
+            tokenizer=tokenizer,
+            label_names=labels,
+            max_length=int(meta.get("max_length") or 512),
+            threads=threads,
+            options=task.options_model.model_validate(meta.get("task_options") or {}),
+            weight_bytes=added,
+            runner=runner,
+            adapter=adapter,
+            release=release,
+        )
     if model_row.artifact == "adapter":
         model = _load_adapter_model(settings, task, path, meta, labels)
     else:
         model = load_model(task, path)
     model.eval()
     model.to(devices.select_device())
-    tokenizer = load_tokenizer(path)
     return Predictor(
         model_id=model_row.id,
         task=task,
@@ -148,6 +285,6 @@ def load_predictor(settings: Settings, model_row: Model) -> Predictor:
         max_length=int(meta.get("max_length") or 512),
         threads=threads,
         options=task.options_model.model_validate(meta.get("task_options") or {}),
-        weight_bytes=weight_bytes(model),
+        weight_bytes=tensor_bytes(model),
         runner=plain_runner(model_row.id, task, model, tokenizer),
     )

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.ml.tasks import get_task
 from app.ml.tasks.ner_tags import ner_metrics, to_iob2
 from tests.e2e.service import running_service, wait_for_job
 from tests.e2e.test_classification_e2e import sst2_slice
@@ -34,9 +35,14 @@ METHODS: list[tuple[dict[str, Any], str]] = [
     ({"type": "full"}, "all"),
     ({"type": "full", "train_top_layers": 2}, "some"),
     ({"type": "lora", "r": 8}, "few"),
+    ({"type": "lora", "r": 8, "merge_adapter": True}, "few"),
+    ({"type": "adalora", "init_r": 8, "target_r": 4}, "few"),
     ({"type": "ia3"}, "few"),
+    ({"type": "prefix_tuning", "num_virtual_tokens": 10}, "few"),
     ({"type": "head_only"}, "few"),
 ]
+# What the model directory holds, by method.
+ARTIFACT = {"full": "full", "head_only": "full"}
 TASK_HP = {
     "classification": {"max_length": 64, "batch_size": 16},
     "ner": {"max_length": 64, "batch_size": 16},
@@ -141,7 +147,7 @@ PRIMARY = {"classification": "accuracy", "ner": "f1", "qa": "f1"}
 
 def run_method(
     client: httpx.Client, data_dir: Path, task: str, method: dict[str, Any], slices: Slices
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     train, validation = slices.ids[task]
     resp = client.post(
         "/v1/jobs",
@@ -154,6 +160,11 @@ def run_method(
             "hyperparameters": {**TASK_HP[task], "max_steps": STEPS, "checkpoint_every": "no"},
         },
     )
+    if method["type"] in get_task(task).unsupported_methods:
+        # peft cannot prefix-tune this task correctly: refused up front, naming the field.
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["error"]["details"]["field"] == "method.type"
+        return None
     assert resp.status_code == 201, resp.text
     job = wait_for_job(client, resp.json()["id"], timeout=300, data_dir=data_dir)
     assert job["status"] == "succeeded", job
@@ -163,6 +174,8 @@ def run_method(
     assert hp["learning_rate"] > 0 and hp["max_steps"] == STEPS and hp["device"] == "cpu"
     model = client.get(f"/v1/models/{job['model_id']}").json()
     assert model["method"] == method["type"] and model["parameters"] == job["parameters"]
+    artifact = "merged" if method.get("merge_adapter") else ARTIFACT.get(method["type"], "adapter")
+    assert model["artifact"] == artifact
 
     served = served_score(client, task, job["model_id"], slices)
     reported = job["metrics"][PRIMARY[task]]
@@ -181,6 +194,8 @@ def test_every_method_for_every_task(tmp_path: Path) -> None:
             total = 0
             for method, share in METHODS:
                 job = run_method(svc.client, data_dir, task, method, slices)
+                if job is None:
+                    continue
                 trainable, total = job["parameters"]["trainable"], job["parameters"]["total"]
                 counts[json.dumps(method, sort_keys=True)] = trainable
                 if share == "all":

@@ -1,0 +1,135 @@
+"""LoRA adapters that share one copy of their base model's weights.
+
+Every registered LoRA model of one base (same task, same base, same number of labels) is loaded as
+a named adapter of one peft model: the base weights are held once, each adapter adds only its
+low-rank matrices and its task head. Rows of different adapters run in one batch: peft's
+`adapter_names` picks each row's adapter (and head) inside the forward.
+
+Adapters are added and removed under the base's lock, which the model thread also holds while it
+runs a batch, so a batch never sees a half-loaded adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.predict.batcher import ModelRunner
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("tuneserve.predict")
+
+
+@dataclass
+class SharedBase:
+    """One base model in memory and the adapters loaded on it."""
+
+    key: Hashable
+    label: str
+    peft_model: Any
+    runner: ModelRunner
+    base_bytes: int
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    adapters: dict[str, int] = field(default_factory=dict)  # name -> bytes it added
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+class SharedBases:
+    """The shared bases of one API process, by key."""
+
+    def __init__(self) -> None:
+        self._bases: dict[Hashable, SharedBase] = {}
+        self._lock = threading.Lock()
+        # Loads are rare and slow; one at a time keeps two first adapters of a base from each
+        # loading the base.
+        self._load_lock = threading.Lock()
+
+    def attach(
+        self,
+        key: Hashable,
+        *,
+        label: str,
+        adapter: str,
+        path: Path,
+        load_base: Callable[[], torch.nn.Module],
+        make_runner: Callable[[Any, threading.RLock], ModelRunner],
+    ) -> tuple[SharedBase, int]:
+        """Load `adapter` onto the base for `key` (loading the base first if needed); returns the
+        base and the bytes the adapter added."""
+        from peft import PeftModel
+
+        with self._load_lock:
+            with self._lock:
+                base = self._bases.get(key)
+            if base is None:
+                model = load_base()
+                base_bytes = tensor_bytes(model)
+                peft_model = PeftModel.from_pretrained(
+                    model, str(path), adapter_name=adapter, is_trainable=False
+                )
+                peft_model.eval()
+                lock = threading.RLock()
+                base = SharedBase(
+                    key=key,
+                    label=label,
+                    peft_model=peft_model,
+                    runner=make_runner(peft_model, lock),
+                    base_bytes=base_bytes,
+                    lock=lock,
+                )
+                added = tensor_bytes(peft_model) - base_bytes
+                base.adapters[adapter] = added
+                with self._lock:
+                    self._bases[key] = base
+                log.info("shared base %s loaded with adapter %s", label, adapter)
+                return base, added
+            with base.lock:
+                before = tensor_bytes(base.peft_model)
+                if adapter not in base.adapters:
+                    base.peft_model.load_adapter(
+                        str(path), adapter_name=adapter, is_trainable=False
+                    )
+                    base.peft_model.eval()
+                    base.adapters[adapter] = tensor_bytes(base.peft_model) - before
+                return base, base.adapters[adapter]
+
+    def detach(self, base: SharedBase, adapter: str) -> None:
+        """Remove an adapter; the base goes when its last adapter does."""
+        with base.lock:
+            if adapter not in base.adapters:
+                return
+            if len(base.adapters) == 1:
+                base.adapters.clear()
+                with self._lock:
+                    if self._bases.get(base.key) is base:
+                        del self._bases[base.key]
+                log.info("shared base %s unloaded with its last adapter %s", base.label, adapter)
+                return
+            base.peft_model.delete_adapter(adapter)
+            del base.adapters[adapter]
+
+    def memory(self) -> dict[str, int]:
+        """Bytes of each loaded base's own weights, by label."""
+        with self._lock:
+            return {f"base:{b.label}": b.base_bytes for b in self._bases.values()}
+
+    def adapters_of(self, key: Hashable) -> list[str]:
+        with self._lock:
+            base = self._bases.get(key)
+        return sorted(base.adapters) if base is not None else []
