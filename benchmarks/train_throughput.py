@@ -5,7 +5,8 @@ train.tsv), for the same number of epochs, with the same torch thread count, eva
 dev.tsv (872 rows) after each epoch. They run one after the other, never side by side:
 
 (a) service: `tuneserve up` on a temporary data dir; the slice and dev.tsv are uploaded unchanged
-    and a job is submitted with the service's defaults for method full (only `epochs` is given).
+    and a job is submitted with the service's defaults for method full (only `epochs` is given,
+    and what --hyperparameters adds).
     samples/s is the runner's own figure from the job's "training done" event: rows x epochs over
     the seconds spent inside training steps (TrainerCallback on_step_begin..on_step_end).
 (b) tutorial: benchmarks/train_throughput_tutorial.py in a subprocess (padding="max_length" to 128,
@@ -19,6 +20,12 @@ of transformers' own length-grouped batching at the job's batch size (the worker
 
     python benchmarks/train_throughput.py            # 2,000 rows, 2 epochs: ~10 min, 2 idle cores
     python benchmarks/train_throughput.py --quick    # smoke test: 64 rows, 64 dev, 1 epoch
+    python benchmarks/train_throughput.py --service-only --seed 1 \
+        --hyperparameters '{"learning_rate": 2e-4}'   # the service arm alone, one option changed
+
+--seed is the service job's seed and the tutorial's (its set_seed and TrainingArguments.seed);
+--hyperparameters is merged into the service job's hyperparameters (the tutorial keeps its own),
+so a sweep changes one option against the service's defaults and nothing else.
 
 Prints a table and ends with one line of JSON. Exits non-zero if either run fails. Nothing is
 written to the repository: slices, the service's data dir and the tutorial's outputs live in a
@@ -191,7 +198,16 @@ def event_data(events: list[dict[str, Any]], key: str) -> dict[str, Any]:
     raise RunFailed(f"no job event carries {key!r}")
 
 
-def service_arm(tmp: Path, train: Path, dev: Path, *, epochs: int, threads: int) -> dict[str, Any]:
+def service_arm(
+    tmp: Path,
+    train: Path,
+    dev: Path,
+    *,
+    epochs: int,
+    threads: int,
+    seed: int,
+    hyperparameters: dict[str, Any],
+) -> dict[str, Any]:
     """(a) A real job through `tuneserve up`; the figures the worker reported."""
     env = base_env() | {"TUNESERVE_TRAINING_THREADS": str(threads)}
     data_dir = tmp / "service-data"
@@ -205,7 +221,8 @@ def service_arm(tmp: Path, train: Path, dev: Path, *, epochs: int, threads: int)
                 "train_dataset": train_ds["id"],
                 "validation_dataset": dev_ds["id"],
                 "method": {"type": "full"},
-                "hyperparameters": {"epochs": epochs},
+                "hyperparameters": {"epochs": epochs, **hyperparameters},
+                "seed": seed,
             }
             resp = client.post("/v1/jobs", json=spec)
             if resp.status_code != 201:
@@ -225,6 +242,7 @@ def service_arm(tmp: Path, train: Path, dev: Path, *, epochs: int, threads: int)
         "train_rows": train_ds["num_rows"],
         "dev_rows": dev_ds["num_rows"],
         "hyperparameters": resolved,
+        "seed": job["seed"],
         "global_steps": training["global_steps"],
         "step_seconds": training["step_seconds"],
         "samples_per_second": training["train_samples_per_second"],
@@ -236,14 +254,14 @@ def service_arm(tmp: Path, train: Path, dev: Path, *, epochs: int, threads: int)
 
 
 def tutorial_arm(
-    tmp: Path, model_dir: Path, train: Path, dev: Path, *, epochs: int, threads: int
+    tmp: Path, model_dir: Path, train: Path, dev: Path, *, epochs: int, threads: int, seed: int
 ) -> dict[str, Any]:
     """(b) The tutorial script in a subprocess; the figures it wrote."""
     result, log_path = tmp / "tutorial-result.json", tmp / "tutorial.log"
     argv = [
         sys.executable, str(TUTORIAL), "--model", str(model_dir), "--train", str(train),
         "--dev", str(dev), "--epochs", str(epochs), "--threads", str(threads),
-        "--output-dir", str(tmp / "tutorial-out"), "--result", str(result),
+        "--output-dir", str(tmp / "tutorial-out"), "--result", str(result), "--seed", str(seed),
     ]  # fmt: skip
     env = base_env() | {"HF_DATASETS_CACHE": str(tmp / "hf-datasets")}
     t0 = time.monotonic()
@@ -300,52 +318,54 @@ def per_second(count: float, seconds: float) -> float:
     return round(count / max(seconds, 1e-9), 1)
 
 
+def arm_figures(arm: dict[str, Any], *, real_tokens: int, padded_tokens: float) -> dict[str, Any]:
+    """One arm's figures under the names both arms share (prefixed by the caller)."""
+    seconds = arm["step_seconds"]
+    return {
+        "samples_per_s": arm["samples_per_second"],
+        "real_tokens_per_s": per_second(real_tokens, seconds),
+        "padded_tokens_per_s": per_second(padded_tokens, seconds),
+        "padding_share": round(1 - real_tokens / padded_tokens, 3),
+        "dev_accuracy": round(arm["dev_accuracy"], 4),
+        "dev_accuracy_by_epoch": arm["dev_accuracy_by_epoch"],
+        "step_seconds": round(seconds, 2),
+        "steps": arm["global_steps"],
+        "batch_size": arm["batch_size"],
+        "learning_rate": arm["learning_rate"],
+        "trainer_runtime_s": round(arm["trainer_runtime_s"], 1),
+        "wall_s": round(arm["wall_s"], 1),
+    }
+
+
 def summarize(
     service: dict[str, Any],
-    tutorial: dict[str, Any],
+    tutorial: dict[str, Any] | None,
     *,
     epochs: int,
     threads: int,
+    seed: int,
     real_tokens: int,
     service_padded: float,
     quick: bool,
     load: dict[str, float],
 ) -> dict[str, Any]:
     hp = service["hyperparameters"]
-    s_sec, t_sec = service["step_seconds"], tutorial["step_seconds"]
-    t_padded = tutorial["padded_tokens_per_epoch"] * epochs
-    return {
-        "benchmark": "train_throughput",
-        "quick": quick,
-        "ratio": round(service["samples_per_second"] / tutorial["samples_per_second"], 2),
-        "service_samples_per_s": service["samples_per_second"],
-        "tutorial_samples_per_s": tutorial["samples_per_second"],
-        "service_real_tokens_per_s": per_second(real_tokens, s_sec),
-        "tutorial_real_tokens_per_s": per_second(real_tokens, t_sec),
-        "service_padded_tokens_per_s": per_second(service_padded, s_sec),
-        "tutorial_padded_tokens_per_s": per_second(t_padded, t_sec),
-        "service_padding_share": round(1 - real_tokens / service_padded, 3),
-        "tutorial_padding_share": round(1 - real_tokens / t_padded, 3),
-        "service_dev_accuracy": round(service["dev_accuracy"], 4),
-        "tutorial_dev_accuracy": round(tutorial["dev_accuracy"], 4),
-        "service_dev_accuracy_by_epoch": service["dev_accuracy_by_epoch"],
-        "tutorial_dev_accuracy_by_epoch": tutorial["dev_accuracy_by_epoch"],
+    service = service | {"batch_size": hp["batch_size"], "learning_rate": hp["learning_rate"]}
+    figures: dict[str, Any] = {"benchmark": "train_throughput", "quick": quick}
+    if tutorial is not None:
+        figures["ratio"] = round(service["samples_per_second"] / tutorial["samples_per_second"], 2)
+    arms = {"service": service} | ({"tutorial": tutorial} if tutorial is not None else {})
+    for name, arm in arms.items():
+        padded = service_padded if name == "service" else arm["padded_tokens_per_epoch"] * epochs
+        each = arm_figures(arm, real_tokens=real_tokens, padded_tokens=padded)
+        figures |= {f"{name}_{key}": value for key, value in each.items()}
+    return figures | {
+        "service_hyperparameters": hp,
         "train_rows": service["train_rows"],
         "dev_rows": service["dev_rows"],
         "epochs": epochs,
         "threads": threads,
-        "service_step_seconds": round(s_sec, 2),
-        "tutorial_step_seconds": round(t_sec, 2),
-        "service_steps": service["global_steps"],
-        "tutorial_steps": tutorial["global_steps"],
-        "service_batch_size": hp["batch_size"],
-        "tutorial_batch_size": tutorial["batch_size"],
-        "service_learning_rate": hp["learning_rate"],
-        "tutorial_learning_rate": tutorial["learning_rate"],
-        "service_trainer_runtime_s": round(service["trainer_runtime_s"], 1),
-        "tutorial_trainer_runtime_s": round(tutorial["trainer_runtime_s"], 1),
-        "service_wall_s": round(service["wall_s"], 1),
-        "tutorial_wall_s": round(tutorial["wall_s"], 1),
+        "seed": seed,
         "real_tokens_per_epoch": real_tokens // epochs,
         "service_padded_tokens_estimated": True,
         "load_avg_1m": load,
@@ -355,36 +375,54 @@ def summarize(
 
 
 def print_table(f: dict[str, Any]) -> None:
-    def both(key: str) -> tuple[Any, Any]:
-        return f[f"service_{key}"], f[f"tutorial_{key}"]
+    arms = [name for name in ("service", "tutorial") if f"{name}_samples_per_s" in f]
+
+    def each(key: str) -> list[Any]:
+        return [f[f"{name}_{key}"] for name in arms]
 
     def by_epoch(values: list[float]) -> str:
         return ", ".join(f"{v:.4f}" for v in values)
 
-    rows: list[tuple[str, Any, Any]] = [
-        ("train rows x epochs", *[f"{f['train_rows']} x {f['epochs']}"] * 2),
-        ("dev rows", f["dev_rows"], f["dev_rows"]),
-        ("torch threads", f["threads"], f["threads"]),
-        ("batch size", *both("batch_size")),
-        ("peak learning rate", *(f"{v:g}" for v in both("learning_rate"))),
-        ("optimizer steps", *both("steps")),
-        ("seconds in training steps", *both("step_seconds")),
-        ("samples/s", *both("samples_per_s")),
-        ("real tokens/s", *both("real_tokens_per_s")),
-        ("padded tokens/s", *both("padded_tokens_per_s")),
-        ("padding share of positions", *both("padding_share")),
-        ("dev accuracy, final", *both("dev_accuracy")),
-        ("dev accuracy by epoch", *(by_epoch(v) for v in both("dev_accuracy_by_epoch"))),
-        ("Trainer train_runtime s", *both("trainer_runtime_s")),
-        ("arm wall time s", *both("wall_s")),
+    rows: list[tuple[str, list[Any]]] = [
+        ("train rows x epochs", [f"{f['train_rows']} x {f['epochs']}"] * len(arms)),
+        ("dev rows", [f["dev_rows"]] * len(arms)),
+        ("torch threads", [f["threads"]] * len(arms)),
+        ("seed", [f["seed"]] * len(arms)),
+        ("batch size", each("batch_size")),
+        ("peak learning rate", [f"{v:g}" for v in each("learning_rate")]),
+        ("optimizer steps", each("steps")),
+        ("seconds in training steps", each("step_seconds")),
+        ("samples/s", each("samples_per_s")),
+        ("real tokens/s", each("real_tokens_per_s")),
+        ("padded tokens/s", each("padded_tokens_per_s")),
+        ("padding share of positions", each("padding_share")),
+        ("dev accuracy, final", each("dev_accuracy")),
+        ("dev accuracy by epoch", [by_epoch(v) for v in each("dev_accuracy_by_epoch")]),
+        ("Trainer train_runtime s", each("trainer_runtime_s")),
+        ("arm wall time s", each("wall_s")),
     ]
-    print(f"\n{'':28} {'service (tuneserve)':>22} {'tutorial (HF Trainer)':>22}")
-    for name, service, tutorial in rows:
-        print(f"{name:28} {service!s:>22} {tutorial!s:>22}")
+    titles = {"service": "service (tuneserve)", "tutorial": "tutorial (HF Trainer)"}
+    print("\n" + " " * 28 + "".join(f" {titles[name]:>22}" for name in arms))
+    for name, values in rows:
+        print(f"{name:28}" + "".join(f" {v!s:>22}" for v in values))
+    ratio = f"ratio of samples/s, service over tutorial: {f['ratio']}x. " if "ratio" in f else ""
     print(
-        f"\nratio of samples/s, service over tutorial: {f['ratio']}x. The service's padded tokens "
-        "are the mean over seeded length-grouped shuffles (its worker does not log them)."
+        f"\n{ratio}The service's padded tokens are the mean over seeded length-grouped shuffles "
+        "(its worker does not log them)."
     )
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("not a JSON object")
+    if "epochs" in value:
+        raise argparse.ArgumentTypeError("give epochs with --epochs (both arms train as many)")
+    return value
 
 
 def main() -> int:
@@ -398,6 +436,20 @@ def main() -> int:
         default=len(os.sched_getaffinity(0)),
         help="torch threads in both arms (default: the cores this process may use, the worker's "
         "own default)",
+    )
+    ap.add_argument(
+        "--seed", type=int, default=42, help="the service job's seed and the tutorial's (42)"
+    )
+    ap.add_argument(
+        "--hyperparameters",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="merged into the service job's hyperparameters, e.g. '{\"learning_rate\": 2e-4}' "
+        "(the tutorial keeps its own)",
+    )
+    ap.add_argument(
+        "--service-only", action="store_true", help="run the service arm alone (no tutorial)"
     )
     ap.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
     args = ap.parse_args()
@@ -421,19 +473,32 @@ def main() -> int:
         train, dev = tmp / f"sst2-train-{train_rows}.tsv", tmp / "sst2-dev.tsv"
         head_lines(args.data / "train.tsv", train, train_rows)
         head_lines(args.data / "dev.tsv", dev, dev_rows)
+        order = "the service alone" if args.service_only else "the service first, then the tutorial"
         print(
-            f"{train_rows} SST-2 train rows x {epochs} epochs, torch threads {args.threads}; "
-            "the service first, then the tutorial script",
+            f"{train_rows} SST-2 train rows x {epochs} epochs, torch threads {args.threads}, "
+            f"seed {args.seed}; {order}",
             flush=True,
         )
         load = {"start": round(os.getloadavg()[0], 2)}
+        tutorial: dict[str, Any] | None = None
         try:
-            service = service_arm(tmp, train, dev, epochs=epochs, threads=args.threads)
+            service = service_arm(
+                tmp,
+                train,
+                dev,
+                epochs=epochs,
+                threads=args.threads,
+                seed=args.seed,
+                hyperparameters=args.hyperparameters,
+            )
             load["after_service"] = round(os.getloadavg()[0], 2)
             print(f"  service done: {service['samples_per_second']} samples/s", flush=True)
-            tutorial = tutorial_arm(tmp, model_dir, train, dev, epochs=epochs, threads=args.threads)
-            load["after_tutorial"] = round(os.getloadavg()[0], 2)
-            print(f"  tutorial done: {tutorial['samples_per_second']} samples/s", flush=True)
+            if not args.service_only:
+                tutorial = tutorial_arm(
+                    tmp, model_dir, train, dev, epochs=epochs, threads=args.threads, seed=args.seed
+                )
+                load["after_tutorial"] = round(os.getloadavg()[0], 2)
+                print(f"  tutorial done: {tutorial['samples_per_second']} samples/s", flush=True)
         except RunFailed as exc:
             print(f"FAILED: {exc}", file=sys.stderr)
             return 1
@@ -443,11 +508,14 @@ def main() -> int:
                 file=sys.stderr,
             )
             return 1
+        if service["seed"] != args.seed:
+            print(f"the job ran seed {service['seed']}", file=sys.stderr)
+            return 1
         lengths = token_lengths(
             model_dir, tsv_texts(train), service["hyperparameters"]["max_length"]
         )
         real_tokens = sum(lengths) * epochs
-        if real_tokens != tutorial["real_tokens_per_epoch"] * epochs:
+        if tutorial is not None and real_tokens != tutorial["real_tokens_per_epoch"] * epochs:
             print("the two arms tokenized the slice differently", file=sys.stderr)
             return 1
         padded = length_grouped_padded_tokens(
@@ -458,6 +526,7 @@ def main() -> int:
         tutorial,
         epochs=epochs,
         threads=args.threads,
+        seed=args.seed,
         real_tokens=real_tokens,
         service_padded=padded,
         quick=args.quick,

@@ -1,13 +1,14 @@
 """The baseline arm of train_throughput.py: fine-tuning as the usual Hugging Face tutorials do.
 
 AutoTokenizer with padding="max_length" through datasets.map, AutoModelForSequenceClassification,
-TrainingArguments with the defaults except output_dir, num_train_epochs and eval_strategy, and a
-Trainer with an accuracy compute_metrics. Two additions, both outside what is measured: the torch
-thread count (the same as the service's worker uses) and a callback that adds up the seconds spent
-inside training steps, timed exactly as the service's runner times its own.
+TrainingArguments with the defaults except output_dir, num_train_epochs, eval_strategy and seed
+(--seed, default 42: TrainingArguments' own default), and a Trainer with an accuracy
+compute_metrics. Two additions, both outside what is measured: the torch thread count (the same as
+the service's worker uses) and a callback that adds up the seconds spent inside training steps,
+timed exactly as the service's runner times its own.
 
     python benchmarks/train_throughput_tutorial.py --model DIR --train train.tsv --dev dev.tsv \
-        --epochs 2 --threads 2 --output-dir OUT --result result.json
+        --epochs 2 --threads 2 --output-dir OUT --result result.json [--seed 42]
 
 Writes its figures as JSON to --result. Nothing here imports the service.
 """
@@ -64,10 +65,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--output-dir", type=Path, required=True)
     ap.add_argument("--result", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=42, help="set_seed and TrainingArguments.seed")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    set_seed(42)  # the classification head's initialisation
+    set_seed(args.seed)  # the classification head's initialisation
 
     # SST-2's TSV files: no quote handling (texts contain "), and no "null"/"nan" texts as NaN.
     raw = load_dataset(
@@ -92,7 +94,10 @@ def main() -> None:
         return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
     training_args = TrainingArguments(
-        output_dir=str(args.output_dir), num_train_epochs=args.epochs, eval_strategy="epoch"
+        output_dir=str(args.output_dir),
+        num_train_epochs=args.epochs,
+        eval_strategy="epoch",
+        seed=args.seed,
     )
     timer = StepTimer()
     trainer = Trainer(
@@ -114,6 +119,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "batch_size": training_args.per_device_train_batch_size,
         "learning_rate": training_args.learning_rate,
+        "seed": training_args.seed,
         "global_steps": trainer.state.global_step,
         "step_seconds": timer.seconds,
         "timed_steps": timer.steps,

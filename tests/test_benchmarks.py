@@ -76,3 +76,20 @@ def test_a_failed_run_exits_non_zero() -> None:
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "FAILED" in proc.stderr
     assert "fewer than 2 distinct labels" in proc.stderr
+
+
+def test_service_only_run_takes_a_seed_and_hyperparameters() -> None:
+    proc = run(
+        "--quick", "--service-only", "--seed", "3", "--hyperparameters", '{"learning_rate": 3e-4}'
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["seed"] == 3 and figures["service_learning_rate"] == 3e-4
+    assert figures["service_hyperparameters"]["learning_rate"] == 3e-4
+    assert not any(key.startswith("tutorial_") for key in figures) and "ratio" not in figures
+    assert 0 <= figures["service_dev_accuracy"] <= 1
+
+
+def test_epochs_are_refused_in_hyperparameters() -> None:
+    proc = run("--quick", "--hyperparameters", '{"epochs": 3}')
+    assert proc.returncode == 2 and "--epochs" in proc.stderr, proc.stderr[-3000:]
