@@ -174,7 +174,7 @@ def test_auto_values_are_resolved_and_shown_on_the_job_and_model(client, train_s
     read = client.get(f"/v1/jobs/{job['id']}").json()
     hp = read["hyperparameters"]
     # 36 train rows after the 10% split: 20 epochs (the most), at most 36 / 8 rows a batch.
-    assert (hp["epochs"], hp["batch_size"], hp["learning_rate"]) == (20, 4, 1e-4)
+    assert (hp["epochs"], hp["batch_size"], hp["learning_rate"]) == (20, 4, 2e-4)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(train_settings.local_models_dir / "tiny-bert"))
