@@ -252,23 +252,26 @@ def load_predictor(
     devices.set_torch_threads(threads)
     tokenizer = load_tokenizer(path)
     method = str((meta.get("method") or {}).get("type", model_row.method))
+    common: dict[str, Any] = {
+        "model_id": model_row.id,
+        "task": task,
+        "tokenizer": tokenizer,
+        "label_names": labels,
+        "max_length": int(meta.get("max_length") or 512),
+        "threads": threads,
+        "options": task.options_model.model_validate(meta.get("task_options") or {}),
+    }
     if shared is not None and model_row.artifact == "adapter" and method in SHAREABLE_ADAPTERS:
         peft_model, runner, adapter, added, release = _load_shared_adapter(
             settings, shared, model_row, task, path, meta, labels, tokenizer
         )
         return Predictor(
-            model_id=model_row.id,
-            task=task,
             model=peft_model,
-            tokenizer=tokenizer,
-            label_names=labels,
-            max_length=int(meta.get("max_length") or 512),
-            threads=threads,
-            options=task.options_model.model_validate(meta.get("task_options") or {}),
             weight_bytes=added,
             runner=runner,
             adapter=adapter,
             release=release,
+            **common,
         )
     if model_row.artifact == "adapter":
         model = _load_adapter_model(settings, task, path, meta, labels)
@@ -277,14 +280,8 @@ def load_predictor(
     model.eval()
     model.to(devices.select_device())
     return Predictor(
-        model_id=model_row.id,
-        task=task,
         model=model,
-        tokenizer=tokenizer,
-        label_names=labels,
-        max_length=int(meta.get("max_length") or 512),
-        threads=threads,
-        options=task.options_model.model_validate(meta.get("task_options") or {}),
         weight_bytes=tensor_bytes(model),
         runner=plain_runner(model_row.id, task, model, tokenizer),
+        **common,
     )

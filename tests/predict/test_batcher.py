@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -83,6 +84,14 @@ def test_concurrent_calls_get_their_own_answers(
     assert batched.config is model.config and batched.device == model.device
 
 
+def wait_for_pending(batcher: Batcher, calls: int) -> None:
+    """Until `calls` calls wait behind the held model thread (however slow the machine)."""
+    deadline = time.monotonic() + 600
+    while len(batcher._pending) < calls:
+        assert time.monotonic() < deadline, f"{len(batcher._pending)} of {calls} calls queued"
+        threading.Event().wait(0.005)
+
+
 class Recording:
     """A runner's forward that records batch shapes and can hold the model thread."""
 
@@ -96,7 +105,7 @@ class Recording:
 
     def __call__(self, batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
         self.entered.set()
-        self.hold.wait(timeout=30)
+        self.hold.wait(timeout=600)
         self.shapes.append(tuple(batch["input_ids"].shape))  # type: ignore[arg-type]
         self.adapters.append(adapters)
         return self.model(**batch)
@@ -129,8 +138,7 @@ def test_calls_queued_while_the_model_is_busy_run_as_one_batch(
             pool.submit(lambda t=t: batched(**tokenizer(t, padding=True, return_tensors="pt")))
             for t in (["bad"], ["a very good plot", "dull"], ["the story was nice and warm"])
         ]
-        while len(batcher._pending) < 3:  # all three queued behind `first`
-            threading.Event().wait(0.005)
+        wait_for_pending(batcher, 3)  # all three queued behind `first`
         forward.hold.set()
         first.result(timeout=30)
         results = [f.result(timeout=30) for f in later]

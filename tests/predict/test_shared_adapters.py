@@ -4,6 +4,7 @@ each other; the cache evicts within its memory budget and frees a base with its 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -78,26 +79,29 @@ def test_requests_for_different_adapters_share_a_batch_without_mixing_answers(
     forward, hold = runner.forward, threading.Event()
 
     def recording(batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
-        hold.wait(timeout=30)
         seen.append(list(adapters))
+        hold.wait(timeout=600)
         return forward(batch, adapters)
 
     runner.forward = recording
     batcher = Batcher(max_batch_tokens=100_000, max_wait_ms=0)
+    order = [0, 1, 2, 1, 0, 2, 2, 0, 1]
     try:
-        order = [0, 1, 2, 1, 0, 2, 2, 0, 1]
         with ThreadPoolExecutor(len(order)) as pool:
             futures = [pool.submit(scores, on_base[i], batcher) for i in order]
-            # The first call holds the model thread; the others queue behind it.
-            while len(batcher._pending) < len(order) - 1:
+            # The first batch holds the model thread (it may have taken a few calls); every
+            # other call queues behind it.
+            deadline = time.monotonic() + 600
+            while not seen or len(seen[0]) // len(TEXTS) + len(batcher._pending) < len(order):
+                assert time.monotonic() < deadline, "the calls never all queued"
                 threading.Event().wait(0.005)
             hold.set()
             results = [f.result(timeout=60) for f in futures]
     finally:
         batcher.stop()
-    # The queued calls of all three adapters ran as one batch...
-    assert len(seen) == 2
-    assert {a.split("#")[0] for a in seen[1]} == {row.id for row in loras}
+    # The queued calls, of all three adapters, ran as one batch...
+    assert len(seen) == 2 and len(seen[0]) + len(seen[1]) == len(order) * len(TEXTS)
+    assert {a.split("#")[0] for a in seen[1]} == {row.id for row in loras}  # type: ignore[union-attr]
     # ... and each request got its own model's answer.
     for i, got in zip(order, results, strict=True):
         assert torch.allclose(got, own[i], atol=1e-5), i

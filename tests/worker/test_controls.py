@@ -12,21 +12,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Job, JobEvent, JobStatus, Model
+from app.db.models import JobStatus, Model
 from tests.tinymodel import sentiment_rows
 from tests.worker.conftest import TINY_MODEL_ID
+from tests.worker.test_runner import _events, _job
 from worker.jobs import run_job
-
-
-def _job(db: Session, job_id: str) -> Job:
-    db.expire_all()
-    job = db.get(Job, job_id)
-    assert job is not None
-    return job
-
-
-def _events(db: Session, job_id: str) -> list[JobEvent]:
-    return list(db.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
 
 
 def _metric_events(db: Session, job_id: str, kind: str) -> list[dict[str, Any]]:
