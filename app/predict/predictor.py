@@ -15,6 +15,7 @@ from app.db.models import Model
 from app.ml import device as devices
 from app.ml.lineage import load_base_model, resolve_recorded_base
 from app.ml.loading import load_model, load_tokenizer, quiet_transformers, read_model_metadata
+from app.ml.quantize import INT8_DYNAMIC, load_int8_dynamic
 from app.ml.tasks import TaskSpec, get_task
 from app.predict.batcher import BatchedModel, Batcher, ModelRunner
 
@@ -134,10 +135,14 @@ def load_predictor(settings: Settings, model_row: Model) -> Predictor:
     devices.set_torch_threads(threads)
     if model_row.artifact == "adapter":
         model = _load_adapter_model(settings, task, path, meta, labels)
+    elif model_row.artifact == INT8_DYNAMIC:
+        # The parent's weights quantized again (no weights of its own); int8 kernels run on CPU.
+        model = load_int8_dynamic(settings, task, meta, labels)
     else:
         model = load_model(task, path)
     model.eval()
-    model.to(devices.select_device())
+    if model_row.artifact != INT8_DYNAMIC:
+        model.to(devices.select_device())
     tokenizer = load_tokenizer(path)
     return Predictor(
         model_id=model_row.id,
