@@ -1,6 +1,7 @@
-"""Smoke tests of benchmarks/train_throughput.py: the real service and the tutorial script on a tiny
-SST-2 slice. Opt-in (about a minute of both CPU cores): `pytest -m e2e tests/test_benchmarks.py`.
-No assertion on speed: the benchmark prints figures, it does not judge them."""
+"""Smoke tests of benchmarks/train_throughput.py (the real service and the tutorial script) and
+benchmarks/quantized_accuracy.py (a fine-tune, then a quantize job), on a tiny SST-2 slice.
+Opt-in (a minute or two of both CPU cores): `pytest -m e2e tests/test_benchmarks.py`. No
+assertion on speed: the benchmarks print figures, they do not judge them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,9 +44,9 @@ def _opt_in(request: pytest.FixtureRequest) -> None:
     shared_data("sst2", "train.tsv")
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+        [sys.executable, str(script), *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -93,3 +95,17 @@ def test_service_only_run_takes_a_seed_and_hyperparameters() -> None:
 def test_epochs_are_refused_in_hyperparameters() -> None:
     proc = run("--quick", "--hyperparameters", '{"epochs": 3}')
     assert proc.returncode == 2 and "--epochs" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_quantized_accuracy_quick_run_ends_with_one_line_of_json() -> None:
+    proc = run("--quick", script=REPO_ROOT / "benchmarks" / "quantized_accuracy.py")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"int8_accuracy", "fp32_accuracy", "accuracy_delta", "speedup"} <= figures.keys()
+    assert figures["validation_rows"] == 64 and figures["quantized_layers"] > 0
+    assert figures["accuracy_delta"] == pytest.approx(
+        figures["int8_accuracy"] - figures["fp32_accuracy"], abs=1e-3
+    )
+    # The baseline is the parent on its own validation set: what its training evaluation said.
+    assert figures["fp32_accuracy"] == pytest.approx(figures["parent_recorded_accuracy"], abs=1e-4)
+    assert figures["int8_samples_per_s"] > 0 and figures["fp32_samples_per_s"] > 0

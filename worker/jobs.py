@@ -14,10 +14,10 @@ from types import FrameType
 from app.core.config import Settings
 from app.core.errors import ServiceError
 from app.core.storage import remove_tree
-from app.db.models import JobStatus, new_id
+from app.db.models import JobStatus, Model, new_id
 from app.db.session import make_engine, make_sessionmaker, session_scope
 from app.job.checkpoints import job_dir
-from worker.training.artifacts import discard
+from worker.training.artifacts import WrittenModel, discard
 from worker.training.state import UNREACHABLE, AttemptFence, FenceLost, JobCancelled, claim_job
 
 log = logging.getLogger("tuneserve.worker")
@@ -112,14 +112,27 @@ class Heartbeat:
                 log.warning("heartbeat not recorded, database unreachable: %s", type(exc).__name__)
 
 
-def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:
-    """Train a claimed attempt and record its end; an unregistered model directory is removed."""
+def produce_model(
+    settings: Settings, fence: AttemptFence, *, model_id: str
+) -> tuple[Model, WrittenModel]:
+    """Train the claimed job, or for method quantize quantize its parent model and evaluate
+    both; the model row to register and its written directory."""
+    spec = fence.job().spec or {}
+    if (spec.get("method") or {}).get("type") == "quantize":
+        from worker.training.quantize import quantize_job
+
+        return quantize_job(settings, fence, model_id=model_id)
     from worker.training.runner import train_job
 
+    return train_job(settings, fence, model_id=model_id)
+
+
+def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:
+    """Run a claimed attempt and record its end; an unregistered model directory is removed."""
     model_id = new_id("mdl")
     registered = ended = False
     try:
-        row, _ = train_job(settings, fence, model_id=model_id)
+        row, _ = produce_model(settings, fence, model_id=model_id)
         fence.succeed(row, metrics=row.metrics)
         registered = ended = True
         log.info("job %s succeeded: model %s", fence.job_id, model_id)

@@ -194,12 +194,16 @@ class Model(Base):
     storage_path: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     # How the weights are stored: "full" (a whole model), "adapter" (peft weights over the base),
-    # or "merged" (an adapter folded into its base at registration).
+    # "merged" (an adapter folded into its base at registration), or "int8_dynamic" (no weights:
+    # the parent's, quantized when loaded).
     artifact: Mapped[str] = mapped_column(String(20), default="full", server_default="full")
     # The registered model this one was trained from (base_model "model:<id>"); not a foreign key,
     # so a parent can be deleted without rewriting its descendants' history.
     parent_model_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     parameters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # A quantized model's parent (fp32) evaluated on the same rows as `metrics`, by the same job;
+    # a column rather than metadata so that listing models reads no files.
+    baseline_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

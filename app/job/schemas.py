@@ -192,8 +192,31 @@ class PrefixTuningMethod(_Strict):
         return self
 
 
+class QuantizeMethod(_Strict):
+    """Quantize a registered model (base_model "model:<id>") for lean CPU serving; nothing trains.
+
+    The job evaluates the parent (fp32, adapters merged) and its quantized copy on the parent's
+    validation rows (or on validation_dataset) with the task's own evaluation, and registers the
+    quantized model with both results: `metrics` (quantized) and `baseline_metrics` (the parent).
+    It takes no training fields: hyperparameters, task_options and seed keep their defaults."""
+
+    type: Literal["quantize"]
+    scheme: Literal["int8_dynamic"] = Field(
+        default="int8_dynamic",
+        description="int8_dynamic: every nn.Linear gets int8 weights (one scale per tensor) and "
+        "quantizes its input per batch at run time (torch's quantize_dynamic); embeddings and "
+        "layer norms stay fp32. Served on the CPU.",
+    )
+
+
 Method = Annotated[
-    FullMethod | LoraMethod | Ia3Method | AdaLoraMethod | PrefixTuningMethod | HeadOnlyMethod,
+    FullMethod
+    | LoraMethod
+    | Ia3Method
+    | AdaLoraMethod
+    | PrefixTuningMethod
+    | HeadOnlyMethod
+    | QuantizeMethod,
     Field(discriminator="type"),
 ]
 
@@ -345,9 +368,14 @@ class JobCreate(_Strict):
         min_length=1,
         max_length=300,
         description='An id from /v1/base-models, or "model:<id>" to go on training a registered '
-        "model of the same task (its weights, head and labels) on new data.",
+        "model of the same task (its weights, head and labels) on new data, or to quantize it "
+        "(method quantize).",
     )
-    train_dataset: str
+    train_dataset: str | None = Field(
+        default=None,
+        description="The dataset to train on; required except for method quantize, whose job "
+        "uses its parent's (where the parent's held-out validation rows come from).",
+    )
     validation_dataset: str | None = None
     method: Method = Field(default_factory=FullMethod)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)

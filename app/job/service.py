@@ -28,7 +28,9 @@ from app.db.models import (
 from app.db.session import get_by_id, rows_changed
 from app.job.checkpoints import checkpoints_dir, complete_checkpoints, saved_at
 from app.job.controls import check_controls, resolve_controls
+from app.job.datasets import dataset_for, dataset_summary
 from app.job.outbox import publish_pending
+from app.job.quantize import quantize_inputs
 from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
     AdaLoraMethod,
@@ -38,6 +40,7 @@ from app.job.schemas import (
     JobRead,
     JobSpec,
     LoraMethod,
+    QuantizeMethod,
 )
 from app.ml.tasks import DatasetSummary, TaskSpec, get_task
 from app.registry.lineage import check_parent_labels, resolve_job_base
@@ -48,29 +51,6 @@ log = logging.getLogger("tuneserve.jobs")
 MIN_TRAIN_ROWS = 4
 # A tenant at its job cap is told to come back after this long.
 ACTIVE_CAP_RETRY_SECONDS = 60
-
-
-def _summary(ds: Dataset) -> DatasetSummary:
-    return DatasetSummary(
-        num_rows=ds.num_rows,
-        columns=list(ds.columns),
-        label_names=ds.label_names,
-        label_counts=ds.label_counts,
-        stats=ds.stats or {},
-    )
-
-
-def _dataset_for(
-    session: Session, dataset_id: str, *, tenant: str, field: str, task: str
-) -> Dataset:
-    ds = get_by_id(session, Dataset, dataset_id)
-    if ds is None or ds.tenant_id != tenant:
-        raise InvalidInput(f"{field}: dataset '{dataset_id}' does not exist", field=field)
-    if ds.task != task:
-        raise InvalidInput(
-            f"{field}: dataset '{dataset_id}' is a '{ds.task}' dataset, not '{task}'", field=field
-        )
-    return ds
 
 
 def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None = None) -> JobSpec:
@@ -129,36 +109,14 @@ def submit_job(
     if idempotency is not None:
         idempotency.replay_if_seen(session)
     task = get_task(spec.task)
-    base = resolve_job_base(
-        session, settings=settings, tenant=tenant, task=task.name, base_model=spec.base_model
-    )
-    _check_top_layers(spec, base.num_layers)
-    _check_method(spec, task)
-    train = _dataset_for(
-        session, spec.train_dataset, tenant=tenant, field="train_dataset", task=task.name
-    )
-    val: Dataset | None = None
-    if spec.validation_dataset is not None:
-        val = _dataset_for(
-            session,
-            spec.validation_dataset,
-            tenant=tenant,
-            field="validation_dataset",
-            task=task.name,
+    if isinstance(spec.method, QuantizeMethod):
+        train, val, resolved = quantize_inputs(
+            session, settings=settings, tenant=tenant, spec=spec, task=task
         )
-        task.check_compatible(_summary(train), _summary(val))
     else:
-        if train.num_rows < MIN_TRAIN_ROWS:
-            raise InvalidInput(
-                f"train_dataset has {train.num_rows} rows; at least {MIN_TRAIN_ROWS} are needed "
-                "to hold out a validation split (or give validation_dataset)",
-                field="train_dataset",
-            )
-        task.check_compatible(_summary(train), _summary(train))
-    check_parent_labels(base, train=train, validation=val)
-
-    resolved = resolve_spec(spec, task, _summary(train))
-    check_controls(settings, resolved.hyperparameters, task)
+        train, val, resolved = _training_inputs(
+            session, settings=settings, tenant=tenant, spec=spec, task=task
+        )
     # Lock the tenant row (PostgreSQL) so concurrent submissions count each other.
     session.execute(select(Tenant.id).where(Tenant.id == tenant).with_for_update())
     job = Job(
@@ -167,7 +125,7 @@ def submit_job(
         task=task.name,
         base_model=spec.base_model,
         train_dataset_id=train.id,
-        validation_dataset_id=spec.validation_dataset,
+        validation_dataset_id=val.id if val is not None else None,
         spec=resolved.model_dump(mode="json"),
         status=JobStatus.QUEUED,
         attempt=0,
@@ -199,6 +157,47 @@ def submit_job(
         raise
     publish_pending(session, queue, job_id=job.id)
     return job
+
+
+def _training_inputs(
+    session: Session, *, settings: Settings, tenant: str, spec: JobCreate, task: TaskSpec
+) -> tuple[Dataset, Dataset | None, JobSpec]:
+    """A training job's datasets and resolved spec, every field checked (InvalidInput)."""
+    if spec.train_dataset is None:
+        raise InvalidInput(
+            f"train_dataset: required for method '{spec.method.type}'", field="train_dataset"
+        )
+    base = resolve_job_base(
+        session, settings=settings, tenant=tenant, task=task.name, base_model=spec.base_model
+    )
+    _check_top_layers(spec, base.num_layers)
+    _check_method(spec, task)
+    train = dataset_for(
+        session, spec.train_dataset, tenant=tenant, field="train_dataset", task=task.name
+    )
+    val: Dataset | None = None
+    if spec.validation_dataset is not None:
+        val = dataset_for(
+            session,
+            spec.validation_dataset,
+            tenant=tenant,
+            field="validation_dataset",
+            task=task.name,
+        )
+        task.check_compatible(dataset_summary(train), dataset_summary(val))
+    else:
+        if train.num_rows < MIN_TRAIN_ROWS:
+            raise InvalidInput(
+                f"train_dataset has {train.num_rows} rows; at least {MIN_TRAIN_ROWS} are needed "
+                "to hold out a validation split (or give validation_dataset)",
+                field="train_dataset",
+            )
+        task.check_compatible(dataset_summary(train), dataset_summary(train))
+    check_parent_labels(base, train=train, validation=val)
+
+    resolved = resolve_spec(spec, task, dataset_summary(train))
+    check_controls(settings, resolved.hyperparameters, task)
+    return train, val, resolved
 
 
 def _check_top_layers(spec: JobCreate, num_layers: int | None) -> None:

@@ -83,7 +83,7 @@ def _check_mergeable(path: Path, model_id: str, wanted: str) -> None:
     if peft_type in PROMPT_LEARNING:
         raise _unavailable(
             f"{_which(model_id, wanted)} is a {peft_type} adapter: it adds virtual tokens, "
-            "which cannot be merged into weights to train on",
+            "which cannot be merged into weights to train on or to quantize",
             model_id,
         )
 

@@ -18,6 +18,7 @@ from app.db.models import Model
 from app.ml import device as devices
 from app.ml.lineage import load_base_model, resolve_recorded_base
 from app.ml.loading import load_model, load_tokenizer, quiet_transformers, read_model_metadata
+from app.ml.quantize import INT8_DYNAMIC, load_int8_dynamic
 from app.ml.tasks import TaskSpec, get_task
 from app.predict.batcher import BatchedModel, Batcher, BatchOutput, ModelRunner
 from app.predict.shared import SharedBases, tensor_bytes
@@ -275,10 +276,14 @@ def load_predictor(
         )
     if model_row.artifact == "adapter":
         model = _load_adapter_model(settings, task, path, meta, labels)
+    elif model_row.artifact == INT8_DYNAMIC:
+        # The parent's weights quantized again (no weights of its own); int8 kernels run on CPU.
+        model = load_int8_dynamic(settings, task, meta, labels)
     else:
         model = load_model(task, path)
     model.eval()
-    model.to(devices.select_device())
+    if model_row.artifact != INT8_DYNAMIC:
+        model.to(devices.select_device())
     return Predictor(
         model=model,
         weight_bytes=tensor_bytes(model),

@@ -17,6 +17,7 @@ from app.core.errors import InvalidInput, Unavailable
 from app.db.models import Dataset, Model
 from app.db.session import get_by_id
 from app.ml.lineage import parent_id, resolve_model_base
+from app.ml.quantize import QUANTIZED_ARTIFACTS
 
 # Labels named in an error message, at most.
 SHOWN_LABELS = 20
@@ -43,6 +44,14 @@ def resolve_job_base(
         raise InvalidInput(
             f"base_model '{base_model}' is a '{parent.task}' model; a '{task}' job cannot "
             "continue it",
+            field="base_model",
+        )
+    if parent.artifact in QUANTIZED_ARTIFACTS:
+        # Its weights are its parent's, quantized at load: nothing to train on or quantize again.
+        raise InvalidInput(
+            f"base_model '{base_model}' is an {parent.artifact} quantization of "
+            f"'model:{parent.parent_model_id}': it can be neither trained nor quantized again; "
+            f"use base_model 'model:{parent.parent_model_id}'",
             field="base_model",
         )
     try:

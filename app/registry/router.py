@@ -46,6 +46,7 @@ def to_read(model: Model, names: list[str] | None = None) -> ModelRead:
         artifact=model.artifact,  # type: ignore[arg-type]  # pydantic checks the value
         label_names=list(model.label_names),
         metrics=model.metrics or {},
+        baseline_metrics=model.baseline_metrics,
         hyperparameters=model.hyperparameters or {},
         job_id=model.job_id,
         train_dataset=model.train_dataset_id,

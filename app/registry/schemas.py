@@ -22,12 +22,21 @@ class ModelRead(BaseModel):
         default=None, description="The registered model it was continued from, if any."
     )
     method: str
-    artifact: Literal["full", "adapter", "merged"] = Field(
+    artifact: Literal["full", "adapter", "merged", "int8_dynamic"] = Field(
         description="What the model directory holds: a full model, an adapter to apply to "
-        "base_model, or an adapter merged into the base weights at registration."
+        "base_model, an adapter merged into the base weights at registration, or "
+        "(int8_dynamic) no weights: parent_model's, quantized to int8 when loaded."
     )
     label_names: list[str]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(
+        description="The evaluation on the validation set; for a quantized model, the "
+        "quantized model's."
+    )
+    baseline_metrics: dict[str, Any] | None = Field(
+        default=None,
+        description="Quantized models only: parent_model (fp32) evaluated by the same job on "
+        "the same validation rows, to read beside `metrics`.",
+    )
     hyperparameters: dict[str, Any]
     job_id: str
     train_dataset: str

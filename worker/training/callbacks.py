@@ -12,7 +12,14 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from worker.training.state import AttemptFence, JobCancelled
 
 # Trainer bookkeeping that is not a model-quality metric.
-_RUNTIME_KEYS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch"}
+_RUNTIME_KEYS = {
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+    # Reported by an evaluation outside training (the first one of a Trainer).
+    "eval_model_preparation_time",
+    "epoch",
+}
 
 
 def clean_eval_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from app.core.config import Settings
 from app.db.models import Dataset, Job, Model
 from app.job.checkpoints import checkpoints_dir, latest_complete
 from app.job.schemas import (
+    FullMethod,
     HeadOnlyMethod,
     JobSpec,
     ResolvedHyperparameters,
@@ -57,7 +58,7 @@ class PreparedData:
     label_names: list[str]
 
 
-def _read_inputs(settings: Settings, fence: AttemptFence) -> JobInputs:
+def read_job_inputs(settings: Settings, fence: AttemptFence) -> JobInputs:
     from app.db.session import session_scope
 
     job = fence.job()
@@ -246,7 +247,7 @@ def _build_trainer(
         )
     elif isinstance(spec.method, HeadOnlyMethod):
         freeze(model, new_weights=new_weights, top_layers=None)
-    elif spec.method.train_top_layers is not None:
+    elif isinstance(spec.method, FullMethod) and spec.method.train_top_layers is not None:
         freeze(model, new_weights=new_weights, top_layers=spec.method.train_top_layers)
     trainable, total = count_parameters(model)
     details["parameters"] = {"trainable": trainable, "total": total}
@@ -391,7 +392,7 @@ def train_job(
     """Train the claimed job and write models/<model_id>; returns the Model row, not inserted."""
     quiet_transformers()
     devices.set_torch_threads(devices.thread_count(settings.training_threads))
-    inputs = _read_inputs(settings, fence)
+    inputs = read_job_inputs(settings, fence)
     fence.raise_if_cancelled()
     prepared = _prepare_rows(settings, inputs, fence)
     # Shared by the job's attempts: a later attempt resumes from what an earlier one saved.

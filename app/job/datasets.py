@@ -1,0 +1,35 @@
+"""The datasets a job names: the tenant's own, of the job's task."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.core.errors import InvalidInput
+from app.db.models import Dataset
+from app.db.session import get_by_id
+from app.ml.tasks import DatasetSummary
+
+
+def dataset_summary(ds: Dataset) -> DatasetSummary:
+    """What validation learned about a stored dataset, as the tasks' checks take it."""
+    return DatasetSummary(
+        num_rows=ds.num_rows,
+        columns=list(ds.columns),
+        label_names=ds.label_names,
+        label_counts=ds.label_counts,
+        stats=ds.stats or {},
+    )
+
+
+def dataset_for(
+    session: Session, dataset_id: str, *, tenant: str, field: str, task: str
+) -> Dataset:
+    """The tenant's dataset `dataset_id` of `task`; InvalidInput naming `field` otherwise."""
+    ds = get_by_id(session, Dataset, dataset_id)
+    if ds is None or ds.tenant_id != tenant:
+        raise InvalidInput(f"{field}: dataset '{dataset_id}' does not exist", field=field)
+    if ds.task != task:
+        raise InvalidInput(
+            f"{field}: dataset '{dataset_id}' is a '{ds.task}' dataset, not '{task}'", field=field
+        )
+    return ds
