@@ -86,7 +86,10 @@ def _make_route(task: TaskSpec) -> Any:
         started = time.perf_counter()
         outcome = "error"
         try:
-            predictor = cache.get_or_load(model_row.id, lambda: load_predictor(settings, model_row))
+            shared = request.app.state.shared_bases
+            predictor = cache.get_or_load(
+                model_row.id, lambda: load_predictor(settings, model_row, shared=shared)
+            )
             batcher = request.app.state.batcher
             if batcher is not None:
                 predictions = predictor.predict(body, batcher=batcher)

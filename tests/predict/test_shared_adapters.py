@@ -111,16 +111,18 @@ def test_cache_evicts_within_its_budget_and_frees_a_base_with_its_last_adapter(
     train_settings, loras: list[Model]
 ) -> None:  # type: ignore[no-untyped-def]
     shared = SharedBases()
-    first = load_predictor(train_settings, loras[0], shared=shared)
-    one_adapter = first.weight_bytes
-    base_bytes = sum(shared.memory().values())
-    first.close()
-    assert shared.memory() == {}  # its last adapter gone, the base went too
+    sizes = []
+    for row in loras:
+        alone = load_predictor(train_settings, row, shared=shared)
+        sizes.append(alone.weight_bytes)
+        base_bytes = sum(shared.memory().values())
+        alone.close()
+        assert shared.memory() == {}  # its last adapter gone, the base went too
+    assert sizes[1] > sizes[0]  # rank 8 against rank 4
 
-    # Room for the base and two adapters, not three.
-    cache = PredictorCache(
-        64, budget_bytes=base_bytes + 2 * one_adapter + one_adapter // 2, shared=shared
-    )
+    # Room for the base and the last two adapters, not all three.
+    budget = base_bytes + sizes[1] + sizes[2] + min(sizes) // 2
+    cache = PredictorCache(64, budget_bytes=budget, shared=shared)
     for row in loras:
         cache.get_or_load(row.id, lambda r=row: load_predictor(train_settings, r, shared=shared))
     assert cache.keys() == [loras[1].id, loras[2].id]  # the least recently used went
