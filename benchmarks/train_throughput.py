@@ -112,7 +112,7 @@ def running_service(data_dir: Path, env: dict[str, str]) -> Iterator[httpx.Clien
     """`tuneserve up` on `data_dir` (this checkout's code), stopped with SIGTERM afterwards."""
     key = "tsk_" + secrets.token_urlsafe(32)
     port = free_port()
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / "tuneserve-up.log"
     argv = [sys.executable, "-m", "app.cli", "up", "--data-dir", str(data_dir), "--port", str(port)]
     with log_path.open("wb") as log:

@@ -1,5 +1,6 @@
 """Smoke tests of benchmarks/train_throughput.py (the real service and the tutorial script) and
-benchmarks/quantized_accuracy.py (a fine-tune, then a quantize job), on a tiny SST-2 slice.
+benchmarks/quantized_accuracy.py (a fine-tune, then a quantize job) and benchmarks/adapter_density.py
+(a few LoRA fine-tunes served from one base), on a tiny SST-2 slice.
 Opt-in (a minute or two of both CPU cores): `pytest -m e2e tests/test_benchmarks.py`. No
 assertion on speed: the benchmarks print figures, they do not judge them."""
 
@@ -109,3 +110,13 @@ def test_quantized_accuracy_quick_run_ends_with_one_line_of_json() -> None:
     # The baseline is the parent on its own validation set: what its training evaluation said.
     assert figures["fp32_accuracy"] == pytest.approx(figures["parent_recorded_accuracy"], abs=1e-4)
     assert figures["int8_samples_per_s"] > 0 and figures["fp32_samples_per_s"] > 0
+
+
+def test_adapter_density_quick_run_ends_with_one_line_of_json() -> None:
+    proc = run("--quick", script=REPO_ROOT / "benchmarks" / "adapter_density.py")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"memory_ratio", "mixed_throughput_ratio", "adapters"} <= figures.keys()
+    assert figures["adapters"] == 3 and figures["full_model_rss_growth_bytes"] > 0
+    # Three adapters and their base loaded; /metrics reports each of them and the base.
+    assert figures["loaded_bytes_reported"] >= 4

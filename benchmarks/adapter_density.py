@@ -1,0 +1,251 @@
+"""Many LoRA fine-tunes on one base: memory and throughput of serving them from one process.
+
+Through the real service (`tuneserve up` on a temporary data directory), this registers N LoRA
+fine-tunes of all-MiniLM-L6-v2 (default 20; short runs on a slice of real SST-2, each with its own
+seed) and one full fine-tune, then:
+
+1. memory: in a freshly started API process that has served one adapter, loads the full model (one
+   /predict) and reads how much the process's resident memory grew; in another fresh process that
+   has served the full model, loads all N adapters (their base with them) and does the same.
+   `memory_ratio` = the adapters' growth over the full model's (target: under 1.5).
+2. throughput: with the N adapters loaded, drives /predict with real SST-2 dev sentences at a fixed
+   concurrency, once all to one adapter and once cycling over all N (so batches mix adapters), and
+   prints requests/s of each; `mixed_throughput_ratio` = mixed over single (target: at least 0.7).
+
+It ends with one line of JSON. `--quick` trains 3 adapters on a few rows, for a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import (  # noqa: E402
+    BASE,
+    DEFAULT_DATA,
+    RunFailed,
+    base_env,
+    head_lines,
+    running_service,
+    tsv_texts,
+    upload,
+    versions,
+    wait_for_job,
+)
+
+QUICK = {"adapters": 3, "train_rows": 64, "steps": 2, "requests": 60}
+
+
+def api_pid(port_client: httpx.Client) -> int:
+    """The pid of the API process serving this client (the `app.cli api` child of `up`)."""
+    port = str(port_client.base_url.port)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv]
+        if "api" in words and "app.cli" in words and port in words:
+            return int(proc.name)
+    raise RunFailed(f"no API process found for port {port}")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RunFailed(f"no VmRSS for pid {pid}")
+
+
+def settle_rss(pid: int) -> int:
+    """Resident memory once it stops moving (the allocator returns freed pages lazily)."""
+    samples = []
+    for _ in range(5):
+        samples.append(rss_bytes(pid))
+        time.sleep(0.2)
+    return int(statistics.median(samples))
+
+
+def predict(client: httpx.Client, model: str, texts: list[str]) -> None:
+    resp = client.post("/v1/predict/classification", json={"model": model, "inputs": texts})
+    if resp.status_code != 200:
+        raise RunFailed(f"predict with {model}: {resp.status_code} {resp.text[:300]}")
+
+
+def train(
+    client: httpx.Client, train_id: str, method: dict[str, Any], seed: int, steps: int
+) -> str:
+    resp = client.post(
+        "/v1/jobs",
+        json={
+            "task": "classification",
+            "base_model": BASE,
+            "train_dataset": train_id,
+            "method": method,
+            "seed": seed,
+            "hyperparameters": {
+                "max_steps": steps,
+                "batch_size": 16,
+                "max_length": 64,
+                "checkpoint_every": "no",
+            },
+        },
+    )
+    if resp.status_code != 201:
+        raise RunFailed(f"submitting a job: {resp.status_code} {resp.text}")
+    job = wait_for_job(client, resp.json()["id"])
+    if job["status"] != "succeeded":
+        raise RunFailed(f"job {job['id']} ended {job['status']}: {job.get('error')}")
+    return str(job["model_id"])
+
+
+def drive(
+    client: httpx.Client, models: list[str], texts: list[str], requests: int, concurrency: int
+) -> float:
+    """requests/s of `requests` one-sentence predictions, cycling over `models`."""
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def worker() -> None:
+        with httpx.Client(base_url=client.base_url, headers=client.headers, timeout=120) as own:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                try:
+                    predict(own, models[i % len(models)], [texts[i % len(texts)]])
+                except RunFailed as exc:
+                    errors.append(str(exc))
+                    return
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RunFailed(errors[0])
+    return requests / (time.perf_counter() - started)
+
+
+@contextmanager
+def service(data_dir: Path, env: dict[str, str]) -> Iterator[httpx.Client]:
+    with running_service(data_dir, env) as client:
+        yield client
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with SST-2's TSVs")
+    ap.add_argument("--adapters", type=int, default=20)
+    ap.add_argument("--train-rows", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=8, help="optimizer steps of each fine-tune")
+    ap.add_argument("--requests", type=int, default=600, help="per throughput run")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
+    args = ap.parse_args()
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    if not (args.data / "train.tsv").exists():
+        print(f"SST-2 not found under {args.data}", file=sys.stderr)
+        return 2
+
+    env = base_env()
+    work = Path(tempfile.mkdtemp(prefix="adapter-density-"))
+    data_dir = work / "service-data"
+    texts = tsv_texts(args.data / "dev.tsv")
+    head_lines(args.data / "train.tsv", work / "train.tsv", args.train_rows)
+    try:
+        print(f"training 1 full model and {args.adapters} LoRA adapters ...", flush=True)
+        with service(data_dir, env) as client:
+            train_id = upload(client, work / "train.tsv")["id"]
+            full = train(client, train_id, {"type": "full"}, 1, args.steps)
+            adapters = [
+                train(client, train_id, {"type": "lora", "r": 8}, seed, args.steps)
+                for seed in range(100, 100 + args.adapters)
+            ]
+        # Each measurement in a fresh API process that has already loaded the other kind of model,
+        # so torch, the tokenizer and the allocator's first arenas are in the baseline, not the
+        # growth: what is measured is the memory of the models alone.
+        with service(data_dir, env) as client:
+            pid = api_pid(client)
+            predict(client, adapters[0], texts[:1])
+            before = settle_rss(pid)
+            predict(client, full, texts[:1])
+            full_growth = settle_rss(pid) - before
+        with service(data_dir, env) as client:
+            pid = api_pid(client)
+            predict(client, full, texts[:1])
+            before = settle_rss(pid)
+            for model in adapters:
+                predict(client, model, texts[:1])
+            adapters_growth = settle_rss(pid) - before
+            metrics = client.get("/metrics").text
+            loaded = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith("tuneserve_loaded_model_bytes{")
+            ]
+            for model in adapters[:2]:  # warm both paths
+                predict(client, model, texts[:4])
+            single = drive(client, adapters[:1], texts, args.requests, args.concurrency)
+            mixed = drive(client, adapters, texts, args.requests, args.concurrency)
+    except RunFailed as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+
+    figures = {
+        "benchmark": "adapter_density",
+        "quick": args.quick,
+        "adapters": args.adapters,
+        "full_model_rss_growth_bytes": full_growth,
+        "adapters_rss_growth_bytes": adapters_growth,
+        "memory_ratio": round(adapters_growth / max(full_growth, 1), 3),
+        "single_adapter_requests_per_s": round(single, 1),
+        "mixed_adapters_requests_per_s": round(mixed, 1),
+        "mixed_throughput_ratio": round(mixed / single, 3),
+        "concurrency": args.concurrency,
+        "requests_per_run": args.requests,
+        "loaded_bytes_reported": len(loaded),
+        "load_avg_1m": os.getloadavg()[0],
+        "versions": versions(),
+    }
+    print()
+    rows = [
+        ("resident memory growth, one full model", f"{full_growth / 2**20:.1f} MiB"),
+        (
+            f"resident memory growth, {args.adapters} LoRA adapters",
+            f"{adapters_growth / 2**20:.1f} MiB",
+        ),
+        ("memory ratio (adapters / full model)", figures["memory_ratio"]),
+        ("requests/s, one adapter", figures["single_adapter_requests_per_s"]),
+        (f"requests/s, {args.adapters} adapters mixed", figures["mixed_adapters_requests_per_s"]),
+        ("mixed / single throughput", figures["mixed_throughput_ratio"]),
+    ]
+    for name, value in rows:
+        print(f"{name:<45} {value}")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
