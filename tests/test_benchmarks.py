@@ -1,6 +1,6 @@
-"""Smoke tests of benchmarks/train_throughput.py (the real service and the tutorial script) and
-benchmarks/quantized_accuracy.py (a fine-tune, then a quantize job) and benchmarks/adapter_density.py
-(a few LoRA fine-tunes served from one base), on a tiny SST-2 slice.
+"""Smoke tests of benchmarks/train_throughput.py (the real service and the tutorial script),
+benchmarks/quantized_accuracy.py (a fine-tune, then a quantize job) and
+benchmarks/adapter_density.py (a few LoRA fine-tunes served from one base), on a tiny SST-2 slice.
 Opt-in (a minute or two of both CPU cores): `pytest -m e2e tests/test_benchmarks.py`. No
 assertion on speed: the benchmarks print figures, they do not judge them."""
 
