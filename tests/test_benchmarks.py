@@ -1,8 +1,8 @@
-"""Smoke tests of benchmarks/train_throughput.py (the real service and the tutorial script),
-benchmarks/quantized_accuracy.py (a fine-tune, then a quantize job) and
-benchmarks/adapter_density.py (a few LoRA fine-tunes served from one base), on a tiny SST-2 slice.
-Opt-in (a minute or two of both CPU cores): `pytest -m e2e tests/test_benchmarks.py`. No
-assertion on speed: the benchmarks print figures, they do not judge them."""
+"""Smoke tests of the benchmarks on a tiny SST-2 slice: train_throughput.py and
+serve_throughput.py (the real service against the tutorial baselines), quantized_accuracy.py (a
+fine-tune, then a quantize job) and adapter_density.py (a few LoRA fine-tunes served from one
+base). Opt-in (a minute or two of both CPU cores each): `pytest -m e2e tests/test_benchmarks.py`.
+No assertion on speed: the benchmarks print figures, they do not judge them."""
 
 from __future__ import annotations
 
@@ -120,3 +120,52 @@ def test_adapter_density_quick_run_ends_with_one_line_of_json() -> None:
     assert figures["adapters"] == 3 and figures["full_model_rss_growth_bytes"] > 0
     # Three adapters and their base loaded; /metrics reports each of them and the base.
     assert figures["loaded_bytes_reported"] >= 4
+
+
+SERVE_SCRIPT = REPO_ROOT / "benchmarks" / "serve_throughput.py"
+SERVE_KEYS = {
+    "ratio_c32",
+    "p50_ratio_c1",
+    "meets_targets",
+    "service",
+    "tutorial",
+    "tutorial_default_threads",
+    "check",
+    "disagreements",
+    "max_score_diff",
+    "threads",
+    "load_avg_1m",
+    "train_rows",
+    "versions",
+}
+PER_CONCURRENCY = {"rps", "p50_ms", "p99_ms", "server_cpu_ms_per_req", "client_cpu_ms_per_req"}
+
+
+def test_serve_quick_run_ends_with_one_line_of_json() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SERVE_SCRIPT), "--quick"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures.keys() >= SERVE_KEYS, SERVE_KEYS - figures.keys()
+    assert figures["quick"] is True
+    assert (figures["train_rows"], figures["dev_sentences"]) == (64, 64)
+    for server in ("service", "tutorial", "tutorial_default_threads"):
+        assert set(figures[server]) == {"c1", "c8", "c32"}, server
+        for level, row in figures[server].items():
+            assert row.keys() >= PER_CONCURRENCY, (server, level)
+            assert row["rps"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], (server, level)
+    # The service batches under load; the check compared every dev sentence of the slice.
+    assert figures["service"]["c1"]["mean_batch_rows"] >= 1
+    assert figures["check"]["checked"] == 64
+    assert figures["disagreements"] == 0
+    assert figures["max_score_diff"] < 1e-3
+    threads = figures["threads"]
+    assert (threads["service"], threads["tutorial"]) == (1, 1)
+    assert threads["tutorial_default_threads"] >= 1
+    assert {"torch", "transformers"} <= figures["versions"].keys()
