@@ -153,11 +153,6 @@ def _pad_values(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     }
 
 
-def _sequence_outputs(task: TaskSpec) -> bool:
-    # Token classification and QA answer per token; classification per input.
-    return task.auto_model_class_name != "AutoModelForSequenceClassification"
-
-
 def shared_runner(
     group: Any,
     label: str,
@@ -176,7 +171,7 @@ def shared_runner(
         module=peft_model,
         group=("shared", group),
         label=label,
-        sequence_outputs=_sequence_outputs(task),
+        sequence_outputs=task.per_token_outputs,
         pad_values=_pad_values(tokenizer),
         forward=forward,
         mixed_adapters=True,
@@ -191,7 +186,7 @@ def plain_runner(
         module=model,
         group=("model", id(model)),
         label=label,
-        sequence_outputs=_sequence_outputs(task),
+        sequence_outputs=task.per_token_outputs,
         pad_values=_pad_values(tokenizer),
         forward=lambda batch, _adapters: model(**batch),
     )

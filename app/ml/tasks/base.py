@@ -67,6 +67,9 @@ class TaskSpec(Protocol):
     # generic PeftModel, which hands every input to the model unchanged).
     auto_model_class_name: str
     peft_task_type: str | None
+    # Whether the model's outputs have a sequence dimension (one answer per token: NER's tags,
+    # QA's start/end logits) rather than one per input; the serving batcher pads them back.
+    per_token_outputs: bool
     # The metric that decides which checkpoint is best, and the one shown first.
     primary_metric: str
     # The scalar metrics compute_metrics always reports, each higher-is-better; early stopping

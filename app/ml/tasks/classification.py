@@ -79,6 +79,7 @@ class ClassificationTask(TaskDefaults):
     }
     auto_model_class_name: str = "AutoModelForSequenceClassification"
     peft_task_type: str | None = "SEQ_CLS"
+    per_token_outputs: bool = False
     primary_metric: str = "accuracy"
     eval_metrics: tuple[str, ...] = ("accuracy", "macro_f1")
     supports_label_smoothing: bool = True

@@ -85,6 +85,7 @@ class NerTask(TaskDefaults):
     native_formats: tuple[str, ...] = (ner_data.CONLL,)
     auto_model_class_name: str = "AutoModelForTokenClassification"
     peft_task_type: str | None = "TOKEN_CLS"
+    per_token_outputs: bool = True
     primary_metric: str = "f1"
     eval_metrics: tuple[str, ...] = ("f1", "precision", "recall", "accuracy")
     supports_label_smoothing: bool = True

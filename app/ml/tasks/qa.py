@@ -146,6 +146,7 @@ class QATask(TaskDefaults):
     # with them. The generic PeftModel passes every input through; the head trains through
     # modules_to_save either way.
     peft_task_type: str | None = None
+    per_token_outputs: bool = True
     # Prefix tuning would need that wrapper (get_peft_model has no generic model for prompt
     # learning: KeyError: None), and its prefix path drops token_type_ids as well (peft 0.21).
     unsupported_methods: Mapping[str, str] = MappingProxyType(
