@@ -19,6 +19,7 @@ from app.core.idempotency import Replay
 from app.core.limits import BodyLimitMiddleware
 from app.core.queue import CeleryJobQueue, JobQueue
 from app.core.ratelimit import RateLimiter
+from app.core.ttlcache import TTLCache
 from app.db.session import make_engine, make_sessionmaker
 
 log = logging.getLogger("tuneserve.api")
@@ -138,6 +139,10 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     app.state.rate_limiter = RateLimiter(
         per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
     )
+    # Hot-path lookups (see lookup_cache_seconds): key digest -> principal, and
+    # (tenant, model id or alias) -> model row.
+    app.state.principals = TTLCache(settings.lookup_cache_seconds)
+    app.state.model_refs = TTLCache(settings.lookup_cache_seconds)
     if settings.bootstrap_admin_key:
         register_bootstrap_key(app.state.sessionmaker, settings.bootstrap_admin_key)
 
@@ -163,11 +168,13 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         app.state.preloading = preload(
             settings, app.state.sessionmaker, app.state.predictors, app.state.shared_bases
         )
+    inference_threads = devices.thread_count(settings.inference_threads)
     app.state.batcher = (
         Batcher(
             max_batch_tokens=settings.batch_max_tokens,
             max_wait_ms=settings.batch_max_wait_ms,
-            threads=devices.thread_count(settings.inference_threads),
+            threads=inference_threads,
+            workers=devices.model_thread_count(settings.model_threads, inference_threads),
             metrics=metrics,
         )
         if settings.batching

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
+from app.auth.keys import hash_key
 from app.auth.schemas import OPERATOR_TENANT, Principal, Scope
 from app.auth.service import authenticate
-from app.core.deps import SessionDep
 from app.core.errors import Forbidden, Unauthorized
 from app.core.ratelimit import RateLimiter
+from app.core.ttlcache import TTLCache
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -21,28 +24,44 @@ bearer = HTTPBearer(
 )
 
 
-def get_principal(
+async def get_principal(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    """Authenticate the caller and charge its rate limit."""
+    """Authenticate the caller and charge its rate limit.
+
+    A key found valid is remembered for `lookup_cache_seconds` (app.state.principals), so a busy
+    caller's requests skip the database; revoking a key through this process forgets them all.
+    """
     if credentials is None or not credentials.credentials:
         raise Unauthorized(
             "an API key is required: send `Authorization: Bearer <key>`", code="missing_api_key"
         )
-    principal = authenticate(session, credentials.credentials)
-    limiter: RateLimiter = request.app.state.rate_limiter
+    state = request.app.state
+    known: TTLCache[str, Principal] = state.principals
+    digest = hash_key(credentials.credentials)
+    principal = known.get(digest)
+    if principal is None:
+        principal = await run_in_threadpool(
+            _authenticate, state.sessionmaker, credentials.credentials
+        )
+        known.put(digest, principal)
+    limiter: RateLimiter = state.rate_limiter
     limiter.check(principal.key_id)
     request.state.principal = principal
     return principal
 
 
-def require(*scopes: Scope) -> Callable[[Principal], Principal]:
+def _authenticate(sessionmaker: Callable[[], Session], key: str) -> Principal:
+    with sessionmaker() as session:
+        return authenticate(session, key)
+
+
+def require(*scopes: Scope) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets through keys holding any of `scopes` (admin holds them all)."""
     names = " or ".join(f"'{s}'" for s in scopes)
 
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not principal.allows(*scopes):
             raise Forbidden(
                 f"this API key lacks the scope this route needs: {names}",
@@ -54,15 +73,14 @@ def require(*scopes: Scope) -> Callable[[Principal], Principal]:
     return check
 
 
-def metrics_reader(
+async def metrics_reader(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal | None:
     """/metrics: open when the operator made it public, else an operator key with the scope."""
     if request.app.state.settings.metrics_public:
         return None
-    principal = get_principal(request, session, credentials)
+    principal = await get_principal(request, credentials)
     if not principal.allows(Scope.METRICS_READ) or principal.tenant != OPERATOR_TENANT:
         raise Forbidden(
             f"metrics cover every tenant: they need an admin or 'metrics:read' key of the "

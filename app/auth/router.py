@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from app.auth import service
 from app.auth.deps import Admin
@@ -81,8 +81,10 @@ def list_keys(
 
 
 @router.delete("/{key_id}", response_model=KeyRead, responses=error_responses(404))
-def revoke_key(key_id: str, session: SessionDep, principal: Admin) -> KeyRead:
+def revoke_key(key_id: str, request: Request, session: SessionDep, principal: Admin) -> KeyRead:
     """Revoke an API key (one of the caller's tenant, or any for the operator's admin keys);
     requests with it are refused from now on."""
     scope = None if principal.is_operator else principal.tenant
-    return to_read(service.revoke_key(session, key_id=key_id, tenant=scope))
+    row = service.revoke_key(session, key_id=key_id, tenant=scope)
+    request.app.state.principals.clear()
+    return to_read(row)

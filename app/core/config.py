@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # Per API key: a sustained rate and a burst (token bucket per API process); 0 turns it off.
     rate_limit_per_minute: int = 1200
     rate_limit_burst: int = 200
+    # Valid API keys and model/alias lookups are remembered this long per API process, so busy
+    # callers skip the database: a key revoked or an alias moved by another API process (or the
+    # CLI) takes effect within this time; through the same process, at once. 0: no remembering.
+    lookup_cache_seconds: float = Field(default=2.0, ge=0, le=300)
     # Queued plus running jobs one tenant may have at once; 0 means no cap.
     max_active_jobs_per_tenant: int = 10
 
@@ -58,6 +62,9 @@ class Settings(BaseSettings):
     # Model ids loaded when the API starts (in the background), so their first request is fast.
     preload_models: list[str] = Field(default_factory=list)
     inference_threads: int = 1
+    # Model-executing threads per API process (each with inference_threads torch threads); unset:
+    # one per core left after inference_threads each, at most 4.
+    model_threads: int | None = Field(default=None, ge=1, le=64)
     # Micro-batching of concurrent /predict calls (see app/predict/batcher.py): the longest a call
     # waits for others while the model is under load, and the padded tokens of one model call.
     batching: bool = True

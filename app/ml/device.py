@@ -31,6 +31,13 @@ def thread_count(configured: int | None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def model_thread_count(configured: int | None, torch_threads: int, *, most: int = 4) -> int:
+    """Model-executing threads: as configured, or one per `torch_threads` cores (1 to `most`)."""
+    if configured is not None and configured > 0:
+        return configured
+    return max(1, min(most, thread_count(None) // max(1, torch_threads)))
+
+
 def set_torch_threads(count: int) -> None:
     """Intra-op threads for this process (and for the calling thread's OpenMP team)."""
     import torch

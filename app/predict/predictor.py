@@ -175,6 +175,8 @@ def shared_runner(
         pad_values=_pad_values(tokenizer),
         forward=forward,
         mixed_adapters=True,
+        # peft passes per-row adapters by hooks on the shared modules: one forward at a time.
+        concurrent=False,
     )
 
 

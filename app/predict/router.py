@@ -4,19 +4,23 @@
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from app.auth.deps import Predictor
 from app.core.config import Settings
-from app.core.deps import SessionDep
 from app.core.errors import InvalidInput, ServiceError
 from app.core.schemas import PROTECTED, error_responses
+from app.core.ttlcache import TTLCache
+from app.db.models import Model
 from app.ml.tasks import REGISTRY, TaskSpec
 from app.monitoring.metrics import Metrics
-from app.registry.service import get_model_for_task
+from app.registry.service import require_task, resolve_model_ref
 
 
 class PredictResponse(BaseModel):
@@ -52,50 +56,71 @@ def check_limits(settings: Settings, inputs: list[Any]) -> None:
             )
 
 
-def _state(request: Request) -> tuple[Settings, Any, threading.Lock]:
-    state = request.app.state
+def _inference_lock(state: Any) -> threading.Lock:
     if not hasattr(state, "inference_lock"):
         # One model call at a time per process: concurrent calls on 2 cores only thrash.
         state.inference_lock = threading.Lock()
-    return state.settings, state.predictors, state.inference_lock
+    lock: threading.Lock = state.inference_lock
+    return lock
+
+
+def _lookup_model(sessionmaker: Callable[[], Session], tenant: str, ref: str) -> Model:
+    with sessionmaker() as session:
+        return resolve_model_ref(session, tenant=tenant, ref=ref)
+
+
+async def resolve_cached(state: Any, *, tenant: str, ref: str) -> Model:
+    """The tenant's model named by id or alias, remembered briefly (app.state.model_refs): the
+    database is asked once per `lookup_cache_seconds`, in a worker thread."""
+    refs: TTLCache[tuple[str, str], Model] = state.model_refs
+    model = refs.get((tenant, ref))
+    if model is None:
+        model = await run_in_threadpool(_lookup_model, state.sessionmaker, tenant, ref)
+        refs.put((tenant, ref), model)
+    return model
+
+
+def _run_predict(state: Any, task: TaskSpec, model_row: Model, body: BaseModel) -> list[Any]:
+    """Load (or find) the predictor and run the task's predict, in a worker thread; with a
+    batcher its model calls join other requests' in the model threads."""
+    from app.predict.predictor import load_predictor
+
+    settings: Settings = state.settings
+    shared = state.shared_bases
+    predictor = state.predictors.get_or_load(
+        model_row.id, lambda: load_predictor(settings, model_row, shared=shared)
+    )
+    batcher = state.batcher
+    if batcher is not None:
+        predictions: list[Any] = predictor.predict(body, batcher=batcher)
+        return predictions
+    with _inference_lock(state):
+        predictions = predictor.predict(body)
+        return predictions
 
 
 def _make_route(task: TaskSpec) -> Any:
     request_model = task.predict_request
 
-    def predict(
+    # Async, so that a request costs one worker-thread hop (tokenizing, then waiting for the
+    # model threads) and no database round trip while its key and model are remembered.
+    async def predict(
         body: request_model,  # type: ignore[valid-type]
         request: Request,
-        session: SessionDep,
         principal: Predictor,
     ) -> PredictResponse:
-        settings, cache, lock = _state(request)
+        state = request.app.state
         inputs = body.inputs  # type: ignore[attr-defined]
-        check_limits(settings, inputs)
-        model_row = get_model_for_task(
-            session,
-            tenant=principal.tenant,
-            model_id=body.model,  # type: ignore[attr-defined]
-            task=task.name,
-        )
-        session.close()  # release the connection before the slow part
+        check_limits(state.settings, inputs)
+        ref = body.model  # type: ignore[attr-defined]
+        model_row = await resolve_cached(state, tenant=principal.tenant, ref=ref)
+        require_task(model_row, ref=ref, task=task.name)
 
-        from app.predict.predictor import load_predictor
-
-        metrics: Metrics = request.app.state.metrics
+        metrics: Metrics = state.metrics
         started = time.perf_counter()
         outcome = "error"
         try:
-            shared = request.app.state.shared_bases
-            predictor = cache.get_or_load(
-                model_row.id, lambda: load_predictor(settings, model_row, shared=shared)
-            )
-            batcher = request.app.state.batcher
-            if batcher is not None:
-                predictions = predictor.predict(body, batcher=batcher)
-            else:
-                with lock:
-                    predictions = predictor.predict(body)
+            predictions = await run_in_threadpool(_run_predict, state, task, model_row, body)
             outcome = "ok"
         except ServiceError as exc:
             outcome = "client_error" if exc.status_code < 500 else "error"

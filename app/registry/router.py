@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -94,13 +94,16 @@ def get_model(model_id: str, session: SessionDep, principal: ModelReader) -> Mod
 @router.put(
     "/{model_id}/aliases/{name}", response_model=AliasRead, responses=error_responses(404, 422)
 )
-def put_alias(model_id: str, name: str, session: SessionDep, principal: Trainer) -> AliasRead:
+def put_alias(
+    model_id: str, name: str, request: Request, session: SessionDep, principal: Trainer
+) -> AliasRead:
     """Point an alias at this model, creating it or moving it from another model at once.
 
     /predict accepts the alias wherever it accepts a model id, so callers that name `production`
     follow each move; `previous_model` tells which model to move it back to.
     """
     alias, _ = aliases.set_alias(session, tenant=principal.tenant, model_id=model_id, name=name)
+    request.app.state.model_refs.clear()  # /predict follows the move at once
     return alias_read(alias)
 
 
@@ -118,6 +121,8 @@ def get_alias(name: str, session: SessionDep, principal: ModelReader) -> AliasRe
 
 
 @alias_router.delete("/{name}", response_model=AliasRead, responses=error_responses(404))
-def delete_alias(name: str, session: SessionDep, principal: Trainer) -> AliasRead:
+def delete_alias(name: str, request: Request, session: SessionDep, principal: Trainer) -> AliasRead:
     """Remove an alias; requests naming it get 404 from then on. The model stays."""
-    return alias_read(aliases.delete_alias(session, tenant=principal.tenant, name=name))
+    alias = aliases.delete_alias(session, tenant=principal.tenant, name=name)
+    request.app.state.model_refs.clear()
+    return alias_read(alias)

@@ -39,14 +39,19 @@ def resolve_model_ref(session: Session, *, tenant: str, ref: str) -> Model:
 def get_model_for_task(session: Session, *, tenant: str, model_id: str, task: str) -> Model:
     """The tenant's model (by id or alias), which must serve `task` (422 otherwise)."""
     model = resolve_model_ref(session, tenant=tenant, ref=model_id)
+    require_task(model, ref=model_id, task=task)
+    return model
+
+
+def require_task(model: Model, *, ref: str, task: str) -> None:
+    """422 unless `model` (named `ref`: its id or an alias) serves `task`."""
     if model.task != task:
         raise InvalidInput(
-            f"model '{model_id}'"
-            + (f" (alias of '{model.id}')" if model.id != model_id else "")
+            f"model '{ref}'"
+            + (f" (alias of '{model.id}')" if model.id != ref else "")
             + f" is a '{model.task}' model; it cannot serve '{task}'",
             field="model",
         )
-    return model
 
 
 def list_models(

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from app.ml.tasks import get_task
-from app.predict.batcher import BatchedModel, Batcher, ModelRunner
+from app.predict.batcher import BatchedModel, Batcher, ModelRunner, plan_chunks
 from app.predict.predictor import plain_runner
 from tests.tinymodel import NEGATIVE, NEUTRAL, POSITIVE, build_tiny_model_dir
 
@@ -194,3 +194,102 @@ def test_a_failing_model_call_fails_every_call_in_its_batch(
     # The model thread survives: a later call with a working model is answered.
     ok = BatchedModel(batcher, plain_runner("t", get_task("classification"), model, tokenizer))
     assert ok(**tokenizer(["good"], return_tensors="pt")).logits.shape == (1, 2)
+
+
+def brute_force_cost(lengths: list[int], max_tokens: int, max_rows: int, overhead: int) -> int:
+    """The cheapest cut of sorted `lengths` by trying every set of cut points."""
+    n, best = len(lengths), None
+    for mask in range(1 << (n - 1)):
+        cuts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        cost = 0
+        for start, end in zip(cuts, cuts[1:], strict=False):
+            rows, width = end - start, lengths[end - 1]
+            if rows > max_rows or (rows > 1 and rows * width > max_tokens):
+                break
+            cost += rows * width + overhead
+        else:
+            best = cost if best is None else min(best, cost)
+    assert best is not None
+    return best
+
+
+def test_chunk_plans_are_the_cheapest_cuts_within_the_limits() -> None:
+    # Equal lengths: one call. One long row among short ones: it runs alone.
+    assert plan_chunks([10] * 8, max_tokens=4096, max_rows=64, overhead=24) == [(0, 8)]
+    assert plan_chunks([5] * 12 + [120], max_tokens=4096, max_rows=64, overhead=24) == [
+        (0, 12),
+        (12, 13),
+    ]
+    # Limits: rows per call and padded tokens per call; a row over the budget alone.
+    capped = plan_chunks([4] * 10, max_tokens=4096, max_rows=4, overhead=1)
+    assert len(capped) == 3 and max(e - s for s, e in capped) == 4
+    assert plan_chunks([3, 50, 200], max_tokens=100, max_rows=64, overhead=0) == [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+    ]
+    assert plan_chunks([], max_tokens=100, max_rows=8) == []
+    rng = random.Random(7)
+    for _ in range(300):
+        lengths = sorted(rng.randint(1, 60) for _ in range(rng.randint(1, 11)))
+        max_tokens, max_rows, overhead = rng.choice([64, 128, 4096]), rng.randint(1, 8), 24
+        plan = plan_chunks(lengths, max_tokens=max_tokens, max_rows=max_rows, overhead=overhead)
+        # Contiguous, covering every row once, within the limits...
+        assert [s for s, _ in plan] == [0] + [e for _, e in plan[:-1]]
+        assert plan[-1][1] == len(lengths)
+        for start, end in plan:
+            assert end - start <= max_rows
+            assert end - start == 1 or (end - start) * lengths[end - 1] <= max_tokens
+        # ...and no cut is cheaper.
+        cost = sum((e - s) * lengths[e - 1] + overhead for s, e in plan)
+        assert cost == brute_force_cost(lengths, max_tokens, max_rows, overhead), lengths
+
+
+def test_model_threads_run_other_models_while_one_is_busy(tiny_dir: Path) -> None:
+    model, tokenizer = load(tiny_dir, "classification")
+    slow, fast = Recording(model), Recording(model)
+    batcher = Batcher(max_wait_ms=0, workers=2)
+    try:
+        held = BatchedModel(batcher, runner_for(model, tokenizer, slow, group="a"))
+        other = BatchedModel(batcher, runner_for(model, tokenizer, fast, group="b"))
+        same = BatchedModel(batcher, runner_for(model, tokenizer, Recording(model), group="a"))
+        slow.hold.clear()
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(lambda: held(**tokenizer(["good"], return_tensors="pt")))
+            assert slow.entered.wait(timeout=30)
+            # The second thread answers another model, and the same model again, while the
+            # first is still inside a forward (a plain model runs in several threads at once).
+            assert other(**tokenizer(["bad"], return_tensors="pt")).logits.shape == (1, 2)
+            assert same(**tokenizer(["dull"], return_tensors="pt")).logits.shape == (1, 2)
+            assert not first.done()
+            slow.hold.set()
+            assert first.result(timeout=30).logits.shape == (1, 2)
+    finally:
+        batcher.stop()
+
+
+def test_a_shared_base_runs_in_one_thread_at_a_time(tiny_dir: Path) -> None:
+    model, tokenizer = load(tiny_dir, "classification")
+    shared, plain = Recording(model), Recording(model)
+    batcher = Batcher(max_wait_ms=0, workers=2)
+    try:
+        base = runner_for(model, tokenizer, shared, group="base", concurrent=False)
+        first_adapter = BatchedModel(batcher, base, "A")
+        second_adapter = BatchedModel(batcher, base, "B")
+        other = BatchedModel(batcher, runner_for(model, tokenizer, plain, group="other"))
+        shared.hold.clear()
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(lambda: first_adapter(**tokenizer(["good"], return_tensors="pt")))
+            assert shared.entered.wait(timeout=30)
+            queued = pool.submit(lambda: second_adapter(**tokenizer(["bad"], return_tensors="pt")))
+            wait_for_pending(batcher, 1)
+            # The free thread leaves the base's call queued and answers another model.
+            assert other(**tokenizer(["dull"], return_tensors="pt")).logits.shape == (1, 2)
+            assert len(batcher._pending) == 1 and not queued.done()
+            shared.hold.set()
+            first.result(timeout=30)
+            queued.result(timeout=30)
+        # Never two forwards of the base at once: the calls ran one after the other.
+        assert shared.adapters == [["A"], ["B"]]
+    finally:
+        batcher.stop()
