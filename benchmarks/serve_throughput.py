@@ -15,13 +15,19 @@ one request per SST-2 dev sentence (dev.tsv's 872 sentences, cycled):
 (c) tutorial_default_threads: the same with OMP_NUM_THREADS unset, so torch takes one thread per
     core (2 on a 2-core machine), as a tutorial that sets no thread count would
     (--no-default-threads leaves it out).
+(d) service_int8: the same service and route with an int8 copy of the model, made by a quantize
+    job (`method: {"type": "quantize", "scheme": "int8_dynamic"}`), which measures its accuracy
+    against the fp32 model's before registering it (--no-int8 leaves it out). Its predictions are
+    not expected to equal the fp32 model's; how many top labels differ is printed.
 
 Load: a closed loop, written here on raw asyncio (uvloop when installed) HTTP/1.1 with one
 keep-alive connection per client: N clients each send their next request when the previous one is
 answered, at N = 1, 8 and 32. Each phase runs a warm-up, then a measured window; requests/s counts
 the responses received inside the window, latencies are theirs (client-side, send to last byte).
 Phases alternate between the servers (service first in odd rounds, last in even rounds), so a
-neighbour's load falls on all of them alike; the figures pool the rounds. Server and client CPU
+neighbour's load falls on all of them alike; the figures pool the rounds. At concurrency 1, where
+one request's latency is compared (`p50_ratio_c1`), there are three times as many phases, each a
+third as long, so that the servers alternate more often on a noisy machine. Server and client CPU
 per request come from /proc and the process's own clock; the service's /metrics gives batch sizes
 and queue waits.
 
@@ -83,6 +89,9 @@ LIBRARIES = ("torch", "transformers", "tokenizers", "fastapi", "uvicorn", "uvloo
 CONCURRENCY = (1, 8, 32)
 TARGETS = {"ratio_c32": 2.0, "p50_ratio_c1": 1.10}
 CHECK_CONCURRENCY = 8
+# At concurrency 1: this many times the rounds, each this many times shorter.
+C1_SPLIT = 3
+INT8 = {"type": "quantize", "scheme": "int8_dynamic"}
 # --quick: train rows, dev rows, epochs; warm-up and window seconds, rounds.
 QUICK_ROWS = (64, 64, 1)
 QUICK_PHASES = (0.5, 1.5, 1)
@@ -272,6 +281,27 @@ def train_model(
         raise RunFailed(f"the job ended {job['status']}: {job.get('error')}\n{worker}")
     model: dict[str, Any] = client.get(f"/v1/models/{job['model_id']}").json()
     return model
+
+
+def int8_model(client: httpx.Client, parent: dict[str, Any], data_dir: Path) -> dict[str, Any]:
+    """The int8 copy of `parent`: one already registered, or a quantize job's (which evaluates
+    both on the parent's validation rows before registering it)."""
+    resp = client.get("/v1/models", params={"task": "classification", "limit": 100})
+    resp.raise_for_status()
+    for model in resp.json()["data"]:
+        if model["parent_model"] == parent["id"] and model["artifact"] == INT8["scheme"]:
+            found: dict[str, Any] = model
+            return found
+    spec = {"task": "classification", "base_model": f"model:{parent['id']}", "method": INT8}
+    resp = client.post("/v1/jobs", json=spec)
+    if resp.status_code != 201:
+        raise RunFailed(f"submitting the quantize job: {resp.status_code} {resp.text}")
+    job = wait_for_job(client, resp.json()["id"])
+    if job["status"] != "succeeded":
+        worker = log_tail(data_dir / "logs" / "worker.log")
+        raise RunFailed(f"the quantize job ended {job['status']}: {job.get('error')}\n{worker}")
+    made: dict[str, Any] = client.get(f"/v1/models/{job['model_id']}").json()
+    return made
 
 
 METRIC_LINE = re.compile(r"^(tuneserve_[a-z_]+)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN)$")
@@ -592,6 +622,14 @@ def print_table(f: dict[str, Any], names: list[str]) -> None:
         f"the top label; largest score difference {check['max_score_diff']}; dev accuracy "
         f"service {check['service_dev_accuracy']}, tutorial {check['tutorial_dev_accuracy']}"
     )
+    if f.get("int8_check"):
+        i8 = f["int8_check"]
+        print(
+            f"int8: {i8['disagreements']} of {i8['checked']} top labels differ from the fp32 "
+            f"tutorial's; dev accuracy {i8['service_dev_accuracy']}; requests/s at 32 "
+            f"{f['int8_ratio_c32']}x the tutorial's ({f['int8_over_fp32_c32']}x the fp32 "
+            f"service's), p50 at 1 {f['int8_p50_ratio_c1']}x"
+        )
     threads = ", ".join(f"{name} {n}" for name, n in f["threads"].items())
     load = f["load_avg_1m"]
     print(
@@ -621,6 +659,7 @@ def main() -> int:
         action="store_true",
         help="leave out the tutorial with torch's default threads",
     )
+    ap.add_argument("--no-int8", action="store_true", help="leave out the int8 model")
     ap.add_argument(
         "--quick",
         action="store_true",
@@ -676,6 +715,23 @@ def main() -> int:
             )
             service.threads = int(service.env["TUNESERVE_INFERENCE_THREADS"] or 0)
             servers = [service]
+            int8: dict[str, Any] | None = None
+            if not args.no_int8:
+                int8 = int8_model(client, model, data_dir)
+                int8_id = int8["id"]
+                servers.append(
+                    Server(
+                        "service_int8",
+                        port=port,
+                        pid=api_pid,
+                        path="/v1/predict/classification",
+                        body=lambda t: json.dumps({"model": int8_id, "inputs": [t]}).encode(),
+                        headers=f"Authorization: Bearer {key}\r\n",
+                        env=service.env,
+                        threads=service.threads,
+                        scrape=lambda: scrape(client),
+                    )
+                )
             variants: list[tuple[str, int | None]] = [("tutorial", 1)]
             if not args.no_default_threads:
                 variants.append(("tutorial_default_threads", None))
@@ -704,17 +760,28 @@ def main() -> int:
                         concurrency=CHECK_CONCURRENCY,
                     )
                 )
-                for s in servers[:2]
+                for s in servers
+                if s.name in ("service", "tutorial", "service_int8")
             }
             check = compare(bodies["service"], bodies["tutorial"], list(gold))
+            int8_check = (
+                compare(bodies["service_int8"], bodies["tutorial"], list(gold))
+                if "service_int8" in bodies
+                else None
+            )
 
             requests = {s.name: [s.request(t) for t in dev_texts] for s in servers}
             phases: dict[str, dict[int, list[Phase]]] = {s.name: {} for s in servers}
             for c in CONCURRENCY:
-                for r in range(rounds):
+                split = C1_SPLIT if c == 1 else 1
+                for r in range(rounds * split):
                     for s in servers if r % 2 == 0 else servers[::-1]:
                         phase = measure(
-                            s, requests[s.name], concurrency=c, warmup=warmup, seconds=seconds
+                            s,
+                            requests[s.name],
+                            concurrency=c,
+                            warmup=warmup / split,
+                            seconds=seconds / split,
                         )
                         phases[s.name].setdefault(c, []).append(phase)
                         print(
@@ -735,6 +802,13 @@ def main() -> int:
         "ratio_c32": round(ours["c32"]["rps"] / theirs["c32"]["rps"], 2),
         "p50_ratio_c1": round(ours["c1"]["p50_ms"] / theirs["c1"]["p50_ms"], 2),
     }
+    if "service_int8" in results:
+        int8_results = results["service_int8"]
+        figures |= {
+            "int8_ratio_c32": round(int8_results["c32"]["rps"] / theirs["c32"]["rps"], 2),
+            "int8_p50_ratio_c1": round(int8_results["c1"]["p50_ms"] / theirs["c1"]["p50_ms"], 2),
+            "int8_over_fp32_c32": round(int8_results["c32"]["rps"] / ours["c32"]["rps"], 2),
+        }
     figures["meets_targets"] = (
         figures["ratio_c32"] >= TARGETS["ratio_c32"]
         and figures["p50_ratio_c1"] <= TARGETS["p50_ratio_c1"]
@@ -743,6 +817,14 @@ def main() -> int:
         "targets": TARGETS,
         **results,
         "check": check,
+        "int8_check": int8_check,
+        "int8_model": None
+        if int8 is None
+        else {
+            "id": int8["id"],
+            "metrics": int8["metrics"],
+            "baseline_metrics": int8["baseline_metrics"],
+        },
         "disagreements": check["disagreements"],
         "max_score_diff": check["max_score_diff"],
         "threads": {name: by_name[name].threads for name in results},
