@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,10 +40,22 @@ class SharedBase:
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers (shared tensors counted once)."""
+    """Bytes of a module's parameters, buffers and other stored tensors, such as a dynamically
+    quantized layer's packed int8 weights, which are neither (shared tensors counted once)."""
+    import torch
+
+    def stored() -> Iterator[torch.Tensor]:
+        yield from module.parameters()
+        yield from module.buffers()
+        for value in module.state_dict(keep_vars=True).values():
+            if isinstance(value, torch.Tensor):
+                yield value
+            elif isinstance(value, tuple):  # packed params: (weight, bias)
+                yield from (v for v in value if isinstance(v, torch.Tensor))
+
     seen: set[int] = set()
     total = 0
-    for tensor in [*module.parameters(), *module.buffers()]:
+    for tensor in stored():
         if tensor.data_ptr() not in seen:
             seen.add(tensor.data_ptr())
             total += tensor.numel() * tensor.element_size()

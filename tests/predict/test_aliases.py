@@ -117,3 +117,32 @@ def test_alias_rules(client: TestClient, two_models: tuple[str, str], migrated) 
     )
     assert resp.status_code == 404
     assert client.get("/v1/aliases", headers=other).json()["data"] == []
+
+
+def test_a_move_by_another_process_is_followed_within_the_lookup_window(
+    client: TestClient, two_models: tuple[str, str], migrated  # type: ignore[no-untyped-def]
+) -> None:
+    from app.db.session import make_engine, make_sessionmaker
+    from app.registry import aliases
+
+    a, b = two_models
+    refs = client.app.state.model_refs  # type: ignore[attr-defined]
+    now = [1000.0]
+    refs.clock = lambda: now[0]
+    assert client.put(f"/v1/models/{a}/aliases/production").status_code == 200
+    assert predict(client, "production")[1]["model"] == a  # looked up, remembered
+
+    # Another API process (or the CLI) moves the alias: this one's lookup is still remembered...
+    engine = make_engine(migrated)
+    try:
+        with make_sessionmaker(engine)() as other:
+            aliases.set_alias(other, tenant="default", model_id=b, name="production")
+    finally:
+        engine.dispose()
+    assert predict(client, "production")[1]["model"] == a
+    # ... until lookup_cache_seconds have passed; then the move is followed.
+    now[0] += migrated.lookup_cache_seconds + 0.01
+    assert predict(client, "production")[1]["model"] == b
+    # A move through this process is followed at once.
+    assert client.put(f"/v1/models/{a}/aliases/production").status_code == 200
+    assert predict(client, "production")[1]["model"] == a

@@ -130,6 +130,10 @@ def test_quantize_job_registers_an_int8_model_measured_beside_its_parent(
         m for m in served.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)
     ]
     assert linear == [] and len(quantized) == 14
+    # Its memory counts the packed int8 weights (which are not parameters): each linear weight
+    # takes one byte per value instead of four; the rest stays fp32.
+    packed = sum(m.weight().numel() for m in quantized)
+    assert served.weight_bytes == pytest.approx(fp32.weight_bytes - 3 * packed, abs=packed / 20)
     texts = list(EASY)
     got, expected = _logits(served, texts), _logits(fp32, texts)
     assert not torch.equal(got, expected)  # really int8...
