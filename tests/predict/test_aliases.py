@@ -120,7 +120,9 @@ def test_alias_rules(client: TestClient, two_models: tuple[str, str], migrated) 
 
 
 def test_a_move_by_another_process_is_followed_within_the_lookup_window(
-    client: TestClient, two_models: tuple[str, str], migrated  # type: ignore[no-untyped-def]
+    client: TestClient,
+    two_models: tuple[str, str],
+    migrated,  # type: ignore[no-untyped-def]
 ) -> None:
     from app.db.session import make_engine, make_sessionmaker
     from app.registry import aliases
