@@ -8,22 +8,25 @@ seed) and one full fine-tune, then:
    /predict) and reads how much the process's resident memory grew; in another fresh process that
    has served the full model, loads all N adapters (their base with them) and does the same.
    `memory_ratio` = the adapters' growth over the full model's (target: under 1.5).
-2. throughput: with the N adapters loaded, drives /predict with real SST-2 dev sentences at a fixed
-   concurrency, once all to one adapter and once cycling over all N (so batches mix adapters), and
-   prints requests/s of each; `mixed_throughput_ratio` = mixed over single (target: at least 0.7).
+2. throughput: with the N adapters loaded, drives /predict with real SST-2 dev sentences from
+   serve_throughput's raw asyncio client (closed loop, one sentence per request, fixed concurrency),
+   all to one adapter or cycling over all N (so batches mix adapters), in alternating phases
+   (single, mixed, mixed, single, ...), and prints requests/s of each, pooled over the phases;
+   `mixed_throughput_ratio` = mixed over single (target: at least 0.7).
 
-It ends with one line of JSON. `--quick` trains 3 adapters on a few rows, for a smoke test.
+It ends with one line of JSON. `--quick` trains 3 adapters on a few rows, for a smoke test;
+`--data-dir DIR` keeps the service's data (and reuses the models a previous run left there).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,8 +35,9 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.serve_throughput import Server, measure, pooled  # noqa: E402
+from benchmarks.train_throughput import (  # noqa: E402
     BASE,
     DEFAULT_DATA,
     RunFailed,
@@ -46,7 +50,7 @@ from train_throughput import (  # noqa: E402
     wait_for_job,
 )
 
-QUICK = {"adapters": 3, "train_rows": 64, "steps": 2, "requests": 60}
+QUICK = {"adapters": 3, "train_rows": 64, "steps": 2, "rounds": 1, "seconds": 2.0}
 
 
 def api_pid(port_client: httpx.Client) -> int:
@@ -114,36 +118,29 @@ def train(
     return str(job["model_id"])
 
 
-def drive(
-    client: httpx.Client, models: list[str], texts: list[str], requests: int, concurrency: int
-) -> float:
-    """requests/s of `requests` one-sentence predictions, cycling over `models`."""
-    counter = iter(range(requests))
-    lock = threading.Lock()
-    errors: list[str] = []
+def request_server(client: httpx.Client, pid: int, models: list[str]) -> Server:
+    """The service's classification route as a load target; request i names models[i % N]."""
+    turn = itertools.count()
+    return Server(
+        f"{len(models)} model(s)",
+        port=int(client.base_url.port or 0),
+        pid=pid,
+        path="/v1/predict/classification",
+        body=lambda t: json.dumps(
+            {"model": models[next(turn) % len(models)], "inputs": [t]}
+        ).encode(),
+        headers=f"Authorization: {client.headers['Authorization']}\r\n",
+    )
 
-    def worker() -> None:
-        with httpx.Client(base_url=client.base_url, headers=client.headers, timeout=120) as own:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                try:
-                    predict(own, models[i % len(models)], [texts[i % len(texts)]])
-                except RunFailed as exc:
-                    errors.append(str(exc))
-                    return
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise RunFailed(errors[0])
-    return requests / (time.perf_counter() - started)
+def existing_models(client: httpx.Client) -> tuple[str | None, list[str]]:
+    """A full fine-tune and the LoRA fine-tunes of BASE already registered (a reused data dir)."""
+    resp = client.get("/v1/models", params={"task": "classification", "limit": 100})
+    resp.raise_for_status()
+    rows = resp.json()["data"][::-1]  # oldest first
+    full = next((m["id"] for m in rows if m["method"] == "full" and m["base_model"] == BASE), None)
+    loras = [m["id"] for m in rows if m["method"] == "lora" and m["base_model"] == BASE]
+    return full, loras
 
 
 @contextmanager
@@ -158,8 +155,10 @@ def main() -> int:
     ap.add_argument("--adapters", type=int, default=20)
     ap.add_argument("--train-rows", type=int, default=256)
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps of each fine-tune")
-    ap.add_argument("--requests", type=int, default=600, help="per throughput run")
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="phases of each load (single, mixed)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per phase")
+    ap.add_argument("--data-dir", type=Path, help="the service's data dir, kept (and reused)")
     ap.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK}")
     args = ap.parse_args()
     if args.quick:
@@ -172,17 +171,25 @@ def main() -> int:
     # One key drives the whole load: the per-key rate limit (1,200 a minute) would cap it.
     env = base_env() | {"TUNESERVE_RATE_LIMIT_PER_MINUTE": "0"}
     work = Path(tempfile.mkdtemp(prefix="adapter-density-"))
-    data_dir = work / "service-data"
+    data_dir = (args.data_dir or work / "service-data").resolve()
     texts = tsv_texts(args.data / "dev.tsv")
     head_lines(args.data / "train.tsv", work / "train.tsv", args.train_rows)
     try:
-        print(f"training 1 full model and {args.adapters} LoRA adapters ...", flush=True)
         with service(data_dir, env) as client:
+            full, adapters = existing_models(client)
+            adapters = adapters[: args.adapters]
+            missing = args.adapters - len(adapters)
+            print(
+                f"training {int(full is None)} full model(s) and {missing} LoRA adapters "
+                f"({len(adapters)} found in {data_dir}) ...",
+                flush=True,
+            )
             train_id = upload(client, work / "train.tsv")["id"]
-            full = train(client, train_id, {"type": "full"}, 1, args.steps)
-            adapters = [
+            if full is None:
+                full = train(client, train_id, {"type": "full"}, 1, args.steps)
+            adapters += [
                 train(client, train_id, {"type": "lora", "r": 8}, seed, args.steps)
-                for seed in range(100, 100 + args.adapters)
+                for seed in range(100 + len(adapters), 100 + args.adapters)
             ]
         # Each measurement in a fresh API process that has already loaded the other kind of model,
         # so torch, the tokenizer and the allocator's first arenas are in the baseline, not the
@@ -208,8 +215,25 @@ def main() -> int:
             ]
             for model in adapters[:2]:  # warm both paths
                 predict(client, model, texts[:4])
-            single = drive(client, adapters[:1], texts, args.requests, args.concurrency)
-            mixed = drive(client, adapters, texts, args.requests, args.concurrency)
+            loads = {
+                "single": request_server(client, pid, adapters[:1]),
+                "mixed": request_server(client, pid, adapters),
+            }
+            requests = {name: [srv.request(t) for t in texts] for name, srv in loads.items()}
+            phases: dict[str, list[Any]] = {"single": [], "mixed": []}
+            for r in range(args.rounds):
+                for name in ("single", "mixed") if r % 2 == 0 else ("mixed", "single"):
+                    phase = measure(
+                        loads[name],
+                        requests[name],
+                        concurrency=args.concurrency,
+                        warmup=min(2.0, args.seconds / 2),
+                        seconds=args.seconds,
+                    )
+                    phases[name].append(phase)
+                    print(f"  round {r + 1} {name:6} {phase.rps:6.1f} req/s", flush=True)
+            single_load, mixed_load = pooled(phases["single"]), pooled(phases["mixed"])
+            single, mixed = single_load["rps"], mixed_load["rps"]
     except RunFailed as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
@@ -224,8 +248,11 @@ def main() -> int:
         "single_adapter_requests_per_s": round(single, 1),
         "mixed_adapters_requests_per_s": round(mixed, 1),
         "mixed_throughput_ratio": round(mixed / single, 3),
+        "single": single_load,
+        "mixed": mixed_load,
         "concurrency": args.concurrency,
-        "requests_per_run": args.requests,
+        "rounds": args.rounds,
+        "seconds_per_phase": args.seconds,
         "loaded_bytes_reported": len(loaded),
         "load_avg_1m": os.getloadavg()[0],
         "versions": versions(),

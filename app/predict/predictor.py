@@ -17,11 +17,12 @@ from app.core.storage import resolve
 from app.db.models import Model
 from app.ml import device as devices
 from app.ml.lineage import load_base_model, resolve_recorded_base
-from app.ml.loading import load_model, load_tokenizer, quiet_transformers, read_model_metadata
+from app.ml.loading import load_model, quiet_transformers, read_model_metadata
 from app.ml.quantize import INT8_DYNAMIC, load_int8_dynamic
 from app.ml.tasks import TaskSpec, get_task
 from app.predict.batcher import BatchedModel, Batcher, BatchOutput, ModelRunner
-from app.predict.shared import SharedBases, tensor_bytes
+from app.predict.shared import AdapterRouting, ReadWriteLock, SharedBases, tensor_bytes
+from app.predict.tokenizers import TOKENIZERS
 
 if TYPE_CHECKING:
     import torch
@@ -159,13 +160,16 @@ def shared_runner(
     task: TaskSpec,
     tokenizer: PreTrainedTokenizerBase,
     peft_model: Any,
-    lock: threading.RLock,
+    lock: ReadWriteLock,
+    routing: AdapterRouting,
 ) -> ModelRunner:
-    """How the model thread runs a shared base: rows of any of its adapters in one forward."""
+    """How model threads run a shared base: rows of any of its adapters in one forward, and
+    forwards of several threads at once (the rows' adapters are per thread)."""
 
     def forward(batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
-        with lock:
-            return peft_model(**batch, adapter_names=adapters)
+        names = [a if a is not None else "__base__" for a in adapters]
+        with lock.reading(), routing.rows(names):
+            return peft_model(**batch)
 
     return ModelRunner(
         module=peft_model,
@@ -175,8 +179,6 @@ def shared_runner(
         pad_values=_pad_values(tokenizer),
         forward=forward,
         mixed_adapters=True,
-        # peft passes per-row adapters by hooks on the shared modules: one forward at a time.
-        concurrent=False,
     )
 
 
@@ -224,8 +226,8 @@ def _load_shared_adapter(
         adapter=adapter,
         path=path,
         load_base=load_base,
-        make_runner=lambda peft_model, lock: shared_runner(
-            key, label, task, tokenizer, peft_model, lock
+        make_runner=lambda peft_model, lock, routing: shared_runner(
+            key, label, task, tokenizer, peft_model, lock, routing
         ),
     )
     return base.peft_model, base.runner, adapter, added, lambda: shared.detach(base, adapter)
@@ -248,14 +250,15 @@ def load_predictor(
     labels = list(meta.get("label_names") or model_row.label_names)
     threads = devices.thread_count(settings.inference_threads)
     devices.set_torch_threads(threads)
-    tokenizer = load_tokenizer(path)
+    max_length = int(meta.get("max_length") or 512)
+    tokenizer = TOKENIZERS.get(path, usage=(task.name, max_length))
     method = str((meta.get("method") or {}).get("type", model_row.method))
     common: dict[str, Any] = {
         "model_id": model_row.id,
         "task": task,
         "tokenizer": tokenizer,
         "label_names": labels,
-        "max_length": int(meta.get("max_length") or 512),
+        "max_length": max_length,
         "threads": threads,
         "options": task.options_model.model_validate(meta.get("task_options") or {}),
     }

@@ -5,8 +5,13 @@ a named adapter of one peft model: the base weights are held once, each adapter 
 low-rank matrices and its task head. Rows of different adapters run in one batch: peft's
 `adapter_names` picks each row's adapter (and head) inside the forward.
 
-Adapters are added and removed under the base's lock, which the model thread also holds while it
-runs a batch, so a batch never sees a half-loaded adapter.
+Each row's adapter reaches the LoRA layers and the saved head through a per-thread value read by
+forward hooks installed once (`AdapterRouting`), not peft's own `adapter_names` hooks, which it adds
+to the shared modules for the length of a call: with those, two model threads running one base at
+once would see each other's rows. So several model threads run one base at the same time.
+
+Forwards hold the base's lock shared; adding or removing an adapter holds it alone, so a batch
+never sees a half-loaded adapter.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +32,87 @@ if TYPE_CHECKING:
 log = logging.getLogger("tuneserve.predict")
 
 
+class ReadWriteLock:
+    """Many readers at once (forwards) or one writer (adding or removing an adapter); a waiting
+    writer goes before readers that come after it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+class AdapterRouting:
+    """Which adapter each row of the calling thread's forward uses.
+
+    A forward pre-hook on every LoRA layer and saved module (the task head) of the peft model
+    passes them the calling thread's `adapter_names`, as peft's own hooks would for one call.
+    `install` hooks modules an adapter load added; `rows(names)` sets the names for a forward.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._hooked: set[int] = set()
+
+    def install(self, peft_model: Any) -> None:
+        from peft.tuners.lora import LoraLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer | AuxiliaryTrainingWrapper) and (
+                id(module) not in self._hooked
+            ):
+                hooked: Any = module  # LoraLayer is a mixin of nn.Module layers
+                hooked.register_forward_pre_hook(self._inject, with_kwargs=True)
+                self._hooked.add(id(module))
+
+    def _inject(
+        self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        names = getattr(self._local, "names", None)
+        if names is not None:
+            kwargs["adapter_names"] = names
+        return args, kwargs
+
+    @contextmanager
+    def rows(self, names: list[str]) -> Iterator[None]:
+        self._local.names = names
+        try:
+            yield
+        finally:
+            self._local.names = None
+
+
 @dataclass
 class SharedBase:
     """One base model in memory and the adapters loaded on it."""
@@ -35,7 +122,8 @@ class SharedBase:
     peft_model: Any
     runner: ModelRunner
     base_bytes: int
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    lock: ReadWriteLock = field(default_factory=ReadWriteLock)
+    routing: AdapterRouting = field(default_factory=AdapterRouting)
     adapters: dict[str, int] = field(default_factory=dict)  # name -> bytes it added
 
 
@@ -80,7 +168,7 @@ class SharedBases:
         adapter: str,
         path: Path,
         load_base: Callable[[], torch.nn.Module],
-        make_runner: Callable[[Any, threading.RLock], ModelRunner],
+        make_runner: Callable[[Any, ReadWriteLock, AdapterRouting], ModelRunner],
     ) -> tuple[SharedBase, int]:
         """Load `adapter` onto the base for `key` (loading the base first if needed); returns the
         base and the bytes the adapter added."""
@@ -96,14 +184,16 @@ class SharedBases:
                     model, str(path), adapter_name=adapter, is_trainable=False
                 )
                 peft_model.eval()
-                lock = threading.RLock()
+                lock, routing = ReadWriteLock(), AdapterRouting()
+                routing.install(peft_model)
                 base = SharedBase(
                     key=key,
                     label=label,
                     peft_model=peft_model,
-                    runner=make_runner(peft_model, lock),
+                    runner=make_runner(peft_model, lock, routing),
                     base_bytes=base_bytes,
                     lock=lock,
+                    routing=routing,
                 )
                 added = tensor_bytes(peft_model) - base_bytes
                 base.adapters[adapter] = added
@@ -111,19 +201,20 @@ class SharedBases:
                     self._bases[key] = base
                 log.info("shared base %s loaded with adapter %s", label, adapter)
                 return base, added
-            with base.lock:
+            with base.lock.writing():
                 before = tensor_bytes(base.peft_model)
                 if adapter not in base.adapters:
                     base.peft_model.load_adapter(
                         str(path), adapter_name=adapter, is_trainable=False
                     )
                     base.peft_model.eval()
+                    base.routing.install(base.peft_model)  # layers this adapter added
                     base.adapters[adapter] = tensor_bytes(base.peft_model) - before
                 return base, base.adapters[adapter]
 
     def detach(self, base: SharedBase, adapter: str) -> None:
         """Remove an adapter; the base goes when its last adapter does."""
-        with base.lock:
+        with base.lock.writing():
             if adapter not in base.adapters:
                 return
             if len(base.adapters) == 1:

@@ -59,6 +59,8 @@ def test_adapters_share_one_base_and_answer_as_their_own_model(
     base_bytes = next(iter(shared.memory().values()))
     for p in on_base:
         assert p.adapter is not None and 0 < p.weight_bytes < base_bytes / 5
+    # One tokenizer for the three (same files, task and max_length): ~10 MB each otherwise.
+    assert all(p.tokenizer is on_base[0].tokenizer for p in on_base + own)
     expected = [scores(p) for p in own]
     assert not torch.allclose(expected[0], expected[1], atol=1e-3)  # the models differ
     for p, want in zip(on_base, expected, strict=True):
@@ -189,3 +191,43 @@ def test_api_serves_adapters_from_one_shared_base(
                 assert [s["label"] for s in got] == [s["label"] for s in want]
                 for a, b in zip(got, want, strict=True):
                     assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_two_model_threads_run_one_base_at_once_each_with_its_own_adapters(
+    train_settings, loras: list[Model]
+) -> None:  # type: ignore[no-untyped-def]
+    shared = SharedBases()
+    own = [scores(load_predictor(train_settings, row)) for row in loras[:2]]
+    on_base = [load_predictor(train_settings, row, shared=shared) for row in loras[:2]]
+    assert on_base[0].model is on_base[1].model
+    # Each forward waits at a middle layer until the other is there too: both calls are inside
+    # the one base at the same time (a base run one forward at a time would never get past it).
+    barrier, armed = threading.Barrier(2, timeout=120), [True]
+    layer = next(
+        m for name, m in on_base[0].model.named_modules() if name.endswith("encoder.layer.1")
+    )
+
+    def meet(module: Any, args: Any) -> None:
+        if armed[0]:
+            barrier.wait()
+
+    handle = layer.register_forward_pre_hook(meet)
+    batcher = Batcher(max_wait_ms=0, workers=2, chunk_overhead_tokens=10**6)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(scores, on_base[0], batcher)
+            deadline = time.monotonic() + 120
+            while barrier.n_waiting < 1:  # the first forward is inside the base
+                assert time.monotonic() < deadline and not first.done()
+                threading.Event().wait(0.005)
+            second = pool.submit(scores, on_base[1], batcher)
+            results = [first.result(timeout=120), second.result(timeout=120)]
+    finally:
+        armed[0] = False
+        handle.remove()
+        batcher.stop()
+    # Each got its own model's answers, though the other's rows ran through the same layers at
+    # the same time.
+    for got, want in zip(results, own, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(results[0], results[1], atol=1e-3)
