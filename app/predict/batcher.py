@@ -14,8 +14,8 @@ more calls to join, and never beyond the token budget.
 
 Several model threads (`workers`, one torch thread each by default) use several cores without
 one model call's threads waiting on each other: under load each takes the next batch while the
-others run theirs. Two threads never run the same shared base at once (its adapters are switched
-per call), so those batches queue for their base.
+others run theirs. A runner marked not `concurrent` runs in one thread at a time (its calls wait
+for it while the other threads take other models' calls).
 """
 
 from __future__ import annotations
