@@ -272,13 +272,20 @@ def train_model(
         "method": {"type": "full"},
         "hyperparameters": {"epochs": epochs},
     }
+    return run_job(client, spec, "the job", data_dir)
+
+
+def run_job(
+    client: httpx.Client, spec: dict[str, Any], what: str, data_dir: Path
+) -> dict[str, Any]:
+    """Submit a job, wait for it, and return the model it registered."""
     resp = client.post("/v1/jobs", json=spec)
     if resp.status_code != 201:
-        raise RunFailed(f"submitting the job: {resp.status_code} {resp.text}")
+        raise RunFailed(f"submitting {what}: {resp.status_code} {resp.text}")
     job = wait_for_job(client, resp.json()["id"])
     if job["status"] != "succeeded":
         worker = log_tail(data_dir / "logs" / "worker.log")
-        raise RunFailed(f"the job ended {job['status']}: {job.get('error')}\n{worker}")
+        raise RunFailed(f"{what} ended {job['status']}: {job.get('error')}\n{worker}")
     model: dict[str, Any] = client.get(f"/v1/models/{job['model_id']}").json()
     return model
 
@@ -293,15 +300,7 @@ def int8_model(client: httpx.Client, parent: dict[str, Any], data_dir: Path) -> 
             found: dict[str, Any] = model
             return found
     spec = {"task": "classification", "base_model": f"model:{parent['id']}", "method": INT8}
-    resp = client.post("/v1/jobs", json=spec)
-    if resp.status_code != 201:
-        raise RunFailed(f"submitting the quantize job: {resp.status_code} {resp.text}")
-    job = wait_for_job(client, resp.json()["id"])
-    if job["status"] != "succeeded":
-        worker = log_tail(data_dir / "logs" / "worker.log")
-        raise RunFailed(f"the quantize job ended {job['status']}: {job.get('error')}\n{worker}")
-    made: dict[str, Any] = client.get(f"/v1/models/{job['model_id']}").json()
-    return made
+    return run_job(client, spec, "the quantize job", data_dir)
 
 
 METRIC_LINE = re.compile(r"^(tuneserve_[a-z_]+)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN)$")
