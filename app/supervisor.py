@@ -81,8 +81,11 @@ class Supervisor:
         if self.stop_signal is not None:
             return 0
         env = self._child_env(redis_url)
-        # One model-executing thread for serving, so training keeps the other core (PERF_NOTES);
-        # values set explicitly in the caller's environment win.
+        # One torch thread per model-executing thread (the API runs one such thread per core):
+        # single-threaded calls degrade gently beside a training job, where a 2-thread OpenMP team
+        # slows 2-40x (PERF_NOTES). Idle model threads sleep, so training has every core while
+        # /predict is idle; TUNESERVE_MODEL_THREADS=1 keeps a core free of serving. Values set
+        # explicitly in the caller's environment win.
         api_env = {"OMP_NUM_THREADS": "1", "TUNESERVE_INFERENCE_THREADS": "1", **env}
         me = [sys.executable, "-m", "app.cli"]
         self._spawn("worker", [*me, "worker", "--concurrency", str(self.concurrency)], env)
