@@ -7,10 +7,11 @@ the same base model) at once, sorts their rows by real length, cuts them into ch
 costs less than another model call would (`plan_chunks`), runs each chunk padded to its longest
 row within a token budget, and hands each call its own rows back, in order.
 
-There is no fixed wait: a request that finds a model thread idle runs at once (a lone request is
-not slowed), and requests arriving while the threads are busy form the next batch. Only when the
-last batch held several calls (the model is under load) does a thread wait up to `max_wait_ms` for
-more calls to join, and never beyond the token budget.
+There is no fixed wait: a request that finds nothing queued and a model slot free runs its model
+call at once, in its own thread (a lone request is not slowed, not even by a hand-over), and
+requests arriving while the slots are busy form the next batch, which a model thread takes. Only
+when the last batch held several calls (the model is under load) does a thread wait up to
+`max_wait_ms` for more calls to join, and never beyond the token budget.
 
 Several model threads (`workers`, one torch thread each by default) use several cores without
 one model call's threads waiting on each other: under load each takes the next batch while the
@@ -143,7 +144,9 @@ class Batcher:
         self._pending: list[_Call] = []
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
-        # Groups a model thread is running now, whose runners are not concurrent.
+        # Batches being run (by model threads, or by a caller that found a slot free), at most
+        # `workers`; and the groups among them whose runners are not concurrent.
+        self._running = 0
         self._busy: set[Hashable] = set()
         self._stopped = False
         self._last_batch_calls = 0
@@ -164,9 +167,46 @@ class Batcher:
                 raise RuntimeError("the model thread has stopped")
             self._ensure_thread()
             call.enqueued = time.perf_counter()
-            self._pending.append(call)
-            self._cond.notify()
+            # Nothing queued and a model slot free: run it here, sparing two thread wake-ups.
+            inline = not self._pending and self._running < self.workers and self._free(runner)
+            if inline:
+                self._claim(runner)
+                self._last_batch_calls = 1
+            else:
+                self._pending.append(call)
+                self._cond.notify()
+        if inline:
+            self._run_claimed([call], here=True)
         return call.future.result()
+
+    def _free(self, runner: ModelRunner) -> bool:
+        return runner.concurrent or runner.group not in self._busy
+
+    def _claim(self, runner: ModelRunner) -> None:
+        self._running += 1
+        if not runner.concurrent:
+            self._busy.add(runner.group)
+
+    def _run_claimed(self, calls: list[_Call], *, here: bool = False) -> None:
+        """Run a batch whose slot was claimed, then give the slot back."""
+        runner = calls[0].runner
+        try:
+            if here:
+                import torch
+
+                from app.ml import device as devices
+
+                devices.set_torch_threads(self.threads)
+                with torch.inference_mode():
+                    self._run(calls)
+            else:
+                self._run(calls)
+        finally:
+            with self._cond:
+                self._running -= 1
+                if not runner.concurrent:
+                    self._busy.discard(runner.group)
+                self._cond.notify_all()
 
     def _ensure_thread(self) -> None:
         self._threads = [t for t in self._threads if t.is_alive()]
@@ -195,14 +235,7 @@ class Batcher:
                 calls = self._take()
                 if calls is None:
                     return
-                try:
-                    self._run(calls)
-                finally:
-                    runner = calls[0].runner
-                    if not runner.concurrent:
-                        with self._cond:
-                            self._busy.discard(runner.group)
-                            self._cond.notify_all()
+                self._run_claimed(calls)
 
     def _take(self) -> list[_Call] | None:
         """The calls of the next batch: the oldest runnable call's group, gathered as described
@@ -211,15 +244,8 @@ class Batcher:
             while True:
                 if self._stopped:
                     return None
-                head = next(
-                    (
-                        c
-                        for c in self._pending
-                        if c.runner.concurrent or c.runner.group not in self._busy
-                    ),
-                    None,
-                )
-                if head is None:
+                head = next((c for c in self._pending if self._free(c.runner)), None)
+                if head is None or self._running >= self.workers:
                     self._cond.wait()
                     continue
                 if self._last_batch_calls > 1 and self.max_wait > 0:
@@ -231,8 +257,7 @@ class Batcher:
                 taken = set(map(id, calls))
                 self._pending = [c for c in self._pending if id(c) not in taken]
                 self._last_batch_calls = len(calls)
-                if not head.runner.concurrent:
-                    self._busy.add(head.runner.group)
+                self._claim(head.runner)
                 return calls
 
     def _group_tokens(self, head: _Call) -> int:

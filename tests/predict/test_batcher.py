@@ -293,3 +293,37 @@ def test_a_shared_base_runs_in_one_thread_at_a_time(tiny_dir: Path) -> None:
         assert shared.adapters == [["A"], ["B"]]
     finally:
         batcher.stop()
+
+
+def test_a_lone_call_runs_in_its_own_thread_and_queued_calls_in_a_model_thread(
+    tiny_dir: Path,
+) -> None:
+    model, tokenizer = load(tiny_dir, "classification")
+    threads: list[str] = []
+    forward = Recording(model)
+
+    def where(batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
+        threads.append(threading.current_thread().name)
+        return forward(batch, adapters)
+
+    batcher = Batcher(max_wait_ms=0, workers=1)
+    try:
+        batched = BatchedModel(batcher, runner_for(model, tokenizer, forward))
+        batched.__dict__["_runner"].forward = where
+        # Nothing queued, the slot free: no hand-over to the model thread.
+        batched(**tokenizer(["good"], return_tensors="pt"))
+        assert threads == [threading.current_thread().name]
+        # The one slot busy (held inside a forward): the next call waits for a model thread.
+        forward.entered.clear()
+        forward.hold.clear()
+        with ThreadPoolExecutor(2, thread_name_prefix="caller") as pool:
+            first = pool.submit(lambda: batched(**tokenizer(["bad"], return_tensors="pt")))
+            assert forward.entered.wait(timeout=30)
+            second = pool.submit(lambda: batched(**tokenizer(["dull"], return_tensors="pt")))
+            wait_for_pending(batcher, 1)
+            forward.hold.set()
+            first.result(timeout=30)
+            second.result(timeout=30)
+        assert threads[1].startswith("caller") and threads[2].startswith("model-thread")
+    finally:
+        batcher.stop()
