@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import InvalidInput
 from app.db.models import Dataset
 from app.db.session import get_by_id
-from app.ml.tasks import DatasetSummary
+from app.ml.tasks import DatasetSummary, TaskSpec
 
 
 def dataset_summary(ds: Dataset) -> DatasetSummary:
@@ -33,3 +33,14 @@ def dataset_for(
             f"{field}: dataset '{dataset_id}' is a '{ds.task}' dataset, not '{task}'", field=field
         )
     return ds
+
+
+def validation_dataset_for(
+    session: Session, dataset_id: str, *, tenant: str, task: TaskSpec, train: Dataset
+) -> Dataset:
+    """A job's named validation dataset: the tenant's, of the task, compatible with `train`."""
+    val = dataset_for(
+        session, dataset_id, tenant=tenant, field="validation_dataset", task=task.name
+    )
+    task.check_compatible(dataset_summary(train), dataset_summary(val))
+    return val

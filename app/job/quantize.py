@@ -18,7 +18,7 @@ from app.core.config import Settings
 from app.core.errors import InvalidInput
 from app.db.models import Dataset, Job, Model
 from app.db.session import get_by_id
-from app.job.datasets import dataset_for, dataset_summary
+from app.job.datasets import validation_dataset_for
 from app.job.schemas import Hyperparameters, JobCreate, JobSpec
 from app.ml.lineage import parent_id
 from app.ml.tasks import TaskSpec
@@ -119,14 +119,9 @@ def quantize_inputs(
         )
     val: Dataset | None = None
     if spec.validation_dataset is not None:
-        val = dataset_for(
-            session,
-            spec.validation_dataset,
-            tenant=tenant,
-            field="validation_dataset",
-            task=task.name,
+        val = validation_dataset_for(
+            session, spec.validation_dataset, tenant=tenant, task=task, train=train
         )
-        task.check_compatible(dataset_summary(train), dataset_summary(val))
         check_parent_labels(base, train=train, validation=val)
     elif parent.validation_dataset_id is not None:
         val = get_by_id(session, Dataset, parent.validation_dataset_id)

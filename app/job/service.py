@@ -28,7 +28,7 @@ from app.db.models import (
 from app.db.session import get_by_id, rows_changed
 from app.job.checkpoints import checkpoints_dir, complete_checkpoints, saved_at
 from app.job.controls import check_controls, resolve_controls
-from app.job.datasets import dataset_for, dataset_summary
+from app.job.datasets import dataset_for, dataset_summary, validation_dataset_for
 from app.job.outbox import publish_pending
 from app.job.quantize import quantize_inputs
 from app.job.schemas import (
@@ -177,14 +177,9 @@ def _training_inputs(
     )
     val: Dataset | None = None
     if spec.validation_dataset is not None:
-        val = dataset_for(
-            session,
-            spec.validation_dataset,
-            tenant=tenant,
-            field="validation_dataset",
-            task=task.name,
+        val = validation_dataset_for(
+            session, spec.validation_dataset, tenant=tenant, task=task, train=train
         )
-        task.check_compatible(dataset_summary(train), dataset_summary(val))
     else:
         if train.num_rows < MIN_TRAIN_ROWS:
             raise InvalidInput(
