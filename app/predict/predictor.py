@@ -125,6 +125,8 @@ def _load_adapter_model(
 ) -> torch.nn.Module:
     from peft import PeftModel
 
+    from app.ml.prefix import accept_prefix
+
     # A catalog base, or a registered model ("model:<id>") rebuilt from its lineage.
     base = resolve_recorded_base(settings, meta)
     model = load_base_model(task, base, label_names=labels)
@@ -133,6 +135,7 @@ def _load_adapter_model(
     if peft_model.active_peft_config.is_prompt_learning:
         # A prefix is extra keys and values, not a change of weights: it stays a PeftModel,
         # whose forward feeds the prefix to every layer.
+        accept_prefix(peft_model.get_base_model())
         unmerged: torch.nn.Module = peft_model
         return unmerged
     # Folding the adapters into the base weights makes inference as fast as a full model.

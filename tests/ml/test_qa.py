@@ -475,6 +475,8 @@ def test_peft_prefix_for_qa_still_drops_segment_ids(tiny_models_dir: Path) -> No
     from peft import PrefixTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
+    from app.ml.prefix import accept_prefix
+
     path = str(tiny_models_dir / "tiny-bert")
     with pytest.raises(KeyError):  # no generic peft model takes a prefix
         get_peft_model(
@@ -489,8 +491,10 @@ def test_peft_prefix_for_qa_still_drops_segment_ids(tiny_models_dir: Path) -> No
     one_segment = {**enc, "token_type_ids": torch.zeros_like(enc["token_type_ids"])}
     with torch.inference_mode():
         assert not base(**enc).start_logits.equal(base(**one_segment).start_logits)
+        # Through the same compatibility step as training, so the prefix reaches the layers.
         wrapped = get_peft_model(
-            base, PrefixTuningConfig(task_type=TaskType.QUESTION_ANS, num_virtual_tokens=4)
+            accept_prefix(base),
+            PrefixTuningConfig(task_type=TaskType.QUESTION_ANS, num_virtual_tokens=4),
         ).eval()
         assert wrapped(**enc).start_logits.equal(wrapped(**one_segment).start_logits)
 

@@ -48,6 +48,8 @@ def apply_prefix_tuning(
     """Prepend trained key/value vectors to every attention layer; the head trains in full."""
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
+    from app.ml.prefix import accept_prefix
+
     if task.peft_task_type is None or "prefix_tuning" in task.unsupported_methods:
         # Submission refuses these jobs; a job row written some other way fails here.
         raise InvalidInput(
@@ -60,6 +62,13 @@ def apply_prefix_tuning(
         encoder_hidden_size=method.encoder_hidden_size or model.config.hidden_size,
         modules_to_save=head_modules(new_weights) or None,
     )
+    try:
+        accept_prefix(model)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"method.type: 'prefix_tuning' cannot train this base model: {exc}",
+            field="method.type",
+        ) from None
     return get_peft_model(model, config)
 
 
