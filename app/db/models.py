@@ -146,6 +146,9 @@ class Job(Base):
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
     epoch: Mapped[float] = mapped_column(Float, default=0.0)
+    # Written by the training worker with the step: {"percent", "elapsed_s", "eta_s",
+    # "samples_per_second"} (see worker/training/progress.py); None until an attempt trains.
+    progress_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -31,14 +31,28 @@ MANIFEST = "tuneserve-checkpoint.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-def write_manifest(path: Path, *, step: int, epoch: float, metrics: dict[str, Any]) -> None:
-    """Describe a checkpoint the Trainer has finished writing; the rename makes it count."""
+def write_manifest(
+    path: Path,
+    *,
+    step: int,
+    epoch: float,
+    metrics: dict[str, Any],
+    elapsed_s: float | None = None,
+) -> None:
+    """Describe a checkpoint the Trainer has finished writing; the rename makes it count.
+    `elapsed_s`: seconds of training behind it, from which a resumed attempt counts on."""
     files = {
         str(f.relative_to(path)): f.stat().st_size
         for f in sorted(path.rglob("*"))
         if f.is_file() and f.name != MANIFEST
     }
-    manifest = {"step": step, "epoch": epoch, "metrics": metrics, "files": files}
+    manifest = {
+        "step": step,
+        "epoch": epoch,
+        "metrics": metrics,
+        "files": files,
+        "elapsed_s": elapsed_s,
+    }
     tmp = path / f".{MANIFEST}.tmp"
     with tmp.open("w") as f:
         json.dump(manifest, f)

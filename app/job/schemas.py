@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -400,10 +401,50 @@ class JobError(BaseModel):
     message: str
 
 
+def percent_done(step: int, total: int) -> float:
+    """0-100 to one decimal, rounded down: 100.0 only once every step is done."""
+    if total <= 0:
+        return 0.0
+    return min(100.0, max(0.0, math.floor(1000 * step / total) / 10))
+
+
 class JobProgress(BaseModel):
-    step: int
-    total: int
-    epoch: float
+    step: int = Field(description="Optimizer steps done.")
+    total: int = Field(description="Optimizer steps planned (0 until training starts).")
+    epoch: float = Field(description="Epochs done, to 2 decimals.")
+    percent: float = Field(
+        description="0-100, one decimal; 100 once training has ended (also when it stopped early)."
+    )
+    elapsed_s: float | None = Field(
+        description="Seconds of training so far, including earlier attempts up to the checkpoint "
+        "this one resumed from; null until training starts."
+    )
+    eta_s: float | None = Field(
+        description="Estimated seconds of training left, at this attempt's own pace (evaluations "
+        "included); null until it has trained a step."
+    )
+    samples_per_second: float | None = Field(
+        description="Training samples per second in this attempt (steps x effective batch size); "
+        "null until it has trained a step."
+    )
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobProgress:
+        detail = job.progress_detail or {}
+        percent = detail.get("percent")
+        return cls(
+            step=job.progress_step,
+            total=job.progress_total,
+            epoch=round(job.epoch, 2),
+            percent=(
+                percent
+                if isinstance(percent, int | float)
+                else percent_done(job.progress_step, job.progress_total)
+            ),
+            elapsed_s=detail.get("elapsed_s"),
+            eta_s=detail.get("eta_s"),
+            samples_per_second=detail.get("samples_per_second"),
+        )
 
 
 class JobRead(BaseModel):
@@ -455,7 +496,7 @@ class JobRead(BaseModel):
             parameters=ParameterCounts.model_validate(job.parameters) if job.parameters else None,
             status=job.status,
             attempt=job.attempt,
-            progress=JobProgress(step=job.progress_step, total=job.progress_total, epoch=job.epoch),
+            progress=JobProgress.from_row(job),
             train_loss=job.train_loss,
             metrics=job.metrics,
             model_id=job.model_id,

@@ -9,6 +9,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from worker.training.progress import ProgressTimer, earlier_seconds
 from worker.training.state import AttemptFence, JobCancelled
 
 # Trainer bookkeeping that is not a model-quality metric.
@@ -64,6 +65,15 @@ class JobProgressCallback(TrainerCallback):
         self._step_started: float | None = None
         # (global step, cleaned metrics) of the latest evaluation.
         self.last_eval: tuple[int, dict[str, Any]] | None = None
+        self.timer = ProgressTimer(clock=clock)
+        self.earlier_s = 0.0
+
+    def resuming(self, manifest: dict[str, Any]) -> None:
+        """Training goes on from this checkpoint: its elapsed time counts as already spent."""
+        self.earlier_s = earlier_seconds(manifest)
+
+    def _detail(self, state: TrainerState) -> dict[str, float | None]:
+        return self.timer.snapshot(state.global_step, state.max_steps)
 
     def _sync(self, state: TrainerState, *, force: bool = False) -> None:
         now = self.clock()
@@ -74,6 +84,7 @@ class JobProgressCallback(TrainerCallback):
             "progress_step": state.global_step,
             "progress_total": state.max_steps,
             "epoch": float(state.epoch or 0.0),
+            "progress_detail": self._detail(state),
         }
         if self.last_loss is not None:
             values["train_loss"] = self.last_loss
@@ -83,6 +94,16 @@ class JobProgressCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        # A resumed run begins at its checkpoint's step.
+        per_step = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+        self.timer.start(state.global_step, samples_per_step=per_step, earlier_s=self.earlier_s)
+        self._sync(state, force=True)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        # Also after an early stop, short of max_steps: training is done either way.
+        self.timer.finish()
         self._sync(state, force=True)
 
     def on_step_begin(
@@ -115,11 +136,13 @@ class JobProgressCallback(TrainerCallback):
         if not logs or "loss" not in logs:
             return
         self.last_loss = _finite(logs["loss"])
+        detail = self._detail(state)
         data = {
             "kind": "train",
             "step": state.global_step,
             "total": state.max_steps,
-            "epoch": round(float(state.epoch or 0.0), 4),
+            "epoch": round(float(state.epoch or 0.0), 2),
+            **detail,
             "loss": self.last_loss,
             "learning_rate": _finite(logs.get("learning_rate")),
             "grad_norm": _finite(logs.get("grad_norm")),
@@ -132,6 +155,7 @@ class JobProgressCallback(TrainerCallback):
             progress_total=state.max_steps,
             epoch=float(state.epoch or 0.0),
             train_loss=self.last_loss,
+            progress_detail=detail,
         )
 
     def on_evaluate(
@@ -152,5 +176,5 @@ class JobProgressCallback(TrainerCallback):
         )
         self.fence.metrics(
             f"evaluation at epoch {epoch:.2f}: {headline}",
-            {"kind": "eval", "step": state.global_step, "epoch": round(epoch, 4), **cleaned},
+            {"kind": "eval", "step": state.global_step, "epoch": round(epoch, 2), **cleaned},
         )

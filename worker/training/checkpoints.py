@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +19,10 @@ if TYPE_CHECKING:
 class CheckpointCallback(TrainerCallback):
     """After the Trainer saves a checkpoint: write its manifest, then tell the job's events."""
 
-    def __init__(self, fence: AttemptFence) -> None:
+    def __init__(self, fence: AttemptFence, *, elapsed: Callable[[], float] | None = None) -> None:
         self.fence = fence
+        # Seconds of training so far, recorded in the manifest for an attempt resuming from it.
+        self.elapsed = elapsed
         self.last_metrics: dict[str, Any] = {}
 
     def on_evaluate(
@@ -36,7 +39,14 @@ class CheckpointCallback(TrainerCallback):
         if not path.is_dir():
             return
         epoch = float(state.epoch or 0.0)
-        write_manifest(path, step=state.global_step, epoch=epoch, metrics=self.last_metrics)
+        elapsed_s = round(self.elapsed(), 1) if self.elapsed is not None else None
+        write_manifest(
+            path,
+            step=state.global_step,
+            epoch=epoch,
+            metrics=self.last_metrics,
+            elapsed_s=elapsed_s,
+        )
         self.fence.log(
             f"checkpoint at step {state.global_step} (epoch {epoch:.2f})",
             checkpoint_step=state.global_step,

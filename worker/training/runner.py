@@ -398,10 +398,11 @@ def train_job(
     # Shared by the job's attempts: a later attempt resumes from what an earlier one saved.
     saved = checkpoints_dir(settings, inputs.job.id)
     trainer, callback, details = _build_trainer(settings, inputs, prepared, fence, output_dir=saved)
-    trainer.add_callback(CheckpointCallback(fence))
+    trainer.add_callback(CheckpointCallback(fence, elapsed=callback.timer.elapsed))
     resume = latest_complete(saved)
     if resume is not None:
         path, manifest = resume
+        callback.resuming(manifest)
         fence.log(
             f"resuming from {path.name} (step {manifest['step']}, "
             f"epoch {manifest['epoch']:.2f}) saved by an earlier attempt",

@@ -68,6 +68,8 @@ def claim_job(session: Session, *, job_id: str, worker: str) -> int | None:
             heartbeat_at=now,
             worker=worker[:200],
             progress_step=0,
+            # The new attempt's own figures replace these once it starts training.
+            progress_detail=None,
             error_code=None,
             error_message=None,
         )
