@@ -1,16 +1,16 @@
-"""The `tuneserve` command: migrate, api, worker, and `up` (everything on one machine)."""
+"""The `tuneserve` command: migrate, api, worker, relay, keys, and `up` (all on one machine)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from app.auth.cli import keys_cli
+from app.cli_common import DataDirOpt, cli_settings, export_data_dir, fail, require_database
 from app.supervisor import Supervisor, display_url
 
 CELERY_APP = "worker.celery_app"
@@ -30,25 +30,41 @@ LogLevelOpt = Annotated[str, typer.Option(help="Log level.")]
 
 
 @cli.command()
-def migrate() -> None:
-    """Bring the database to the latest schema (TUNESERVE_DATABASE_URL, else SQLite)."""
-    from app.core.config import get_settings
+def migrate(data_dir: DataDirOpt = None) -> None:
+    """Create the database or bring it to the latest schema (TUNESERVE_DATABASE_URL, or SQLite)."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
     from app.core.logging import configure_logging
     from app.db.migrate import upgrade
+    from app.db.preflight import describe_error
 
     configure_logging()
-    settings = get_settings()
-    upgrade(settings)
-    typer.echo(f"database at head: {display_url(settings.resolved_database_url)}")
+    settings = cli_settings(data_dir)
+    url = settings.resolved_database_url
+    try:
+        upgrade(settings)
+    except SQLAlchemyError as exc:
+        raise fail(describe_error(exc, url)) from None
+    except CommandError as exc:  # e.g. a database migrated by a newer Tuneserve
+        raise fail(f"cannot migrate {display_url(url)}: {exc}") from None
+    typer.echo(f"database at head: {display_url(url)}")
 
 
 @cli.command()
-def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000, log_level: LogLevelOpt = "info") -> None:
+def api(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    log_level: LogLevelOpt = "info",
+    data_dir: DataDirOpt = None,
+) -> None:
     """Serve the HTTP API with uvicorn (one process; run `migrate` first)."""
     import uvicorn
 
     from app.core.logging import configure_logging
 
+    require_database(cli_settings(data_dir), server_may_be_down=True)
+    export_data_dir(data_dir)  # create_app() reads its settings from the environment
     configure_logging(log_level)
     uvicorn.run(
         "app.main:create_app",
@@ -80,16 +96,16 @@ def worker_argv(concurrency: int, log_level: str = "info") -> list[str]:
 
 
 @cli.command()
-def relay(log_level: LogLevelOpt = "info") -> None:
+def relay(log_level: LogLevelOpt = "info", data_dir: DataDirOpt = None) -> None:
     """Publish queued jobs' messages and re-queue jobs whose worker died (outbox relay, reaper)."""
     import threading
 
-    from app.core.config import get_settings
     from app.core.logging import configure_logging
     from app.core.queue import CeleryJobQueue
 
+    settings = cli_settings(data_dir)
+    require_database(settings, server_may_be_down=True)
     configure_logging(log_level)
-    settings = get_settings()
     if not settings.redis_url:
         raise typer.BadParameter("TUNESERVE_REDIS_URL is not set (`tuneserve up` sets it for you)")
     stop = threading.Event()
@@ -101,8 +117,12 @@ def relay(log_level: LogLevelOpt = "info") -> None:
 
 
 @cli.command()
-def worker(concurrency: ConcurrencyOpt = 1, log_level: LogLevelOpt = "info") -> None:
+def worker(
+    concurrency: ConcurrencyOpt = 1, log_level: LogLevelOpt = "info", data_dir: DataDirOpt = None
+) -> None:
     """Run the Celery training worker (replaces this process, so signals reach Celery directly)."""
+    require_database(cli_settings(data_dir), server_may_be_down=True)
+    export_data_dir(data_dir)  # Celery's worker reads its settings from the environment
     argv = worker_argv(concurrency, log_level)
     os.execv(argv[0], argv)
 
@@ -111,9 +131,7 @@ def worker(concurrency: ConcurrencyOpt = 1, log_level: LogLevelOpt = "info") -> 
 def up(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Data directory (default: TUNESERVE_DATA_DIR).")
-    ] = None,
+    data_dir: DataDirOpt = None,
     redis_port: Annotated[
         int, typer.Option(help="Port for the embedded Redis (0: any free port).")
     ] = 0,
@@ -123,11 +141,10 @@ def up(
     ] = 30.0,
 ) -> None:
     """Run everything on this machine: migrations, Redis, one worker and the API."""
-    from app.core.config import Settings
     from app.core.logging import configure_logging
 
     configure_logging()
-    settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+    settings = cli_settings(data_dir)
     supervisor = Supervisor(
         settings=settings,
         host=host,

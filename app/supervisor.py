@@ -68,14 +68,20 @@ class Supervisor:
             self._shutdown()
 
     def _run(self) -> int:
+        from sqlalchemy.exc import SQLAlchemyError
+
         from app.db.migrate import upgrade
+        from app.db.preflight import describe_error
 
         if not _can_bind(self.host, self.port):
             raise RuntimeError(f"cannot listen on {self.host}:{self.port}: the port is in use")
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         db_url = self.settings.resolved_database_url
         say(f"migrating {display_url(db_url)}")
-        upgrade(self.settings)
+        try:
+            upgrade(self.settings)
+        except SQLAlchemyError as exc:
+            raise RuntimeError(describe_error(exc, db_url)) from None
         self._bootstrap_key()
         redis_url = self._start_redis()
         if self.stop_signal is not None:
@@ -277,9 +283,9 @@ def _client_host(host: str) -> str:
 
 
 def display_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from app.db import preflight
 
-    return make_url(url).render_as_string(hide_password=True)
+    return preflight.display_url(url)
 
 
 def say(message: str, *, err: bool = False) -> None:

@@ -200,3 +200,98 @@ def test_up_stops_the_rest_when_a_child_dies(up: Up) -> None:
     leftovers = [c for c in children if _alive(c.pid)]
     assert leftovers == [], leftovers
     assert not _port_open(up.port)
+
+
+# --- commands that use an existing database ---------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NO_DB_COMMANDS = [
+    ["keys", "list"],
+    ["keys", "create", "--scope", "admin"],
+    ["keys", "revoke", "key_0"],
+    ["api", "--port", "0"],
+    ["worker"],
+    ["relay"],
+]
+
+
+def _cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real `tuneserve` in `cwd`, with no TUNESERVE_ variables but those given."""
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=cwd,
+        env=_env() | {"PYTHONPATH": pythonpath} | env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
+    shown = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 1, shown
+    assert "Traceback" not in result.stdout + result.stderr, shown
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, shown
+    return result.stderr.strip()
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> Path:
+    """An empty working directory, as a user's home would be."""
+    cwd = (tmp_path / "elsewhere").resolve()
+    cwd.mkdir()
+    return cwd
+
+
+@pytest.mark.parametrize(
+    "args", NO_DB_COMMANDS, ids=lambda a: " ".join(a[: 2 if a[0] == "keys" else 1])
+)
+def test_commands_without_a_database_say_where_they_looked_and_create_nothing(
+    elsewhere: Path, args: list[str]
+) -> None:
+    message = _one_line_failure(_cli(elsewhere, *args))
+    assert str(elsewhere / "tuneserve-data" / "tuneserve.db") in message
+    assert "--data-dir" in message and "TUNESERVE_DATA_DIR" in message
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_data_dir_and_its_env_variable_reach_a_database_made_elsewhere(
+    tmp_path: Path, elsewhere: Path
+) -> None:
+    data_dir = (tmp_path / "data").resolve()
+    migrated = _cli(tmp_path, "migrate", "--data-dir", str(data_dir))
+    assert migrated.returncode == 0, migrated.stderr
+    assert (data_dir / "tuneserve.db").is_file()
+
+    made = _cli(elsewhere, "keys", "create", "--scope", "admin", "--data-dir", str(data_dir))
+    assert made.returncode == 0, made.stderr
+    key_id = made.stdout.split()[1]
+    listed = _cli(elsewhere, "keys", "list", "--data-dir", str(data_dir))
+    assert listed.returncode == 0 and key_id in listed.stdout, listed.stderr
+    listed = _cli(elsewhere, "keys", "list", TUNESERVE_DATA_DIR=str(data_dir))
+    assert listed.returncode == 0 and key_id in listed.stdout, listed.stderr
+    revoked = _cli(elsewhere, "keys", "revoke", key_id, TUNESERVE_DATA_DIR=str(data_dir))
+    assert revoked.returncode == 0, revoked.stderr
+
+    missing = elsewhere / "typo"
+    message = _one_line_failure(_cli(elsewhere, "keys", "list", "--data-dir", str(missing)))
+    assert str(missing / "tuneserve.db") in message
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_database_file_without_the_schema_is_named_with_the_fix(elsewhere: Path) -> None:
+    (elsewhere / "tuneserve.db").touch()
+    message = _one_line_failure(_cli(elsewhere, "keys", "list", "--data-dir", "."))
+    assert "tuneserve migrate" in message and str(elsewhere / "tuneserve.db") in message
+    assert [p.name for p in elsewhere.iterdir()] == ["tuneserve.db"]
+
+
+@pytest.mark.parametrize("args", [["keys", "list"], ["migrate"]], ids=" ".join)
+def test_an_unreachable_postgres_is_one_line(elsewhere: Path, args: list[str]) -> None:
+    url = f"postgresql+psycopg://tuneserve:s3cret-pw@127.0.0.1:{free_port()}/tuneserve"
+    message = _one_line_failure(_cli(elsewhere, *args, TUNESERVE_DATABASE_URL=url))
+    assert "cannot reach the database" in message and "TUNESERVE_DATABASE_URL" in message
+    assert "s3cret-pw" not in message and "127.0.0.1" in message
+    assert list(elsewhere.iterdir()) == []

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from app.cli_common import DataDirOpt, cli_settings, require_database
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -15,11 +18,13 @@ keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 
 
 @contextmanager
-def _session() -> Iterator[Session]:
-    from app.core.config import get_settings
+def _session(data_dir: Path | None) -> Iterator[Session]:
+    """A session on the existing database; never creates one (the command stops first)."""
     from app.db.session import make_engine, make_sessionmaker
 
-    engine = make_engine(get_settings())
+    settings = cli_settings(data_dir)
+    require_database(settings)
+    engine = make_engine(settings)
     try:
         with make_sessionmaker(engine)() as session:
             yield session
@@ -37,6 +42,7 @@ def create(
         ),
     ] = None,
     name: Annotated[str, typer.Option(help="A label for people.")] = "",
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Create a key and print it (the only time it is shown)."""
     from pydantic import ValidationError
@@ -50,7 +56,7 @@ def create(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise typer.BadParameter(f"{where}: {first['msg']}") from None
-    with _session() as session:
+    with _session(data_dir) as session:
         row, key = create_key(session, tenant=tenant, scopes=body.scopes, name=body.name)
     typer.echo(f"created {row.id} (tenant {row.tenant_id}, scopes {','.join(row.scopes)})")
     typer.echo(key)
@@ -59,11 +65,12 @@ def create(
 @keys_cli.command("list")
 def list_(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """List keys (ids, tenants, scopes, prefixes; never the keys)."""
     from app.auth.service import list_keys
 
-    with _session() as session:
+    with _session(data_dir) as session:
         after: str | None = None
         while True:
             rows, after = list_keys(session, limit=100, after=after, tenant=tenant)
@@ -77,12 +84,15 @@ def list_(
 
 
 @keys_cli.command("revoke")
-def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")]) -> None:
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")],
+    data_dir: DataDirOpt = None,
+) -> None:
     """Revoke a key."""
     from app.auth.service import revoke_key
     from app.core.errors import NotFound
 
-    with _session() as session:
+    with _session(data_dir) as session:
         try:
             row = revoke_key(session, key_id=key_id)
         except NotFound as exc:

