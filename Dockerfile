@@ -11,19 +11,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # torch first, pinned, from the CPU-only index: an unpinned torch from PyPI is a multi-GB CUDA build.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+COPY requirements/ requirements/
+RUN pip install --index-url https://download.pytorch.org/whl/cpu -r requirements/torch.txt
 
-# Dependencies change less often than code: resolve them against pyproject.toml alone first.
-COPY pyproject.toml ./
-RUN mkdir -p app worker migrations \
-    && touch app/__init__.py worker/__init__.py migrations/__init__.py README.md \
-    && pip install '.[models]' \
-    && pip uninstall -y tuneserve \
-    && rm -rf app worker migrations README.md build *.egg-info
+# Dependencies change less often than code: install them from the lock (exact versions, sha256
+# hashes: the versions the tests passed with) before copying the code.
+RUN pip install --require-hashes -r requirements/service.lock
 
 COPY . .
 # Editable: the migrations (versions/, script.py.mako) are read from /app/migrations at run time.
-RUN pip install --no-deps -e '.[models]' \
+RUN pip install --no-deps -e . \
+    && pip check \
     && useradd --system --uid 10001 --home-dir /data tuneserve \
     && mkdir -p /data \
     && chown tuneserve /data
