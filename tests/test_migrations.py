@@ -84,3 +84,82 @@ def test_single_head() -> None:
 
     script = ScriptDirectory.from_config(alembic_config(Settings(redis_url=None)))
     assert len(script.get_heads()) == 1
+
+
+PREVIOUS = "5e3a7c1b9d24"  # the revision before models.job_id stopped being a foreign key
+
+
+def test_models_keep_their_rows_when_job_id_stops_being_a_foreign_key(
+    db_settings: Settings,
+) -> None:
+    """Rows made before the revision survive it both ways; after it a job can be deleted while
+    its model stays, and the downgrade refuses, naming it, while such a model is left."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from app.db.session import make_engine
+
+    upgrade(db_settings, PREVIOUS)
+    engine = make_engine(db_settings)  # foreign keys enforced on SQLite too
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO datasets (id, tenant_id, name, task, format, status, num_rows, "
+                    "columns, stats, sha256, size_bytes, storage_path, created_at) VALUES "
+                    "('ds_1', 'default', 'd', 'classification', 'csv', 'ready', 1, '[]', '{}', "
+                    "'0', 1, 'datasets/ds_1', CURRENT_TIMESTAMP)"
+                )
+            )
+            for job in ("job_1", "job_2"):
+                conn.execute(
+                    text(
+                        "INSERT INTO jobs (id, tenant_id, task, base_model, train_dataset_id, "
+                        "spec, status, attempt, cancel_requested, progress_step, progress_total, "
+                        "epoch, created_at) VALUES (:id, 'default', 'classification', 'b', "
+                        "'ds_1', '{}', 'succeeded', 1, false, 0, 0, 0, CURRENT_TIMESTAMP)"
+                    ),
+                    {"id": job},
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO models (id, tenant_id, task, base_model, method, "
+                        "label_names, metrics, job_id, train_dataset_id, hyperparameters, "
+                        "storage_path, size_bytes, created_at) VALUES (:id, 'default', "
+                        "'classification', 'b', 'full', '[]', '{}', :job, 'ds_1', '{}', "
+                        "'models/x', 1, CURRENT_TIMESTAMP)"
+                    ),
+                    {"id": job.replace("job", "mdl"), "job": job},
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO model_aliases (tenant_id, name, model_id, created_at, "
+                    "updated_at) VALUES ('default', 'production', 'mdl_1', CURRENT_TIMESTAMP, "
+                    "CURRENT_TIMESTAMP)"
+                )
+            )
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text("DELETE FROM jobs WHERE id = 'job_1'"))
+        engine.dispose()
+
+        upgrade(db_settings)
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM jobs WHERE id = 'job_1'"))
+            models = conn.execute(text("SELECT id, job_id FROM models ORDER BY id")).all()
+            assert [tuple(m) for m in models] == [("mdl_1", "job_1"), ("mdl_2", "job_2")]
+            # The aliases' key to models came through the rebuilt table.
+            with pytest.raises(IntegrityError), conn.begin_nested():
+                conn.execute(text("DELETE FROM models WHERE id = 'mdl_1'"))
+        engine.dispose()
+
+        with pytest.raises(RuntimeError, match="deleted.*mdl_1"):
+            downgrade(db_settings, PREVIOUS)
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM model_aliases"))
+            conn.execute(text("DELETE FROM models WHERE id = 'mdl_1'"))
+        engine.dispose()
+        downgrade(db_settings, PREVIOUS)
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text("DELETE FROM jobs WHERE id = 'job_2'"))
+    finally:
+        engine.dispose()

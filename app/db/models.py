@@ -188,8 +188,9 @@ class Model(Base):
     method: Mapped[str] = mapped_column(String(40))
     label_names: Mapped[list[str]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    # One job registers at most one model.
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="RESTRICT"), unique=True)
+    # One job registers at most one model. Not a foreign key: a finished job can be deleted
+    # and the model it made stays, naming the job that made it.
+    job_id: Mapped[str] = mapped_column(String(40), unique=True)
     train_dataset_id: Mapped[str] = mapped_column(String(40))
     validation_dataset_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from app.auth.deps import JobReader, Trainer
 from app.core.deps import QueueDep, SessionDep, SettingsDep
@@ -16,7 +16,7 @@ from app.core.idempotency import (
 )
 from app.core.schemas import PROTECTED, Page, error_responses
 from app.db.models import JobEvent
-from app.job import service
+from app.job import deletion, service
 from app.job.schemas import CheckpointRead, JobCreate, JobEventRead, JobRead
 
 # Event ids are 32-bit integers on PostgreSQL; a larger `after` would overflow the query.
@@ -135,3 +135,14 @@ def list_checkpoints(
 def cancel_job(job_id: str, session: SessionDep, principal: Trainer) -> JobRead:
     """Cancel a job: a queued one never runs; a running one stops within seconds."""
     return JobRead.from_row(service.cancel_job(session, tenant=principal.tenant, job_id=job_id))
+
+
+@router.delete(
+    "/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409)
+)
+def delete_job(
+    job_id: str, session: SessionDep, settings: SettingsDep, principal: Trainer
+) -> Response:
+    """Delete an ended job with its events and checkpoints; the model it registered stays."""
+    deletion.delete_job(session, settings=settings, tenant=principal.tenant, job_id=job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.deps import ModelReader, Trainer
-from app.core.deps import SessionDep
+from app.core.deps import SessionDep, SettingsDep
 from app.core.schemas import PROTECTED, Page, ParameterCounts, error_responses
 from app.db.models import Model, ModelAlias
-from app.registry import aliases, service
+from app.registry import aliases, deletion, service
 from app.registry.schemas import AliasRead, ModelRead
 
 router = APIRouter(prefix="/models", tags=["models"], responses=PROTECTED)
@@ -89,6 +89,22 @@ def get_model(model_id: str, session: SessionDep, principal: ModelReader) -> Mod
     """A registered model: task, base, method, labels, metrics and provenance."""
     model = service.get_model(session, tenant=principal.tenant, model_id=model_id)
     return to_read(model, aliases.aliases_of(session, model))
+
+
+@router.delete(
+    "/{model_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404, 409)
+)
+def delete_model(
+    model_id: str, request: Request, session: SessionDep, settings: SettingsDep, principal: Trainer
+) -> Response:
+    """Delete a model and its files; 409 while an alias, an active job or a model needs it."""
+    model = deletion.delete_model(
+        session, settings=settings, tenant=principal.tenant, model_id=model_id
+    )
+    # /predict forgets it at once: no cached lookup, no loaded predictor.
+    request.app.state.model_refs.clear()
+    request.app.state.predictors.evict(model.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.put(
