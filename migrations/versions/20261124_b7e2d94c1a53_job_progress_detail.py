@@ -1,7 +1,7 @@
 """jobs.progress_detail: percent done, elapsed seconds, ETA and samples/s of a running job
 
 Revision ID: b7e2d94c1a53
-Revises: 5e3a7c1b9d24
+Revises: 4188dcd881a1
 Create Date: 2026-11-24 10:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "b7e2d94c1a53"
-down_revision: str | None = "5e3a7c1b9d24"
+down_revision: str | None = "4188dcd881a1"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
