@@ -118,8 +118,14 @@ def _json_or_jsonl(text: str) -> DatasetFormat:
     return DatasetFormat.JSONL if isinstance(obj, dict) and rest.strip() else DatasetFormat.JSON
 
 
-def read_table(path: Path, fmt: DatasetFormat, *, limits: ParseLimits) -> ParsedTable:
-    """Parse the whole file in format `fmt`; raise InvalidInput naming the line at fault."""
+def read_table(
+    path: Path, fmt: DatasetFormat, *, limits: ParseLimits, header: bool = True
+) -> ParsedTable:
+    """Parse the whole file in format `fmt`; raise InvalidInput naming the line at fault.
+
+    Without a `header`, a CSV or TSV file's columns are named by position: "0", "1", ...
+    (other formats name their fields themselves; the caller refuses header=false for them).
+    """
     if path.stat().st_size == 0:
         raise InvalidInput("the uploaded file is empty", code="empty_file", field="file")
     if fmt is DatasetFormat.PARQUET:
@@ -128,9 +134,9 @@ def read_table(path: Path, fmt: DatasetFormat, *, limits: ParseLimits) -> Parsed
         )
     with path.open("rb") as f:
         if fmt is DatasetFormat.CSV:
-            return _read_delimited(f, delimiter=",", limits=limits)
+            return _read_delimited(f, delimiter=",", limits=limits, header=header)
         if fmt is DatasetFormat.TSV:
-            return _read_delimited(f, delimiter="\t", limits=limits)
+            return _read_delimited(f, delimiter="\t", limits=limits, header=header)
         if fmt is DatasetFormat.JSONL:
             return _read_jsonl(f, limits=limits)
         return _read_json(f, limits=limits)
@@ -189,12 +195,23 @@ def _header_names(record: list[str], line: int) -> list[str]:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise _parse_error(f"the header names column '{name}' twice", line=line)
+            raise _parse_error(
+                f"the header names column '{name}' twice ({NO_HEADER_HINT})", line=line
+            )
         seen.add(name)
     return names
 
 
-def _read_delimited(f: IO[bytes], *, delimiter: str, limits: ParseLimits) -> ParsedTable:
+# Said wherever a first line read as column names may have been data.
+NO_HEADER_HINT = (
+    "if the first line is data and the file has no header line, upload it with header=false "
+    'and give column_mapping 0-based column positions, like {"text": 2}'
+)
+
+
+def _read_delimited(
+    f: IO[bytes], *, delimiter: str, limits: ParseLimits, header: bool = True
+) -> ParsedTable:
     max_rows = limits.max_rows
     lines_of_text = _text_lines(f, limits.max_line_bytes)
     if delimiter == "\t":
@@ -204,7 +221,8 @@ def _read_delimited(f: IO[bytes], *, delimiter: str, limits: ParseLimits) -> Par
     else:
         reader = csv.reader(lines_of_text, delimiter=",", quotechar='"', strict=True)
         hint = 'quote fields that contain commas: "like, this"'
-    header: list[str] | None = None
+    names: list[str] | None = None
+    like = ""  # what a row's field count must match, for the error
     rows: list[list[str]] = []
     lines: list[int] = []
     previous = 0
@@ -213,13 +231,17 @@ def _read_delimited(f: IO[bytes], *, delimiter: str, limits: ParseLimits) -> Par
             start, previous = previous + 1, reader.line_num
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue  # a blank line
-            if header is None:
-                header = _header_names(record, start)
-                continue
-            if len(record) != len(header):
+            if names is None:
+                if header:
+                    names = _header_names(record, start)
+                    like = f"the header ({', '.join(names)})"
+                    continue
+                # No header line: columns are named by their 0-based position.
+                names = [str(i) for i in range(len(record))]
+                like = f"line {start}, the first row"
+            if len(record) != len(names):
                 raise _parse_error(
-                    f"expected {len(header)} fields like the header ({', '.join(header)}), "
-                    f"found {len(record)} ({hint})",
+                    f"expected {len(names)} fields like {like}, found {len(record)} ({hint})",
                     line=start,
                 )
             if len(rows) >= max_rows:
@@ -235,14 +257,14 @@ def _read_delimited(f: IO[bytes], *, delimiter: str, limits: ParseLimits) -> Par
         if "field larger than field limit" in message:
             message += "; a text that long, or a quote opened on an earlier line and never closed"
         raise _parse_error(message, line=reader.line_num) from None
-    if header is None:
+    if names is None:
         raise InvalidInput("the uploaded file is empty", code="empty_file", field="file")
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(header)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
     table = pa.table(
-        {name: pa.array(col, type=pa.string()) for name, col in zip(header, columns, strict=True)}
+        {name: pa.array(col, type=pa.string()) for name, col in zip(names, columns, strict=True)}
     )
     check_formulas(table, lines)
-    return ParsedTable(table=table, lines=lines, had_header=True)
+    return ParsedTable(table=table, lines=lines, had_header=header)
 
 
 def _too_deep(limit: int, line: int) -> InvalidInput:

@@ -27,7 +27,7 @@ from app.ml.tasks import REGISTRY
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=PROTECTED)
 
-FORM_FIELDS = ("task", "name", "format", "column_mapping", "strict")
+FORM_FIELDS = ("task", "name", "format", "column_mapping", "header", "strict")
 
 # The body is read as a stream (so size limits apply while it arrives), not through FastAPI's
 # form parsing; this documents it for OpenAPI.
@@ -51,7 +51,16 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "column_mapping": {
                             "type": "string",
                             "description": "A JSON object: source column -> canonical column, "
-                            'e.g. {"sentence": "text", "category": "label"}.',
+                            'e.g. {"sentence": "text", "category": "label"}. With header=false, '
+                            "canonical column -> 0-based column index, e.g. "
+                            '{"label": 0, "text": 2}.',
+                        },
+                        "header": {
+                            "type": "boolean",
+                            "default": True,
+                            "description": "Whether the first line of a CSV or TSV file names "
+                            "its columns; false: every line is data and columns are numbered "
+                            "from 0.",
                         },
                         "strict": {
                             "type": "boolean",
@@ -103,25 +112,30 @@ def dataset_create_from_form(fields: dict[str, str]) -> DatasetCreate:
     name = fields.get("name")
     if name is not None and len(name) > 200:
         raise InvalidInput("field 'name' is longer than 200 characters", field="name")
+    header = _parse_bool(fields.get("header", ""), field="header", default=True)
     return DatasetCreate(
         task=task,
         name=name,
         format=fmt,
-        column_mapping=_parse_mapping(fields.get("column_mapping", "")),
+        column_mapping=_parse_mapping(fields.get("column_mapping", ""), header=header),
+        header=header,
         strict=_parse_bool(fields.get("strict", ""), field="strict"),
     )
 
 
-def _parse_bool(raw: str, *, field: str) -> bool:
+def _parse_bool(raw: str, *, field: str, default: bool = False) -> bool:
     value = raw.strip().lower()
-    if value in ("", "0", "false", "no", "off"):
+    if not value:
+        return default
+    if value in ("0", "false", "no", "off"):
         return False
     if value in ("1", "true", "yes", "on"):
         return True
     raise InvalidInput(f"field '{field}' must be true or false, not '{raw[:40]}'", field=field)
 
 
-def _parse_mapping(raw: str) -> dict[str, str]:
+def _parse_mapping(raw: str, *, header: bool) -> dict[str, str]:
+    """Source column -> canonical column; positions given as canonical -> index are turned round."""
     if not raw.strip():
         return {}
     try:
@@ -132,14 +146,48 @@ def _parse_mapping(raw: str) -> dict[str, str]:
             'expected an object like {"sentence": "text"}',
             field="column_mapping",
         ) from None
+    if isinstance(value, dict) and value and all(_is_index(v) for v in value.values()):
+        return _positions(value, header=header)
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
     ):
         raise InvalidInput(
-            'column_mapping must be a JSON object of non-empty strings, like {"sentence": "text"}',
+            'column_mapping must be a JSON object of non-empty strings, like {"sentence": "text"}'
+            ', or with header=false of column indexes, like {"text": 2}',
             field="column_mapping",
         )
     return value
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positions(value: dict[str, int], *, header: bool) -> dict[str, str]:
+    # {"label": 0, "text": 2} names each canonical column's position; a headerless file's
+    # columns are named by position ("0", "1", ...), so it reads as {"0": "label", "2": "text"}.
+    if header:
+        raise InvalidInput(
+            "column_mapping gives column indexes, which name columns of a file without a header "
+            "line: send header=false, or map the names in the header, like "
+            '{"sentence": "text"}',
+            field="column_mapping",
+        )
+    mapping: dict[str, str] = {}
+    for target, index in value.items():
+        if index < 0:
+            raise InvalidInput(
+                f"column_mapping: the index of '{target}' is {index}; column indexes start at 0",
+                field="column_mapping",
+            )
+        if str(index) in mapping:
+            raise InvalidInput(
+                f"column_mapping maps both '{mapping[str(index)]}' and '{target}' to column "
+                f"{index}",
+                field="column_mapping",
+            )
+        mapping[str(index)] = target
+    return mapping
 
 
 @router.post(

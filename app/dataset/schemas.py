@@ -32,7 +32,12 @@ class DatasetCreate(BaseModel):
     format: DatasetFormat | None = Field(default=None, description="Detected when omitted.")
     column_mapping: dict[str, str] = Field(
         default_factory=dict,
-        description='Source column -> canonical column, e.g. {"sentence": "text"}.',
+        description='Source column -> canonical column, e.g. {"sentence": "text"}; without a '
+        'header line the source columns are 0-based positions, e.g. {"0": "label"}.',
+    )
+    header: bool = Field(
+        default=True,
+        description="Whether the first line of a CSV or TSV file names its columns.",
     )
     strict: bool = Field(
         default=False,

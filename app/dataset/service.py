@@ -56,13 +56,18 @@ def create_dataset(
     check_mapping(task, spec.column_mapping)
     fmt = spec.format or detect_format(task, upload)
     limits = parsing.ParseLimits.from_settings(settings)
-    parsed = read_rows(task, fmt, upload.path, limits=limits)
+    parsed = read_rows(task, fmt, upload.path, limits=limits, header=spec.header)
     if parsed.table.num_rows == 0:
         what = "a header line but no data rows" if parsed.had_header else "no rows"
         raise InvalidInput(f"the file has {what}", code="empty_file", field="file")
     with file_context(parsed, {}):
         parsed.table = task.adapt_table(parsed.table)
-    chosen = resolve_columns(task, parsed.table.column_names, spec.column_mapping)
+    chosen = resolve_columns(
+        task,
+        parsed.table.column_names,
+        spec.column_mapping,
+        first_row=None if spec.header else _first_row(parsed.table),
+    )
     check_cell_lengths(parsed.table, chosen, limit=settings.max_text_chars)
     with file_context(parsed, chosen):
         result = task.normalize(_select(parsed.table, chosen), strict=spec.strict)
@@ -135,12 +140,26 @@ def check_mapping(task: TaskSpec, mapping: dict[str, str]) -> None:
         seen[target] = source
 
 
-def resolve_columns(task: TaskSpec, columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
-    """Canonical column -> file column: the client's mapping, the name itself, or one alias."""
+def resolve_columns(
+    task: TaskSpec,
+    columns: list[str],
+    mapping: dict[str, str],
+    *,
+    first_row: list[str] | None = None,
+) -> dict[str, str]:
+    """Canonical column -> file column: the client's mapping, the name itself, or one alias.
+
+    `first_row` is given for a file without a header line, whose columns are positions.
+    """
     unknown = [source for source in mapping if source not in columns]
     if unknown:
+        what = (
+            f"has columns {_names(columns)}"
+            if first_row is None
+            else f"has no header line and {len(columns)} columns, numbered 0 to {len(columns) - 1}"
+        )
         raise InvalidInput(
-            f"column_mapping names {_names(unknown)} but the file has columns {_names(columns)}",
+            f"column_mapping names {_names(unknown)} but the file {what}",
             code="missing_column",
             field="column_mapping",
             columns=columns,
@@ -175,6 +194,8 @@ def resolve_columns(task: TaskSpec, columns: list[str], mapping: dict[str, str])
             used.add(candidates[0])
     missing = [name for name in task.required_columns if name not in chosen]
     if missing:
+        if first_row is not None:
+            raise _missing_positions(task, columns, missing, used, first_row)
         raise _missing_columns(task, columns, missing, used)
     return chosen
 
@@ -186,20 +207,87 @@ def _missing_columns(
     example = {
         spare[i] if i < len(spare) else f"<your {m} column>": m for i, m in enumerate(missing)
     }
+    advice = f"rename yours with column_mapping, e.g. {json.dumps(example)}"
     hint = ""
+    data_like = ""
     if len(columns) == 1 and ("," in columns[0] or "\t" in columns[0]):
         hint = " (the header holds a single column with a delimiter in it: is format right?)"
-    return InvalidInput(
+    elif data_like := looks_like_data(columns):
+        # A file without a header line (ag_news): its first row was taken for column names.
+        hint = f" (the first line looks like a row of data, not column names: {data_like})"
+        positions = {m: i for i, m in enumerate(missing)}
+        advice += (
+            f"; or, if the file has no header line, upload it with header=false and map its "
+            f"columns by 0-based position ({_fields(columns)}), e.g. {json.dumps(positions)}"
+        )
+    error = InvalidInput(
         f"missing required column{'s' if len(missing) > 1 else ''} {_names(missing)}: "
         f"the file has columns {_names(columns)}{hint}; task '{task.name}' requires "
         f"{_names(list(task.required_columns))} (optional: "
-        f"{_names(list(task.optional_columns))}); rename yours with column_mapping, "
+        f"{_names(list(task.optional_columns))}); {advice}",
+        code="missing_column",
+        field=missing[0],
+        columns=columns,
+        required=list(task.required_columns),
+    )
+    if data_like:
+        error.details["suggest"] = {"header": False}
+    return error
+
+
+def _missing_positions(
+    task: TaskSpec, columns: list[str], missing: list[str], used: set[str], first_row: list[str]
+) -> InvalidInput:
+    spare = [int(c) for c in columns if c not in used]
+    example = {m: spare[i] if i < len(spare) else i for i, m in enumerate(missing)}
+    return InvalidInput(
+        f"missing required column{'s' if len(missing) > 1 else ''} {_names(missing)}: the file "
+        f"has no header line (header=false), so its {len(columns)} columns are numbered 0 to "
+        f"{len(columns) - 1} (the first row has {_fields(first_row)}); task '{task.name}' "
+        f"requires {_names(list(task.required_columns))} (optional: "
+        f"{_names(list(task.optional_columns))}); map them by position with column_mapping, "
         f"e.g. {json.dumps(example)}",
         code="missing_column",
         field=missing[0],
         columns=columns,
         required=list(task.required_columns),
     )
+
+
+# A column name longer than this, or of more words, reads like a text rather than a name.
+NAME_MAX_CHARS = 40
+NAME_MAX_WORDS = 5
+_NUMBER = re.compile(r"[+-]?(\d+([.,]\d*)?|[.,]\d+)")
+PREVIEW_CHARS = 30
+
+
+def looks_like_data(names: list[str]) -> str:
+    """Why a header line reads like a row of data (numbers, sentences), or "" when it does not."""
+    numbers = [n for n in names if _NUMBER.fullmatch(n.strip())]
+    texts = [n for n in names if len(n) > NAME_MAX_CHARS or len(n.split()) > NAME_MAX_WORDS]
+    reasons = []
+    if numbers:
+        reasons.append(f"{_preview(numbers[0])} is a number")
+    if texts:
+        reasons.append(f"{_preview(texts[0])} reads like a text")
+    return " and ".join(reasons)
+
+
+def _preview(text: str) -> str:
+    return repr(text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "...")
+
+
+def _fields(values: list[str]) -> str:
+    """'0: '3', 1: 'Wall St. Bears...'' for a message, at most 10 fields."""
+    shown = ", ".join(f"{i}: {_preview(v)}" for i, v in enumerate(values[:10]))
+    return shown + (f", ... ({len(values)} in all)" if len(values) > 10 else "")
+
+
+def _first_row(table: pa.Table) -> list[str]:
+    """The first data row's values as text, for a message about a file without a header."""
+    if table.num_rows == 0:
+        return []
+    return ["" if v is None else str(v) for v in table.slice(0, 1).to_pylist()[0].values()]
 
 
 def _names(names: list[str]) -> str:
@@ -272,9 +360,20 @@ def detect_format(task: TaskSpec, upload: ReceivedUpload) -> DatasetFormat:
 
 
 def read_rows(
-    task: TaskSpec, fmt: DatasetFormat, path: Path, *, limits: parsing.ParseLimits
+    task: TaskSpec,
+    fmt: DatasetFormat,
+    path: Path,
+    *,
+    limits: parsing.ParseLimits,
+    header: bool = True,
 ) -> ParsedTable:
     """Parse the upload: task-specific formats by their task, the generic ones here."""
+    if not header and fmt not in (DatasetFormat.CSV, DatasetFormat.TSV):
+        raise InvalidInput(
+            f"header=false is for CSV and TSV files, whose first line may or may not name the "
+            f"columns; this file is {fmt.value}, which names its fields itself",
+            field="header",
+        )
     if fmt.value in task.native_formats:
         if path.stat().st_size == 0:
             raise InvalidInput("the uploaded file is empty", code="empty_file", field="file")
@@ -287,7 +386,7 @@ def read_rows(
             code="unknown_format",
             field="format",
         )
-    return parsing.read_table(path, fmt, limits=limits)
+    return parsing.read_table(path, fmt, limits=limits, header=header)
 
 
 @contextmanager

@@ -70,6 +70,8 @@ class EventType(StrEnum):
     STATUS = "status"
     LOG = "log"
     METRICS = "metrics"
+    # Something the job goes on despite, that its results do not show by themselves.
+    WARNING = "warning"
 
 
 DEFAULT_TENANT = "default"

@@ -44,3 +44,9 @@ def validation_dataset_for(
     )
     task.check_compatible(dataset_summary(train), dataset_summary(val))
     return val
+
+
+def validation_warnings(task: TaskSpec, *, train: Dataset, validation: Dataset) -> list[str]:
+    """What a job is told about its validation set: the train set's classes it has no rows of."""
+    absent = task.absent_labels(train.label_names or [], dataset_summary(validation))
+    return [absent.message(f"validation dataset {validation.id}")] if absent else []

@@ -387,6 +387,12 @@ class JobCreate(_Strict):
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
 
 
+WARNINGS_DESCRIPTION = (
+    "What the job was accepted despite, in plain words: e.g. a validation dataset that has no "
+    "rows of some of the train set's classes, which its metrics then cannot evaluate."
+)
+
+
 class JobSpec(BaseModel):
     """The resolved spec stored on the job row and read by the worker."""
 
@@ -394,6 +400,8 @@ class JobSpec(BaseModel):
     hyperparameters: Hyperparameters
     task_options: dict[str, Any] = Field(default_factory=dict)
     seed: int
+    # Found at submission and kept with the spec, so that every read of the job shows them.
+    warnings: list[str] = Field(default_factory=list, description=WARNINGS_DESCRIPTION)
 
 
 class JobError(BaseModel):
@@ -461,6 +469,7 @@ class JobRead(BaseModel):
     )
     task_options: dict[str, Any]
     seed: int
+    warnings: list[str] = Field(default_factory=list, description=WARNINGS_DESCRIPTION)
     parameters: ParameterCounts | None = Field(
         default=None, description="Weights of the model as trained; known once training starts."
     )
@@ -493,6 +502,7 @@ class JobRead(BaseModel):
             hyperparameters=job.resolved_hyperparameters or spec.get("hyperparameters", {}),
             task_options=spec.get("task_options", {}),
             seed=spec.get("seed", 0),
+            warnings=list(spec.get("warnings") or []),
             parameters=ParameterCounts.model_validate(job.parameters) if job.parameters else None,
             status=job.status,
             attempt=job.attempt,

@@ -28,7 +28,12 @@ from app.db.models import (
 from app.db.session import get_by_id, rows_changed
 from app.job.checkpoints import checkpoints_dir, complete_checkpoints, saved_at
 from app.job.controls import check_controls, resolve_controls
-from app.job.datasets import dataset_for, dataset_summary, validation_dataset_for
+from app.job.datasets import (
+    dataset_for,
+    dataset_summary,
+    validation_dataset_for,
+    validation_warnings,
+)
 from app.job.outbox import publish_pending
 from app.job.quantize import quantize_inputs
 from app.job.schemas import (
@@ -117,6 +122,9 @@ def submit_job(
         train, val, resolved = _training_inputs(
             session, settings=settings, tenant=tenant, spec=spec, task=task
         )
+    if val is not None:
+        warnings = validation_warnings(task, train=train, validation=val)
+        resolved = resolved.model_copy(update={"warnings": warnings})
     # Lock the tenant row (PostgreSQL) so concurrent submissions count each other.
     session.execute(select(Tenant.id).where(Tenant.id == tenant).with_for_update())
     job = Job(

@@ -208,5 +208,6 @@ def test_openapi_documents_the_multipart_body(client: TestClient) -> None:
         "name",
         "format",
         "column_mapping",
+        "header",
         "strict",
     }

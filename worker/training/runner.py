@@ -94,8 +94,10 @@ def _prepare_rows(settings: Settings, inputs: JobInputs, fence: AttemptFence) ->
             stratify_column=inputs.task.stratify_column(),
         )
     # Labels come from the whole train set: a rare class the split sent to validation still counts.
-    labels = inputs.task.label_names(train, split.validation if split.kind == "given" else None)
-    labels = continued_labels(inputs.base, labels)  # a continued model keeps its parent's
+    train_labels = inputs.task.label_names(
+        train, split.validation if split.kind == "given" else None
+    )
+    labels = continued_labels(inputs.base, train_labels)  # a continued model keeps its parent's
     source = "validation dataset" if split.kind == "given" else f"{split.kind} split of train set"
     fence.log(
         f"datasets: {split.train.num_rows} train rows, {split.validation.num_rows} validation rows"
@@ -106,7 +108,29 @@ def _prepare_rows(settings: Settings, inputs: JobInputs, fence: AttemptFence) ->
     )
     shown = labels if len(labels) <= 50 else [*labels[:50], "..."]
     fence.log(f"{len(labels)} labels: {shown}", num_labels=len(labels), label_names=labels[:1000])
+    _warn_absent_labels(inputs, split, fence, train_labels=train_labels)
     return PreparedData(split.train, split.validation, split.kind, labels)
+
+
+def _warn_absent_labels(
+    inputs: JobInputs,
+    split: training_data.Split,
+    fence: AttemptFence,
+    *,
+    train_labels: list[str],
+) -> None:
+    """A warning event naming the train set's classes the validation rows have none of (a held-out
+    split can lack a rare class as much as a named validation set can)."""
+    if not train_labels:
+        return  # a task without labels (QA)
+    absent = inputs.task.absent_labels(train_labels, inputs.task.summarize(split.validation))
+    if absent is None:
+        return
+    if inputs.validation_row is not None:
+        source = f"validation dataset {inputs.validation_row.id}"
+    else:
+        source = f"the validation split held out of train dataset {inputs.train_row.id}"
+    fence.warning(absent.message(source), absent_labels=absent.labels, validation=split.kind)
 
 
 # Tokens an example may have at most (Hyperparameters.max_length's bound).

@@ -145,6 +145,12 @@ class AttemptFence:
             self._touch(session)
             self._event(session, EventType.LOG, message, data or None)
 
+    def warning(self, message: str, **data: Any) -> None:
+        """A warning in the job's event stream (skipped while the database is unreachable)."""
+        with _best_effort("warning"), session_scope(self.factory) as session:
+            self._touch(session)
+            self._event(session, EventType.WARNING, message, data or None)
+
     def metrics(self, message: str, data: dict[str, Any], **values: Any) -> None:
         """A metrics event, with optional job-row updates in the same transaction."""
         with _best_effort("metrics"), session_scope(self.factory) as session:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.core.errors import InvalidInput
-from app.ml.tasks.base import DatasetSummary, TaskSpec
+from app.ml.tasks.base import AbsentLabels, DatasetSummary, TaskSpec
 from app.ml.tasks.classification import ClassificationTask
 from app.ml.tasks.ner import NerTask
 from app.ml.tasks.qa import QATask
@@ -25,4 +25,4 @@ def get_task(name: str) -> TaskSpec:
         ) from None
 
 
-__all__ = ["REGISTRY", "DatasetSummary", "TaskSpec", "get_task"]
+__all__ = ["REGISTRY", "AbsentLabels", "DatasetSummary", "TaskSpec", "get_task"]

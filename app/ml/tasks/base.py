@@ -31,6 +31,24 @@ class DatasetSummary:
 
 
 @dataclass
+class AbsentLabels:
+    """Labels of the train set that a validation set has no example of: nothing evaluates them."""
+
+    labels: list[str]
+    # What is missing, e.g. "rows of class(es)" or "entities of type(s)".
+    what: str
+    # What the metrics then cover, e.g. "macro-F1 is computed over the classes it has".
+    effect: str
+
+    def message(self, source: str, *, limit: int = 20) -> str:
+        """'validation dataset ds_x has no rows of class(es) `sports`; macro-F1 is ...'."""
+        names = ", ".join(f"`{label}`" for label in self.labels[:limit])
+        if len(self.labels) > limit:
+            names += f" and {len(self.labels) - limit} more"
+        return f"{source} has no {self.what} {names}; {self.effect}"
+
+
+@dataclass
 class Normalized:
     """A validated dataset in canonical columns, and notes on what was repaired or converted."""
 
@@ -126,6 +144,13 @@ class TaskSpec(Protocol):
         """Raise InvalidInput when a validation set cannot be evaluated against the train set."""
         ...
 
+    def absent_labels(
+        self, labels: Sequence[str], validation: DatasetSummary
+    ) -> AbsentLabels | None:
+        """Which of the train set's `labels` the validation set has no example of (None when it
+        has all, or the task has no labels): a job is told, since its metrics cannot show it."""
+        ...
+
     def stratify_column(self) -> str | None:
         """The column a train/validation split is stratified on, if any."""
         ...
@@ -195,3 +220,8 @@ class TaskDefaults:
 
     def adapt_table(self, table: pa.Table) -> pa.Table:
         return table
+
+    def absent_labels(
+        self, labels: Sequence[str], validation: DatasetSummary
+    ) -> AbsentLabels | None:
+        return None

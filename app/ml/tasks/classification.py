@@ -11,7 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InvalidInput
 from app.ml.batching import sorted_batches
-from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults, column_values
+from app.ml.tasks.base import (
+    AbsentLabels,
+    DatasetSummary,
+    Normalized,
+    TaskDefaults,
+    column_values,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -137,6 +143,17 @@ class ClassificationTask(TaskDefaults):
                 field="validation_dataset",
             )
 
+    def absent_labels(
+        self, labels: Sequence[str], validation: DatasetSummary
+    ) -> AbsentLabels | None:
+        present = set(validation.label_names or [])
+        absent = [label for label in labels if label not in present]
+        if not absent or validation.label_names is None:
+            return None
+        return AbsentLabels(
+            absent, "rows of class(es)", "macro-F1 is computed over the classes it has"
+        )
+
     def stratify_column(self) -> str | None:
         return "label"
 
@@ -235,7 +252,11 @@ def _label_sort_key(label: str) -> tuple[int, float, str]:
 def classification_metrics(
     logits: np.ndarray, label_ids: np.ndarray, label_names: Sequence[str]
 ) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    Macro-F1 averages the classes the evaluation rows have (`macro_f1_labels`); a class they lack
+    (`absent_labels`) has no F1 to average, not an F1 of 0.
+    """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     preds = logits.argmax(axis=-1)
@@ -256,6 +277,8 @@ def classification_metrics(
     return {
         "accuracy": float((preds == label_ids).mean()) if len(label_ids) else 0.0,
         "macro_f1": float(np.mean([f1[i] for i in present])) if present else 0.0,
+        "macro_f1_labels": [label_names[i] for i in present],
+        "absent_labels": [label_names[i] for i in labels if support[i] == 0],
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(label_ids, preds, labels=labels).tolist(),
     }

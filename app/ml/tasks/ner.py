@@ -17,13 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InvalidInput
 from app.ml.tasks import ner_data
-from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults, column_values
+from app.ml.tasks.base import (
+    AbsentLabels,
+    DatasetSummary,
+    Normalized,
+    TaskDefaults,
+    column_values,
+)
 from app.ml.tasks.ner_serving import TokenTag, group_entities, require_fast, tag_words
 from app.ml.tasks.ner_tags import (
     IGNORE,
     OUTSIDE,
     align_labels,
     complete_tag_set,
+    entity_type,
     first_subtokens,
     ner_metrics,
     sorted_tags,
@@ -72,6 +79,11 @@ class NerPredictRequest(BaseModel):
         description='Raw texts (entities come back with character offsets), or {"tokens": [...]}'
         " objects (one tag per token comes back).",
     )
+
+
+def entity_types(tags: Sequence[str]) -> set[str]:
+    """The entity types that tags name: {"PER"} for B-PER and I-PER."""
+    return {entity_type(tag) for tag in tags if tag != OUTSIDE}
 
 
 class NerTask(TaskDefaults):
@@ -173,6 +185,20 @@ class NerTask(TaskDefaults):
                 tags=extra,
             )
 
+    def absent_labels(
+        self, labels: Sequence[str], validation: DatasetSummary
+    ) -> AbsentLabels | None:
+        if validation.label_names is None:
+            return None
+        absent = sorted(entity_types(labels) - entity_types(validation.label_names))
+        if not absent:
+            return None
+        return AbsentLabels(
+            absent,
+            "entities of type(s)",
+            "precision, recall and F1 cover only the types it has",
+        )
+
     def stratify_column(self) -> str | None:
         return None
 
@@ -234,7 +260,14 @@ class NerTask(TaskDefaults):
                 word_tags(predicted[r], word_index[f], len(gold[f]), label_names)
                 for r, f in enumerate(order)
             ]
-            return ner_metrics([gold[f] for f in order], pred_tags)
+            metrics = ner_metrics([gold[f] for f in order], pred_tags)
+            per_type = metrics["per_type"]
+            metrics["absent_labels"] = [
+                kind
+                for kind in sorted(entity_types(label_names))
+                if not per_type.get(kind, {}).get("support")
+            ]
+            return metrics
 
         return compute
 
