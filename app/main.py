@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.config import Settings, get_settings
+from app.core.docs import install_docs
 from app.core.errors import ServiceError
 from app.core.expected import constraints
 from app.core.idempotency import Replay
@@ -161,7 +162,12 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     engine = make_engine(settings)
 
     app = FastAPI(
-        title="Tuneserve", version="0.1.0", description="Fine-tune transformers and serve them."
+        title="Tuneserve",
+        version="0.1.0",
+        description="Fine-tune transformers and serve them.",
+        # install_docs adds /docs and /redoc with assets from an installed package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -229,6 +235,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         app.include_router(router, prefix="/v1")
 
     app.include_router(metrics_router)
+    install_docs(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
