@@ -193,6 +193,19 @@ def test_type_errors_name_the_field_and_what_it_expects(
     assert err["message"].startswith(field if field != "body" else "the request body")
 
 
+def test_a_schema_the_errors_cannot_be_read_against_still_gets_a_422(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.core.validation as validation
+
+    def unreadable(root: Any, loc: Any) -> Any:
+        raise TypeError("a schema shape the walk does not know")
+
+    monkeypatch.setattr(validation, "locate", unreadable)
+    err = error(client.post("/v1/predict/classification", json={"model": "m", "inputs": 5}), 422)
+    assert err["details"]["field"] == "inputs" and err["message"].startswith("inputs: ")
+
+
 def test_query_parameters_read_the_same_way(client: TestClient) -> None:
     err = invalid(client.get("/v1/jobs", params={"limit": "many"}))
     assert err["message"] == 'limit: expected a whole number from 1 to 100; got "many"'

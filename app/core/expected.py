@@ -138,9 +138,11 @@ def describe(tp: Any, meta: Metadata | None = None) -> str | None:
         return _string(meta)
     if isinstance(tp, type) and issubclass(tp, Enum):
         return one_of([m.value for m in tp])
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
+    if isinstance(tp, type) and origin is None and issubclass(tp, BaseModel):
         return _object(list(tp.model_fields))
-    if (isinstance(tp, type) and issubclass(tp, Mapping)) or origin in (dict, Mapping):
+    if origin in (dict, Mapping) or (
+        isinstance(tp, type) and origin is None and issubclass(tp, Mapping)
+    ):
         return "an object"
     if origin in (list, tuple, set, frozenset) or tp in (list, tuple, set):
         return "a list" + _lengths(meta, "item")[2]

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeGuard, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel
 
 from app.core import expected
 from app.core.expected import Metadata, Tagged, constraints, describe, is_union, unwrap
+
+log = logging.getLogger("tuneserve.api")
 
 Loc = tuple[str | int, ...]
 
@@ -101,6 +104,10 @@ class _Located:
     model: type[BaseModel] | None = None  # the model whose field the path's last part names
 
 
+def _is_model(tp: Any) -> TypeGuard[type[BaseModel]]:
+    return isinstance(tp, type) and get_origin(tp) is None and issubclass(tp, BaseModel)
+
+
 def _kind(tp: Any) -> str | None:
     tp, _ = unwrap(tp, [])
     origin = get_origin(tp)
@@ -116,16 +123,15 @@ def _member(union: Any, meta: Metadata, tag: str | int) -> tuple[Any, Metadata]:
     key = next((m.name for m in meta if isinstance(m, Tagged)), None)
     label = str(tag).removeprefix("constrained-").split("[")[0]
     for member in get_args(union):
-        if (key is not None and tag in _tags(member, key)) or (
-            key is None and label == _kind(member)
-        ):
+        named = tag in _tags(member, key) if key is not None else label == _kind(member)
+        if named:
             return member, []
     return None, []
 
 
 def _step(tp: Any, meta: Metadata, part: str | int) -> tuple[Any, Metadata]:
     """The schema position one path part below (`tp`, `meta`); None where it is not known."""
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
+    if _is_model(tp):
         for name, info in tp.model_fields.items():
             if part in _names_of(tp, name):
                 return info.annotation, constraints([info])
@@ -153,8 +159,7 @@ def locate(root: Any, loc: Loc) -> _Located:
             found.unions.append(_Union(i, tuple(found.path), found.tp, found.meta))
             found.tp, found.meta = _member(found.tp, found.meta, part)
             continue
-        model = found.tp if isinstance(found.tp, type) and issubclass(found.tp, BaseModel) else None
-        found.model = model
+        found.model = found.tp if _is_model(found.tp) else None
         found.path.append(part)
         found.tp, found.meta = _step(found.tp, found.meta, part)
     return found
@@ -276,7 +281,7 @@ def _tags(tp: Any, key: str) -> list[Any]:
     base, _ = unwrap(tp, [])
     if is_union(base):
         return [tag for member in get_args(base) for tag in _tags(member, key)]
-    if isinstance(base, type) and issubclass(base, BaseModel) and key in base.model_fields:
+    if _is_model(base) and key in base.model_fields:
         return list(get_args(base.model_fields[key].annotation))
     return []
 
@@ -301,9 +306,18 @@ def plain_errors(
 ) -> list[Problem]:
     """`errors` (pydantic's, their loc relative to `root`, a model or a parameter namespace) in
     plain words; `prefix` goes before each field (e.g. ("task_options",))."""
-    items = [_Item(err, locate(root, tuple(err["loc"]))) for err in errors]
+    try:
+        return _plain(errors, root, prefix)
+    except Exception:  # a schema this walk cannot read: the paths, in pydantic's words
+        log.exception("could not read validation errors against their schema")
+        found = [(path_text([*prefix, *e["loc"]]) or "body", e) for e in errors]
+        return [Problem(f, f"{f}: {e.get('msg', 'invalid')}", str(e["type"])) for f, e in found]
+
+
+def _plain(errors: Sequence[Mapping[str, Any]], root: Any, prefix: Loc) -> list[Problem]:
+    items = _choose([_Item(err, locate(root, tuple(err["loc"]))) for err in errors])
     problems: list[Problem] = []
-    for item in _choose(items):
+    for item in items:
         item.where.path = [*prefix, *item.where.path]
         problem = _render(item, path_text(item.where.path))
         if problem not in problems:
