@@ -43,13 +43,13 @@ def create(
 
     from app.auth.schemas import KeyCreate
     from app.auth.service import create_key
-    from app.core.validation import plain_errors
 
     try:
         body = KeyCreate.model_validate({"tenant": tenant, "scopes": scope or [], "name": name})
     except ValidationError as exc:
-        problems = plain_errors(exc.errors(), root=KeyCreate)
-        raise typer.BadParameter("; ".join(p.message for p in problems)) from None
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise typer.BadParameter(f"{where}: {first['msg']}") from None
     with _session() as session:
         row, key = create_key(session, tenant=tenant, scopes=body.scopes, name=body.name)
     typer.echo(f"created {row.id} (tenant {row.tenant_id}, scopes {','.join(row.scopes)})")
