@@ -9,17 +9,21 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.config import Settings, get_settings
+from app.core.docs import install_docs
 from app.core.errors import ServiceError
+from app.core.expected import constraints
 from app.core.idempotency import Replay
 from app.core.limits import BodyLimitMiddleware
 from app.core.queue import CeleryJobQueue, JobQueue
 from app.core.ratelimit import RateLimiter
 from app.core.ttlcache import TTLCache
+from app.core.validation import Problem, json_problem, plain_errors
 from app.db.session import make_engine, make_sessionmaker
 
 log = logging.getLogger("tuneserve.api")
@@ -34,16 +38,34 @@ def _error(
     return JSONResponse(status_code=status, content={"error": body})
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
-    errors = []
-    parts = []
+def _parameters(dependant: Any, where: str) -> dict[str, tuple[Any, list[Any]]]:
+    """A route's query/path/header/cookie parameters (its dependencies' too): name -> type."""
+    found: dict[str, tuple[Any, list[Any]]] = {}
+    for param in getattr(dependant, f"{where}_params", None) or []:
+        info = param.field_info
+        found[param.alias] = (info.annotation, constraints([info]))
+    for sub in getattr(dependant, "dependencies", None) or []:
+        found.update(_parameters(sub, where))
+    return found
+
+
+def _describe_validation(request: Request, exc: RequestValidationError) -> list[Problem]:
+    """The request's validation errors in plain words, each read against the route's schema."""
+    route = request.scope.get("route")
+    by_source: dict[str, list[dict[str, Any]]] = {}
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        where = ".".join(loc) or "body"
-        msg = str(err.get("msg", "invalid"))
-        errors.append({"field": where, "message": msg, "type": err.get("type")})
-        parts.append(f"{where}: {msg}")
-    return "; ".join(parts) or "invalid request", errors
+        loc = tuple(err.get("loc", ())) or ("body",)
+        by_source.setdefault(str(loc[0]), []).append({**err, "loc": loc[1:]})
+    problems: list[Problem] = []
+    for source, errors in by_source.items():
+        root: Any = None
+        if isinstance(route, APIRoute):
+            if source == "body" and route.body_field is not None:
+                root = route.body_field.field_info.annotation
+            elif source in ("query", "path", "header", "cookie"):
+                root = _parameters(route.dependant, source)
+        problems.extend(plain_errors(errors, root=root))
+    return problems
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -80,9 +102,23 @@ def install_error_handlers(app: FastAPI) -> None:
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, errors = _describe_validation(exc)
-        return _error(422, "invalid_input", message, {"errors": errors})
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        syntax = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+        if syntax is not None:
+            # The body is not JSON at all: a malformed request (400), not an invalid field.
+            pos = syntax["loc"][-1] if isinstance(syntax["loc"][-1], int) else 0
+            reason = str((syntax.get("ctx") or {}).get("error", "invalid JSON"))
+            message, where = json_problem(exc.body or "", pos, reason)
+            return _error(400, "invalid_json", message, dict(where))
+        problems = _describe_validation(request, exc) or [
+            Problem("body", "invalid request", "invalid")
+        ]
+        return _error(
+            422,
+            "invalid_input",
+            "; ".join(p.message for p in problems),
+            {"field": problems[0].field, "errors": [p.as_dict() for p in problems]},
+        )
 
     @app.exception_handler(Exception)
     async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
@@ -126,7 +162,12 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     engine = make_engine(settings)
 
     app = FastAPI(
-        title="Tuneserve", version="0.1.0", description="Fine-tune transformers and serve them."
+        title="Tuneserve",
+        version="0.1.0",
+        description="Fine-tune transformers and serve them.",
+        # install_docs adds /docs and /redoc with assets from an installed package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -194,6 +235,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         app.include_router(router, prefix="/v1")
 
     app.include_router(metrics_router)
+    install_docs(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Scope(StrEnum):
@@ -43,6 +43,9 @@ class Principal:
 
 
 class KeyCreate(BaseModel):
+    # A misspelt field (`scope`, `tennant`) would otherwise make a key other than the one asked for.
+    model_config = ConfigDict(extra="forbid")
+
     tenant: str | None = Field(
         default=None,
         pattern=TENANT_PATTERN,

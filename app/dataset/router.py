@@ -19,6 +19,7 @@ from app.core.idempotency import (
 )
 from app.core.pagination import MAX_LIMIT
 from app.core.schemas import PROTECTED, ErrorResponse, Page
+from app.core.validation import nearest
 from app.dataset import service
 from app.dataset.parsing import FORMATS
 from app.dataset.schemas import DatasetCreate, DatasetFormat, DatasetRead
@@ -91,8 +92,11 @@ def dataset_create_from_form(fields: dict[str, str]) -> DatasetCreate:
     """Validate the upload's text fields; errors name the field."""
     unknown = sorted(set(fields) - set(FORM_FIELDS))
     if unknown:
+        close = nearest(unknown[0], FORM_FIELDS)
+        hint = f"did you mean '{close}'? " if close else ""
         raise InvalidInput(
-            f"unknown form field '{unknown[0]}'; expected {FILE_FIELD}, {', '.join(FORM_FIELDS)}",
+            f"unknown form field '{unknown[0]}'; {hint}expected {FILE_FIELD}, "
+            + ", ".join(FORM_FIELDS),
             field=unknown[0],
         )
     task = fields.get("task", "").strip()

@@ -14,6 +14,7 @@ from app.core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.core.idempotency import IdempotentRequest
 from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.core.queue import JobQueue
+from app.core.validation import plain_errors
 from app.db.models import (
     Dataset,
     EventType,
@@ -84,11 +85,11 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
             spec.task_options, context={"train_summary": train}
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        problems = plain_errors(exc.errors(), root=task.options_model, prefix=("task_options",))
         raise InvalidInput(
-            f"task_options.{where}: {first['msg']} (task '{task.name}')",
-            field=f"task_options.{where}",
+            "; ".join(p.message for p in problems) + f" (task '{task.name}')",
+            field=problems[0].field,
+            errors=[p.as_dict() for p in problems],
         ) from None
     return JobSpec(
         method=method,

@@ -15,19 +15,21 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.auth.schemas import Scope
+from app.core.docs import ASSETS, ASSETS_URL
 from app.db.models import EventType, Job, JobEvent, JobStatus, Model, new_id
 from app.ml.tasks import REGISTRY
 from tests.conftest import auth, create_api_key
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
 CSV = b"text,label\n" + b"".join(f"good {i},pos\nbad {i},neg\n".encode() for i in range(6))
-# Public on purpose: liveness and the API's own description.
+# Public on purpose: liveness and the API's own description (with its pages' assets).
 PUBLIC = {
     ("GET", "/healthz"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
+    *(("GET", f"{ASSETS_URL}/{name}") for name in ASSETS),
 }
 # A valid input per task for its /v1/predict route; a new task must add one.
 PREDICT_INPUTS: dict[str, list[Any]] = {

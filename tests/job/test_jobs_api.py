@@ -244,7 +244,7 @@ def test_ia3_method_is_accepted_with_its_learning_rate(client, train_id):  # typ
     job = resp.json()
     assert job["method"]["type"] == "ia3" and job["hyperparameters"]["learning_rate"] == 3e-3
     bad = submit(client, train_dataset=train_id, method={"type": "ia3", "target_modules": []})
-    assert bad.status_code == 422 and "method.ia3.target_modules" in bad.json()["error"]["message"]
+    assert bad.status_code == 422 and "method.target_modules" in bad.json()["error"]["message"]
 
 
 def test_checkpoints_list_only_complete_ones(client, settings, train_id):  # type: ignore[no-untyped-def]
@@ -417,22 +417,22 @@ def test_adalora_and_prefix_tuning_are_accepted_with_resolved_defaults(client, t
     [
         ({"type": "adalora", "init_r": 8, "target_r": 8}, "target_r (8) must be less than init_r"),
         ({"type": "adalora", "target_r": 16}, "target_r (16) must be less than init_r (12)"),
-        ({"type": "adalora", "init_r": 0}, "method.adalora.init_r"),
-        ({"type": "adalora", "target_r": 0}, "method.adalora.target_r"),
-        ({"type": "adalora", "lora_alpha": 0}, "method.adalora.lora_alpha"),
-        ({"type": "adalora", "lora_dropout": 1}, "method.adalora.lora_dropout"),
-        ({"type": "adalora", "target_modules": []}, "method.adalora.target_modules"),
-        ({"type": "adalora", "tinit": -1}, "method.adalora.tinit"),
-        ({"type": "adalora", "tfinal": -1}, "method.adalora.tfinal"),
-        ({"type": "adalora", "delta_t": 0}, "method.adalora.delta_t"),
-        ({"type": "adalora", "orth_reg_weight": -0.1}, "method.adalora.orth_reg_weight"),
-        ({"type": "adalora", "r": 8}, "method.adalora.r"),
-        ({"type": "prefix_tuning", "num_virtual_tokens": 0}, "method.prefix_tuning.num_virtual"),
-        ({"type": "prefix_tuning", "num_virtual_tokens": 513}, "method.prefix_tuning.num_virtual"),
+        ({"type": "adalora", "init_r": 0}, "method.init_r"),
+        ({"type": "adalora", "target_r": 0}, "method.target_r"),
+        ({"type": "adalora", "lora_alpha": 0}, "method.lora_alpha"),
+        ({"type": "adalora", "lora_dropout": 1}, "method.lora_dropout"),
+        ({"type": "adalora", "target_modules": []}, "method.target_modules"),
+        ({"type": "adalora", "tinit": -1}, "method.tinit"),
+        ({"type": "adalora", "tfinal": -1}, "method.tfinal"),
+        ({"type": "adalora", "delta_t": 0}, "method.delta_t"),
+        ({"type": "adalora", "orth_reg_weight": -0.1}, "method.orth_reg_weight"),
+        ({"type": "adalora", "r": 8}, "method.r"),
+        ({"type": "prefix_tuning", "num_virtual_tokens": 0}, "method.num_virtual"),
+        ({"type": "prefix_tuning", "num_virtual_tokens": 513}, "method.num_virtual"),
         ({"type": "prefix_tuning", "encoder_hidden_size": 64}, "only used with prefix_projection"),
-        ({"type": "prefix_tuning", "merge_adapter": True}, "method.prefix_tuning.merge_adapter"),
-        ({"type": "full", "merge_adapter": True}, "method.full.merge_adapter"),
-        ({"type": "lora", "merge_adapter": "maybe"}, "method.lora.merge_adapter"),
+        ({"type": "prefix_tuning", "merge_adapter": True}, "method.merge_adapter"),
+        ({"type": "full", "merge_adapter": True}, "method.merge_adapter"),
+        ({"type": "lora", "merge_adapter": "maybe"}, "method.merge_adapter"),
     ],
 )
 def test_bad_method_options_are_422_naming_the_field(client, queue, train_id, method, field):  # type: ignore[no-untyped-def]
