@@ -25,7 +25,7 @@ def needs_weights() -> None:
 
 @pytest.fixture(scope="session")
 def e2e_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The shared service (under pytest-xdist, one per worker process)."""
+    """The shared service (under pytest-xdist, one per worker process that runs e2e tests)."""
     needs_weights()
     with running_service(tmp_path_factory.mktemp("e2e") / "data") as service:
         yield service

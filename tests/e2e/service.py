@@ -143,6 +143,10 @@ def running_service(
     redis.start()
     admin_key = "tsk_" + secrets.token_urlsafe(32)
     env = dict(os.environ)
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        # Other test processes (pytest-xdist workers) share the cores: one training thread, not
+        # one per core, so that torch's threads do not fight theirs (oversubscribed, all slow down).
+        env["TUNESERVE_TRAINING_THREADS"] = "1"
     env |= {
         "TUNESERVE_DATA_DIR": str(data_dir),
         "TUNESERVE_REDIS_URL": redis.url,
