@@ -141,6 +141,8 @@ SERVICE_DIRS = ("tests/e2e/", "tests/faults/")
 SLOW_MARKS = ("e2e", "faults", "postgres", "long")
 
 
+# tryfirst: pytest-xdist reads the xdist_group marks in its own hook of this name.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         module = item.nodeid.split("::")[0]
