@@ -134,20 +134,15 @@ def shared_data(*parts: str) -> Path:
 
 
 # Modules that start real processes (Redis, a Celery worker, the API) for the module or the
-# session: under pytest-xdist each one runs whole, in order, on one worker (`--dist loadgroup`),
-# and they are handed out first, since they are the longest.
+# session. Under pytest-xdist (`--dist loadscope`) every module runs whole, in order, on one worker;
+# these go first, since they are the longest.
 SERVICE_DIRS = ("tests/e2e/", "tests/faults/")
 # Every test without one of these marks is also marked `fast`: `pytest -m fast` while developing.
 SLOW_MARKS = ("e2e", "faults", "postgres", "long")
 
 
-# tryfirst: pytest-xdist reads the xdist_group marks in its own hook of this name.
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.nodeid.split("::")[0]
-        if module.startswith(SERVICE_DIRS):
-            item.add_marker(pytest.mark.xdist_group(module))
         if not any(item.get_closest_marker(mark) for mark in SLOW_MARKS):
             item.add_marker(pytest.mark.fast)
     items.sort(key=lambda item: not item.nodeid.startswith(SERVICE_DIRS))
