@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -39,11 +42,34 @@ def settings(tmp_path: Path):  # type: ignore[no-untyped-def]
     return Settings(data_dir=tmp_path / "data", redis_url=None)
 
 
-@pytest.fixture
-def migrated(settings):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database built by running the migrations, once a session; tests get copies."""
+    from app.core.config import Settings
     from app.db.migrate import upgrade
 
+    settings = Settings(data_dir=tmp_path_factory.mktemp("migrated") / "data", redis_url=None)
     upgrade(settings)
+    return settings.data_dir / "tuneserve.db"
+
+
+@pytest.fixture
+def migrated(settings, migrated_sqlite: Path):  # type: ignore[no-untyped-def]
+    from app.db.migrate import upgrade
+
+    if settings.database_url is not None:
+        upgrade(settings)
+        return settings
+    # A copy of the migrated database (SQLite's backup API: whole and consistent), not a run
+    # of every migration for each of several hundred tests.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    source = sqlite3.connect(migrated_sqlite)
+    target = sqlite3.connect(settings.data_dir / "tuneserve.db")
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
     return settings
 
 
@@ -105,3 +131,50 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path}")
     return path
+
+
+# Modules that start real processes (Redis, a Celery worker, the API) for the module or the
+# session. Under pytest-xdist (`--dist loadscope`) every module runs whole, in order, on one worker;
+# these go first, since they are the longest.
+SERVICE_DIRS = ("tests/e2e/", "tests/faults/")
+# Every test without one of these marks is also marked `fast`: `pytest -m fast` while developing.
+SLOW_MARKS = ("e2e", "faults", "postgres", "long")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(mark) for mark in SLOW_MARKS):
+            item.add_marker(pytest.mark.fast)
+    items.sort(key=lambda item: not item.nodeid.startswith(SERVICE_DIRS))
+
+
+# The fault-injection figures (tests/faults), printed at the end of the run. Here, not in
+# tests/faults/conftest.py, so that the pytest-xdist controller, which collects nothing, has the
+# hooks too: each worker hands its figures over when it finishes.
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.faults.figures import FIGURES
+
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fault_figures"] = FIGURES.as_dict()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    from tests.faults.figures import FIGURES
+
+    figures = getattr(node, "workeroutput", {}).get("fault_figures")
+    if figures:
+        FIGURES.merge(figures)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.faults.figures import FIGURES
+
+    if not FIGURES.submitted:
+        return
+    summary = FIGURES.summary()
+    terminalreporter.section("fault injection")
+    for key, value in summary.items():
+        terminalreporter.write_line(f"{key:>22}: {value}")
+    terminalreporter.write_line(json.dumps({"fault_injection": summary}))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -105,6 +106,19 @@ class Service:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=str(self.client.base_url), timeout=120, headers=headers)
 
+    def tenant_client(self, name: str) -> httpx.Client:
+        """A client with an admin key of a new tenant named after `name`: its listings show only
+        what it made, so tests sharing one service stay independent."""
+        from app.core.config import Settings
+        from tests.conftest import create_api_key
+
+        slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")[:40] or "tenant"
+        tenant = f"{slug}-{secrets.token_hex(4)}"
+        settings = Settings(
+            data_dir=self.data_dir, database_url=self.env.get("TUNESERVE_DATABASE_URL")
+        )
+        return self.new_client(create_api_key(settings, tenant=tenant))
+
     def stop_all(self) -> None:
         for name in ("api", "relay", "worker"):
             if name in self.procs:
@@ -129,6 +143,10 @@ def running_service(
     redis.start()
     admin_key = "tsk_" + secrets.token_urlsafe(32)
     env = dict(os.environ)
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        # Other test processes (pytest-xdist workers) share the cores: one training thread, not
+        # one per core, so that torch's threads do not fight theirs (oversubscribed, all slow down).
+        env["TUNESERVE_TRAINING_THREADS"] = "1"
     env |= {
         "TUNESERVE_DATA_DIR": str(data_dir),
         "TUNESERVE_REDIS_URL": redis.url,

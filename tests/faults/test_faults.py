@@ -41,8 +41,8 @@ RECOVERY_ENV = {
     "TUNESERVE_CANCEL_POLL_SECONDS": "0.2",
     "TUNESERVE_MAX_ACTIVE_JOBS_PER_TENANT": "0",
 }
-# A training run of roughly 10-20 s on the tiny model: long enough to be hit mid-training.
-ROWS = 1200
+# A training run of 600 steps (5-15 s) on the tiny model: long enough to be hit mid-training.
+ROWS = 800
 SPEC: dict[str, Any] = {
     "task": "classification",
     "base_model": "local/tiny-bert",
@@ -236,7 +236,13 @@ def test_duplicate_messages_run_the_job_once(svc: tuple[Service, str]) -> None:
     queue.enqueue(job_id)
     job = finished(service, job_id, "succeeded")
     assert job["attempt"] == 1
-    time.sleep(2)  # let the duplicate deliveries reach the worker and be skipped
+    # The two duplicate deliveries reach the worker and are skipped.
+    skipped = f"job {job_id} is not queued"
+    log = service.data_dir / "worker.log"
+    deadline = time.monotonic() + 30
+    while log.read_text().count(skipped) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert log.read_text().count(skipped) >= 2, tail_logs(service.data_dir)
     assert service.client.get(f"/v1/jobs/{job_id}").json()["attempt"] == 1
 
 
