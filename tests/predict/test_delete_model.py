@@ -3,7 +3,6 @@ that an alias, an active job or another model needs is refused (409) naming what
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -11,6 +10,7 @@ from fastapi.testclient import TestClient
 from app.db.models import JobStatus
 from app.db.session import make_engine, make_sessionmaker
 from tests.conftest import auth, create_api_key
+from tests.predict.conftest import upload_rows
 from tests.tinymodel import sentiment_rows
 from tests.worker.conftest import TINY_MODEL_ID
 from worker.jobs import run_job
@@ -20,19 +20,6 @@ LORA = {"type": "lora", "r": 4, "lora_dropout": 0.0}
 QUANTIZE = {"type": "quantize", "scheme": "int8_dynamic"}
 PREDICT = "/v1/predict/classification"
 TEXTS = ["a great superb film", "awful boring plot"]
-
-
-def _upload(client: TestClient, rows: dict[str, list[str]]) -> str:
-    body = "text,label\n" + "".join(
-        f"{t},{lab}\n" for t, lab in zip(rows["text"], rows["label"], strict=True)
-    )
-    resp = client.post(
-        "/v1/datasets",
-        data={"task": "classification"},
-        files={"file": ("rows.csv", io.BytesIO(body.encode()), "text/csv")},
-    )
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
 
 
 def _submit(client: TestClient, **spec: Any) -> str:
@@ -69,7 +56,7 @@ def test_delete_removes_the_model_its_files_and_its_predictor(
     train_settings, client: TestClient
 ) -> None:
     data = train_settings.data_dir
-    train = _upload(client, sentiment_rows(24))
+    train = upload_rows(client, sentiment_rows(24))
     gone = _model(client, train_settings, base_model=TINY_MODEL_ID, train_dataset=train)
     kept = _model(client, train_settings, base_model=TINY_MODEL_ID, train_dataset=train, seed=3)
     assert _predict(client, gone["id"]).status_code == 200  # loaded and cached
@@ -109,7 +96,7 @@ def test_delete_removes_the_model_its_files_and_its_predictor(
 
 def test_a_model_in_use_is_refused_naming_each_holder(train_settings, client: TestClient) -> None:
     data = train_settings.data_dir
-    train = _upload(client, sentiment_rows(24))
+    train = upload_rows(client, sentiment_rows(24))
     parent = _model(client, train_settings, base_model=TINY_MODEL_ID, train_dataset=train)
     base = f"model:{parent['id']}"
     adapter = _model(client, train_settings, base_model=base, train_dataset=train, method=LORA)

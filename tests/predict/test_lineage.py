@@ -3,7 +3,6 @@ clear 503, never a 500; and the whole path through the API."""
 
 from __future__ import annotations
 
-import io
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.core.errors import Unavailable
 from app.db.models import Job, JobStatus, Model
 from app.predict.predictor import load_predictor
+from tests.predict.conftest import upload_rows
 from tests.tinymodel import sentiment_rows
 from tests.worker.conftest import TINY_MODEL_ID
 from worker.jobs import run_job
@@ -143,19 +143,6 @@ def test_adapter_child_whose_parent_files_are_gone_is_503(
 # --- through the API: submission, the model resource, /predict -------------------------------
 
 
-def _upload(client: TestClient, rows: dict[str, list[str]]) -> str:
-    body = "text,label\n" + "".join(
-        f"{t},{lab}\n" for t, lab in zip(rows["text"], rows["label"], strict=True)
-    )
-    resp = client.post(
-        "/v1/datasets",
-        data={"task": "classification"},
-        files={"file": ("rows.csv", io.BytesIO(body.encode()), "text/csv")},
-    )
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
 def _run(client: TestClient, settings: Any, **spec: Any) -> dict[str, Any]:
     hp = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-2}
     resp = client.post("/v1/jobs", json={"task": "classification", "hyperparameters": hp, **spec})
@@ -171,14 +158,14 @@ def test_continue_a_model_through_the_api(train_settings, client: TestClient) ->
         client,
         train_settings,
         base_model=TINY_MODEL_ID,
-        train_dataset=_upload(client, sentiment_rows(40)),
+        train_dataset=upload_rows(client, sentiment_rows(40)),
     )
     parent = parent_job["model_id"]
     child_job = _run(
         client,
         train_settings,
         base_model=f"model:{parent}",
-        train_dataset=_upload(client, sentiment_rows(24, seed=7)),
+        train_dataset=upload_rows(client, sentiment_rows(24, seed=7)),
         method=LORA,
     )
     assert child_job["base_model"] == f"model:{parent}"  # as given
@@ -204,7 +191,7 @@ def test_continue_a_model_through_the_api(train_settings, client: TestClient) ->
         json={
             "task": "classification",
             "base_model": f"model:{parent}",
-            "train_dataset": _upload(client, sentiment_rows(8)),
+            "train_dataset": upload_rows(client, sentiment_rows(8)),
         },
     )
     assert resp.status_code == 422 and "base_model" in resp.json()["error"]["message"]
