@@ -12,7 +12,8 @@ from app.db.models import Job, JobEvent, JobMessage, JobStatus
 from app.db.session import make_engine, make_sessionmaker
 from app.job.checkpoints import checkpoints_dir, job_dir, write_manifest
 from tests.conftest import auth, create_api_key
-from tests.predict.test_delete_model import _model, _upload
+from tests.predict.conftest import upload_rows
+from tests.predict.test_delete_model import _model
 from tests.tinymodel import sentiment_rows
 from tests.worker.conftest import TINY_MODEL_ID
 from worker.training.state import AttemptFence, claim_job
@@ -66,7 +67,7 @@ def _fail_with_checkpoints(settings: Any, job_id: str) -> None:
 def test_an_ended_job_is_deleted_with_its_files_and_nothing_else(
     train_settings, client: TestClient
 ) -> None:
-    train = _upload(client, sentiment_rows(24))
+    train = upload_rows(client, sentiment_rows(24))
     model = _model(client, train_settings, base_model=TINY_MODEL_ID, train_dataset=train)
     succeeded = model["job_id"]
     failed = _submit(client, train)
@@ -109,7 +110,7 @@ def test_an_ended_job_is_deleted_with_its_files_and_nothing_else(
 
 
 def test_a_queued_or_running_job_is_not_deleted(train_settings, client: TestClient) -> None:
-    train = _upload(client, sentiment_rows(24))
+    train = upload_rows(client, sentiment_rows(24))
     queued = _submit(client, train)
     running = _submit(client, train)
     engine = make_engine(train_settings)
