@@ -63,7 +63,7 @@ def test_quick_start_runs_verbatim(e2e_service: Service) -> None:
     lines = proc.stdout.splitlines()
     statuses = [line.split()[0] for line in lines if re.match(r"^(queued|running|succeeded)", line)]
     assert statuses and statuses[-1] == "succeeded", proc.stdout[-3000:]
-    # One-line JSON answers (curl's); the pretty-printed events span many lines and are skipped.
+    # The JSON answers, one a line (curl -w); the other lines are progress and events.
     answers = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
     predictions = next(a for a in answers if "predictions" in a)["predictions"]
     # The two sentences of the quick start: one plainly positive, one plainly negative.
