@@ -8,6 +8,7 @@ page headers say), and the table read against the footer after.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,6 +20,7 @@ from app.dataset.parquet_pages import PageCounts, PageError, TooManyPages, chunk
 # Page headers read per file. Writers start a page every 20,000 rows or 1 MiB (pyarrow, parquet-mr),
 # so 2,000,000 rows of 4 GiB of text take about 4,000 pages a column; a page costs ~7 us to check.
 MAX_PAGES = 200_000
+DICT_HEADER_SLACK = 100  # pyarrow's kMaxDictHeaderSize
 
 
 def check_footer(path: Path, meta: Any) -> None:
@@ -27,41 +29,48 @@ def check_footer(path: Path, meta: Any) -> None:
     in_groups = sum(g.num_rows for g in groups)
     if in_groups != meta.num_rows:
         raise mismatch(
-            f"the file's footer says {meta.num_rows:,} rows in all but {in_groups:,} in its row "
-            f"groups"
+            f"the file's footer says {_n(meta.num_rows, 'row')} in all but {in_groups:,} in its "
+            f"row groups"
         )
+    slack = DICT_HEADER_SLACK if _undercounts_chunks(meta.created_by or "") else 0
     pages = 0
     with path.open("rb") as f:
         for i, group in enumerate(groups, start=1):
             for j in range(group.num_columns):
-                chunk, rows = group.column(j), group.num_rows
-                name, values = chunk.path_in_schema, chunk.num_values
-                # A list column has a value, a null or an empty list for every row, at least.
                 nested = meta.schema.column(j).max_repetition_level > 0
-                if values < rows or (values > rows and not nested):
-                    raise mismatch(
-                        f"the file's footer says {rows:,} rows in row group {i} but its column "
-                        f"'{name}' holds {values:,} values there"
-                    )
-                counted = _pages(f, chunk, MAX_PAGES - pages)
-                pages += max(counted.pages, 1)  # a chunk without pages counts as one
-                if counted.values != values or counted.rows not in (None, rows):
-                    held = (
-                        f"{counted.values:,} values"
-                        if counted.values != values
-                        else f"{counted.rows:,} rows"
-                    )
-                    raise mismatch(
-                        f"the file's footer says {values:,} values in {rows:,} rows for column "
-                        f"'{name}' in row group {i} but its pages hold {held}"
-                    )
+                pages += _check_chunk(f, group, i, j, nested, MAX_PAGES - pages, slack)
+
+
+def _check_chunk(
+    f: IO[bytes], group: Any, i: int, j: int, nested: bool, max_pages: int, slack: int
+) -> int:
+    """Check column `j` of row group `i` (1-based) against its rows and pages; its page count."""
+    chunk, rows = group.column(j), group.num_rows
+    name, values = chunk.path_in_schema, chunk.num_values
+    # A list column has a value, a null or an empty list for every row, at least.
+    if values < rows or (values > rows and not nested):
+        raise mismatch(
+            f"the file's footer says {_n(rows, 'row')} in row group {i} but its column "
+            f"'{name}' holds {_n(values, 'value')} there"
+        )
+    counted = _pages(f, chunk, max_pages, slack)
+    if counted.values != values or counted.rows not in (None, rows):
+        if counted.values != values:
+            held = _n(counted.values, "value")
+        else:  # V2 pages: the values agree, the rows do not
+            held = _n(counted.rows or 0, "row")
+        raise mismatch(
+            f"the file's footer says {_n(values, 'value')} in {_n(rows, 'row')} for column "
+            f"'{name}' in row group {i} but its pages hold {held}"
+        )
+    return max(counted.pages, 1)  # a chunk without pages counts as one
 
 
 def check_read(table: pa.Table, meta: Any) -> None:
     """InvalidInput when the table read holds fewer rows or values than the footer promised."""
     if table.num_rows != meta.num_rows:
         raise mismatch(
-            f"the file's footer says {meta.num_rows:,} rows but {table.num_rows:,} were read"
+            f"the file's footer says {_n(meta.num_rows, 'row')} but {table.num_rows:,} were read"
         )
     # A list column's rows can be cut short while its values stay: compare what the table needs
     # the file to hold (a level per value, null and empty list) with what the footer says it does.
@@ -73,9 +82,22 @@ def check_read(table: pa.Table, meta: Any) -> None:
         if needed[j] != declared:
             name = meta.row_group(0).column(j).path_in_schema if meta.num_row_groups else str(j)
             raise mismatch(
-                f"the file's footer says its column '{name}' holds {declared:,} values but the "
-                f"{table.num_rows:,} rows read hold {needed[j]:,}"
+                f"the file's footer says its column '{name}' holds {_n(declared, 'value')} but the "
+                f"{_n(table.num_rows, 'row')} read hold {needed[j]:,}"
             )
+
+
+def _undercounts_chunks(created_by: str) -> bool:
+    """parquet-mr before 1.2.9 left the dictionary page header out of a chunk's size (PARQUET-816);
+    pyarrow reads up to 100 bytes further for its files, and so do the page counts."""
+    found = re.match(r"parquet-mr(?: version (\d+)\.(\d+)\.(\d+))?", created_by)
+    if found is None:
+        return False
+    return found[1] is None or tuple(int(n) for n in found.groups()) < (1, 2, 9)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
 
 def mismatch(what: str) -> InvalidInput:
@@ -86,12 +108,17 @@ def mismatch(what: str) -> InvalidInput:
     )
 
 
-def _pages(f: IO[bytes], chunk: Any, max_pages: int) -> PageCounts:
-    start = chunk.data_page_offset
-    if chunk.has_dictionary_page and 0 < chunk.dictionary_page_offset < start:
-        start = chunk.dictionary_page_offset
+def _pages(f: IO[bytes], chunk: Any, max_pages: int, slack: int) -> PageCounts:
+    # The first page: the dictionary's when there is one. An offset under 4 (the magic "PAR1") is
+    # none: an empty chunk has no data page, and old writers left a dictionary's offset at 0.
+    offsets = [chunk.data_page_offset]
+    if chunk.has_dictionary_page:
+        offsets.append(chunk.dictionary_page_offset)
+    start = min((o for o in offsets if o >= 4), default=chunk.data_page_offset)
     try:
-        return chunk_counts(f, start, start + chunk.total_compressed_size, max_pages)
+        return chunk_counts(
+            f, start, start + chunk.total_compressed_size, max_pages=max_pages, slack=slack
+        )
     except TooManyPages:
         raise InvalidInput(
             f"the file has more than {MAX_PAGES:,} pages (their headers are read to check the "

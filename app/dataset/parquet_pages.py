@@ -32,8 +32,13 @@ class PageCounts:
     pages: int = 0
 
 
-def chunk_counts(f: IO[bytes], start: int, end: int, max_pages: int) -> PageCounts:
-    """The counts of the pages from byte `start` to `end`, refusing more than `max_pages`."""
+def chunk_counts(
+    f: IO[bytes], start: int, end: int, *, max_pages: int, slack: int = 0
+) -> PageCounts:
+    """The counts of the pages from byte `start` to `end`, refusing more than `max_pages`.
+
+    The last page may run `slack` bytes past `end` (old writers undercounted chunk sizes).
+    """
     counts = PageCounts()
     pos = start
     while pos < end:
@@ -41,7 +46,7 @@ def chunk_counts(f: IO[bytes], start: int, end: int, max_pages: int) -> PageCoun
             raise TooManyPages()
         header, size = _read_header(f, pos)
         body = _int(header.get(3))
-        if body < 0 or pos + size + body > end:
+        if body < 0 or pos + size + body > end + slack:
             raise PageError(f"the page at byte {pos} runs past its column chunk")
         kind = _int(header.get(1))
         if kind == DATA_PAGE:

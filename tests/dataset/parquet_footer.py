@@ -1,9 +1,10 @@
 """Edit the row and value counts of a Parquet footer in place, as in a damaged or doctored file.
 
-The footer is a Thrift compact-protocol FileMetaData: num_rows is field 3, row_groups field 4; a
-RowGroup has columns (1) and num_rows (3); a ColumnChunk has meta_data (3), whose num_values is
-field 5. An i64 is a zigzag varint, so a smaller number is written in the same number of bytes by
-padding it with 0x80 continuation bytes, and nothing else in the file moves.
+The footer is a Thrift compact-protocol FileMetaData: num_rows is field 3, row_groups field 4,
+created_by field 6; a RowGroup has columns (1) and num_rows (3); a ColumnChunk has meta_data (3),
+whose num_values is field 5 and total_compressed_size field 7. An i64 is a zigzag varint, so a
+smaller number is written in the same number of bytes by padding it with 0x80 continuation bytes,
+and nothing else in the file moves.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from dataclasses import dataclass, field
 FILE_NUM_ROWS = "file.num_rows"
 GROUP_NUM_ROWS = "row_group.num_rows"
 COLUMN_NUM_VALUES = "column.num_values"
+COLUMN_SIZE = "column.total_compressed_size"
+CREATED_BY = "file.created_by"
+# Field ids from the root of FileMetaData: row_groups (4), columns (1), meta_data (3).
+I64_FIELDS = {
+    (3,): FILE_NUM_ROWS,
+    (4, 3): GROUP_NUM_ROWS,
+    (4, 1, 3, 5): COLUMN_NUM_VALUES,
+    (4, 1, 3, 7): COLUMN_SIZE,
+}
 
 
 @dataclass
@@ -57,13 +67,14 @@ class _Reader:
         elif kind == 6:
             at = self.pos
             value = self.zigzag()
-            name = {(3,): FILE_NUM_ROWS, (4, 3): GROUP_NUM_ROWS, (4, 1, 3, 5): COLUMN_NUM_VALUES}
-            if path in name:
-                counts.add(name[path], at, self.pos, value)
+            if path in I64_FIELDS:
+                counts.add(I64_FIELDS[path], at, self.pos, value)
         elif kind == 7:
             self.pos += 8
         elif kind == 8:
             length = self.varint()
+            if path == (6,):  # created_by
+                counts.add(CREATED_BY, self.pos, self.pos + length, 0)
             self.pos += length
         elif kind in (9, 10):
             header = self.byte()
@@ -115,7 +126,7 @@ def _padded_varint(number: int, length: int) -> bytes:
 
 
 def patched(data: bytes, number: int, *names: str, group: int | None = None) -> bytes:
-    """`data` with the counts of the kinds named set to `number`, each in its own bytes: all of
+    """`data` with the numbers of the kinds named set to `number`, each in its own bytes: all of
     them, or those of row group `group` (0-based) and the file's own."""
     out = bytearray(data)
     counts = footer_counts(data)
@@ -127,3 +138,16 @@ def patched(data: bytes, number: int, *names: str, group: int | None = None) -> 
         for at, length, _ in found:
             out[at : at + length] = _padded_varint(number, length)
     return bytes(out)
+
+
+def with_number(data: bytes, name: str, index: int, number: int) -> bytes:
+    """`data` with the `index`-th number of kind `name` (in footer order) set to `number`."""
+    at, length, _ = footer_counts(data).found[name][index]
+    return data[:at] + _padded_varint(number, length) + data[at + length :]
+
+
+def with_writer(data: bytes, created_by: str) -> bytes:
+    """`data` with the footer's created_by replaced by `created_by`, padded to the same length."""
+    [(at, length, _)] = footer_counts(data).found[CREATED_BY]
+    assert len(created_by) <= length
+    return data[:at] + created_by.ljust(length).encode() + data[at + length :]
