@@ -24,10 +24,10 @@ _ACTS = (
     r"|\[[^\]]+\][^!\s]*!|'\[[^\]]+\][^']*'!"
     r"|(?:'[^']+'|[\pL_][\pL\pN_.]*)?!\$?[A-Za-z]{1,3}\$?\d)"
 )
-# '=' then, at once, something an expression starts with: "=1+1", "=A1", "=SUM(", '="x"',
-# "=@SUM(", "={1,2}", "=[x.xlsx]Sheet1!A1", "=!A1". Not "=====" or "==> see below" (rules,
-# arrows), nor the emoticons "=)", "=/", "=[" and "=\".
-_EXPRESSION = r"=(?:[\pL\pN_$(+\-\"'.@{]|\[[^\]]*\]|![\pL\pN$_])"
+# '=' then, at once, something an expression starts with: "=1+1", "=A1", "=SUM(", "=@SUM(",
+# "={1,2}", "=[x.xlsx]Sheet1!A1", "=!A1"; or a quote, after spaces too: '="x"', '= "x"'. Not
+# "=====" or "==> see below" (rules, arrows), nor the emoticons "=)", "=/", "=[" and "=\".
+_EXPRESSION = r"=(?:" + _SKIP + r"*[\"']|[\pL\pN_$(+\-.@{]|\[[^\]]*\]|![\pL\pN$_])"
 # '=', '+', '-' or '@' and, after numbers, operators and spaces, a call or a reference:
 # "= SUM(A1)", "+SUM(", "-2+3+HYPERLINK(", "@cmd(", "+[x.xlsx]Sheet1!A1". Plain text such as
 # "= great", "- great film", "+1", "-5 stars" or "@user thanks" has neither.

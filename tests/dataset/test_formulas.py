@@ -55,12 +55,14 @@ BYPASSES = [
     "\u3000\uff1d1+1",
 ]
 
-# Refused before as well; kept refused now that "= great" passes, and the OWASP list's tab and CR.
+# Refused before as well, and still now that "= great" passes; the OWASP list's tab and CR in front.
 KEPT = [
     "='[evil.xlsx]Sheet 1'!A1",
     "= SUM(A1)",
     '= 1+HYPERLINK("http://evil.example")',
     '= "click"&HYPERLINK("http://evil.example")',
+    '= "great"',
+    "= 'great'",
     "= cmd|' /C calc'!A0",
     "\t=1+1",
     "\r=1+1",
@@ -90,6 +92,8 @@ LOOKALIKES = [
     "+1",
     "+44 20 7542 7658",
     "+ (yes)",
+    "\tgreat film",
+    "\r\ngreat film",
     "@user thanks",
     "@user @user what?! no!",
     "@ home",
