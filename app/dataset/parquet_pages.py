@@ -13,8 +13,8 @@ from typing import IO, Any
 
 DATA_PAGE, DATA_PAGE_V2 = 0, 3
 HEADER_READ = 256  # bytes read ahead for a page header; more when it has long statistics
-MAX_HEADER = 16 * 1024 * 1024  # a header longer than this (huge min/max statistics) is damage
-MAX_DEPTH = 8  # PageHeader nests three structs deep; deeper is not a page header
+MAX_HEADER = 1024 * 1024  # a header longer than this (min/max statistics of 1 MiB) is damage
+MAX_DEPTH = 8  # PageHeader nests three deep (statistics); deeper is not a page header
 
 
 class PageError(Exception):
@@ -40,6 +40,8 @@ def chunk_counts(
     The last page may run `slack` bytes past `end` (old writers undercounted chunk sizes).
     """
     counts = PageCounts()
+    if start < 0 or end < start:
+        raise PageError(f"the footer places it at bytes {start} to {end}, outside the file")
     pos = start
     while pos < end:
         if counts.pages >= max_pages:
@@ -95,8 +97,6 @@ class _Reader:
         self.data, self.pos = data, 0
 
     def struct(self, depth: int) -> tuple[dict[int, Any], int]:
-        if depth > MAX_DEPTH:
-            raise PageError("a page header nests too deep")
         fields: dict[int, Any] = {}
         last = 0
         while True:
@@ -108,6 +108,8 @@ class _Reader:
             fields[last] = self._value(kind, depth)
 
     def _value(self, kind: int, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise PageError("a page header nests too deep")
         if kind in (1, 2):  # a bool field carries its value in its type
             return kind == 1
         if kind == 3:

@@ -16,6 +16,7 @@ FILE_NUM_ROWS = "file.num_rows"
 GROUP_NUM_ROWS = "row_group.num_rows"
 COLUMN_NUM_VALUES = "column.num_values"
 COLUMN_SIZE = "column.total_compressed_size"
+DATA_PAGE_OFFSET = "column.data_page_offset"
 CREATED_BY = "file.created_by"
 # Field ids from the root of FileMetaData: row_groups (4), columns (1), meta_data (3).
 I64_FIELDS = {
@@ -23,6 +24,7 @@ I64_FIELDS = {
     (4, 3): GROUP_NUM_ROWS,
     (4, 1, 3, 5): COLUMN_NUM_VALUES,
     (4, 1, 3, 7): COLUMN_SIZE,
+    (4, 1, 3, 9): DATA_PAGE_OFFSET,
 }
 
 

@@ -8,6 +8,7 @@ tests/dataset/parquet_footer.py): told 10 rows, a reader decodes 10 and drops th
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ from app.dataset import parquet_counts
 from tests.dataset.parquet_footer import (
     COLUMN_NUM_VALUES,
     COLUMN_SIZE,
+    DATA_PAGE_OFFSET,
     FILE_NUM_ROWS,
     GROUP_NUM_ROWS,
     footer_counts,
@@ -156,6 +158,45 @@ def test_an_unreadable_page_header_is_a_parse_error(client, settings, rows_file)
     assert err["code"] == "parse_error"
     assert err["message"].startswith("not a valid Parquet file: column 'text': ")
     assert leftovers(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "number", "reason"),
+    [
+        (DATA_PAGE_OFFSET, -1, "the footer places it at bytes -1 to "),
+        (COLUMN_SIZE, -1, "the footer places it at bytes 4 to 3, outside the file"),
+        (DATA_PAGE_OFFSET, 3, "a page header lacks a count"),
+    ],
+)
+def test_a_footer_that_points_outside_the_pages_is_a_parse_error(
+    client, settings, name, number, reason
+):  # type: ignore[no-untyped-def]
+    content = parquet_bytes(
+        pa.table({"text": ["a", "b"], "label": ["x", "y"]}), use_dictionary=False
+    )
+    err = error(upload(client, patched(content, number, name), "rows.parquet"), 422)
+    assert err["code"] == "parse_error"
+    assert err["message"].startswith(f"not a valid Parquet file: column 'text': {reason}")
+    assert leftovers(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b"\x19" * 100 + b"\x00" * 10, "a page header nests too deep"),
+        (
+            b"\x19\xf8\xff\xff\xff\xff\x0f" + b"\x00" * 100_000,
+            "the page header at byte 0 is cut off",
+        ),
+        (b"\x16" + b"\xff" * 20, "a page header holds an overlong number"),
+        (b"\x1d\x00", "not a page header (Thrift type 13)"),
+    ],
+)
+def test_hostile_page_headers_are_page_errors(header: bytes, reason: str) -> None:
+    from app.dataset.parquet_pages import PageError, chunk_counts
+
+    with pytest.raises(PageError, match=re.escape(reason)):
+        chunk_counts(io.BytesIO(header), 0, 10**9, max_pages=10)
 
 
 def test_page_headers_read_are_capped(client, settings, monkeypatch):  # type: ignore[no-untyped-def]
