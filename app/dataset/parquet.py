@@ -8,11 +8,12 @@ from typing import Any
 import pyarrow as pa
 
 from app.core.errors import InvalidInput, PayloadTooLarge
+from app.dataset.parquet_counts import check_footer, check_read
 from app.ml.tables import ParsedTable
 
 
 def read_parquet(path: Path, *, max_rows: int, max_decoded_bytes: int) -> ParsedTable:
-    """The file's table, refused when corrupt, over `max_rows` or decoding past the byte cap."""
+    """The file's table; refused when corrupt, unlike its own footer, or over a row or byte cap."""
     import pyarrow.parquet as pq
 
     try:
@@ -25,12 +26,14 @@ def read_parquet(path: Path, *, max_rows: int, max_decoded_bytes: int) -> Parsed
             )
         declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         _check_decoded(declared, max_decoded_bytes)
+        check_footer(path, meta)
         # Text columns are read as dictionaries, so that a value repeated a million times (tiny
         # in the file) is measured before it is copied a million times.
         flat = [f.name for f in pq.read_schema(path) if _is_text_or_binary(f.type)]
         table = pq.read_table(path, read_dictionary=flat or None)
     except (pa.ArrowException, OSError) as exc:
         raise InvalidInput(f"not a valid Parquet file: {exc}", code="parse_error") from None
+    check_read(table, meta)
     _check_decoded(_decoded_bytes(table), max_decoded_bytes)
     return ParsedTable(table=_decode_columns(table))
 
