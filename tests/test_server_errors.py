@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import auth
 
@@ -71,9 +72,36 @@ def test_a_500_keeps_the_connection_open_and_logs_once(
             assert status == 200 and body["data"] == []
             status, body, _ = _exchange(conn, "GET", "/healthz", headers, None)
             assert status == 200
+            # Counted as the 500 it became, on its route.
+            conn.request("GET", "/metrics", headers=headers)
+            metrics = conn.getresponse().read().decode()
     finally:
         conn.close()
+    counted = {
+        (s.labels.get("route"), s.labels.get("status")): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "tuneserve_http_requests_total"
+    }
+    assert counted[("/v1/predict/classification", "500")] == 1
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1, [r.getMessage() for r in tracebacks]
     assert "a bug in the model lookup" in str(tracebacks[0].exc_info[1])  # type: ignore[index]
     assert "POST /v1/predict/classification" in tracebacks[0].getMessage()
+
+
+def test_an_error_quoting_a_lone_surrogate_is_still_sent(app: Any, admin_key: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.core.errors import NotFound
+
+    def lookup() -> None:
+        # As a route that quotes a client's id in its 404 would.
+        raise NotFound("model 'mdl_\ud800' does not exist", field="model")
+
+    app.add_api_route("/test-only/lookup", lookup)
+    with TestClient(app, headers=auth(admin_key), raise_server_exceptions=False) as client:
+        resp = client.get("/test-only/lookup")
+    # Written with a \u escape: UTF-8 cannot hold the surrogate itself.
+    assert resp.status_code == 404 and b"mdl_\\ud800" in resp.content
+    assert resp.json()["error"]["message"] == "model 'mdl_\ud800' does not exist"

@@ -123,6 +123,18 @@ def test_a_lone_surrogate_in_the_model_field_is_422(served: Served, task: str) -
     assert "surrogate (\\ud800) at character 4" in resp.json()["error"]["message"]
 
 
+def test_messages_quote_a_surrogate_as_its_escape(served: Served) -> None:
+    resp = post(served, "qa", {"inputs": [f"why{SURROGATE}"]})
+    assert resp.json()["error"]["message"] == (
+        'inputs[0]: expected an object with the fields question and context; got "why\\ud800"'
+    )
+    # Pydantic's own refusal of a surrogate ("unable to parse raw data as a unicode string").
+    resp = post(served, "classification", {"inputs": ["ok"], "top_k": f"1{SURROGATE}"})
+    assert resp.json()["error"]["message"].startswith(
+        "top_k: has a lone UTF-16 surrogate (\\ud800) at character 1"
+    )
+
+
 def test_a_surrogate_sent_as_raw_bytes_is_refused_like_an_escaped_one(served: Served) -> None:
     # CESU-8 bytes of U+D800: Python's json reads them as the same lone surrogate.
     model = served.models["classification"]["full"].encode()
