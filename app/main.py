@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -13,6 +14,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import Settings, get_settings
 from app.core.docs import install_docs
@@ -29,13 +31,57 @@ from app.db.session import make_engine, make_sessionmaker
 log = logging.getLogger("tuneserve.api")
 
 
+class ErrorResponse(JSONResponse):
+    """An error body, which may quote what the client sent: a lone UTF-16 surrogate there (JSON's
+    "\\ud800") cannot be written as UTF-8, so such a body is written with \\u escapes instead."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def _error(
     status: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if details:
         body["details"] = details
-    return JSONResponse(status_code=status, content={"error": body})
+    return ErrorResponse(status_code=status, content={"error": body})
+
+
+class UnhandledErrors:
+    """Answers an exception that no handler took with the usual JSON 500, logged once, and lets
+    it go no further.
+
+    Starlette's ServerErrorMiddleware sends its 500 and then raises the exception again, and
+    uvicorn answers that by closing the keep-alive connection without `Connection: close`: the
+    client's next request on it would fail. Only a response already begun when the exception
+    came cannot be answered; that one goes on to the server, which closes the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error: %s %s", scope.get("method"), scope.get("path"))
+            await _error(500, "internal_error", "internal server error")(scope, receive, send)
 
 
 def _parameters(dependant: Any, where: str) -> dict[str, tuple[Any, list[Any]]]:
@@ -71,7 +117,7 @@ def _describe_validation(request: Request, exc: RequestValidationError) -> list[
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(
+        return ErrorResponse(
             status_code=exc.status_code, content={"error": exc.to_dict()}, headers=exc.headers
         )
 
@@ -119,11 +165,6 @@ def install_error_handlers(app: FastAPI) -> None:
             "; ".join(p.message for p in problems),
             {"field": problems[0].field, "errors": [p.as_dict() for p in problems]},
         )
-
-    @app.exception_handler(Exception)
-    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return _error(500, "internal_error", "internal server error")
 
 
 def register_bootstrap_key(factory: sessionmaker[Session], key: str) -> None:
@@ -221,8 +262,11 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         if settings.batching
         else None
     )
-    # Added last, so outermost: it also counts what the body limit and error handlers answer.
+    # Added after the others, so outside them: it also counts what the body limit and error
+    # handlers answer, and an unhandled exception as the 500 it becomes.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost of ours: whatever raises inside (a route, a middleware) is answered here.
+    app.add_middleware(UnhandledErrors)
     for router in (
         keys_router,
         datasets_router,

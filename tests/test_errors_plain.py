@@ -145,7 +145,7 @@ def test_a_body_that_is_not_json_is_400_naming_line_and_column(
             "/v1/predict/classification",
             {"model": "m", "inputs": ["ok", 5]},
             "inputs[1]",
-            "expected a string, or an object with the fields text and text_pair; got 5",
+            "expected a non-empty string, or an object with the fields text and text_pair; got 5",
         ),
         (
             "/v1/predict/classification",

@@ -5,6 +5,10 @@ unexpected methods) and generated schema-valid (positive) and schema-invalid (ne
 the admin also gets cases on a real dataset and job. No response may be a 5xx, and every
 response must match what the document says (status code, content type, headers, body schema).
 
+Each /v1/predict/{task} case that has a `model` string is bound to a real registered tiny model
+of that task (full, LoRA adapter, merged LoRA, int8, in turn), so that its inputs reach the
+tokenizer and the model.
+
 SCHEMATHESIS_EXAMPLES sets the cases per operation and mode (default 10, about a minute here);
 `pytest -m long tests/test_schemathesis.py` runs the long variant (SCHEMATHESIS_LONG_EXAMPLES,
 default 200).
@@ -13,6 +17,7 @@ default 200).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -33,8 +38,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from app.core.config import Settings
 from tests.conftest import RecordingQueue, auth, create_api_key
+from tests.tinyserved import serving_settings, train_served_models
 
 SHORT = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "10"))
 LONG = int(os.environ.get("SCHEMATHESIS_LONG_EXAMPLES", "200"))
@@ -55,6 +60,8 @@ class Api:
     schema: Any
     headers: dict[str, dict[str, str]]
     real_ids: dict[str, str]
+    # Registered tiny models by task: what the predict operations' `model` is bound to.
+    models: dict[str, list[str]]
 
 
 @dataclass
@@ -62,6 +69,8 @@ class Tally:
     cases: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     server_errors: list[str] = field(default_factory=list)
+    # Predict cases a real model answered (200), by task.
+    predicted: Counter[str] = field(default_factory=Counter)
     nonconforming: list[str] = field(default_factory=list)
 
 
@@ -70,11 +79,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     from app.db.migrate import upgrade
     from app.main import create_app
 
-    conf = Settings(
-        data_dir=tmp_path_factory.mktemp("schemathesis") / "data",
-        redis_url=None,
-        rate_limit_per_minute=0,  # thousands of requests per key
-    )
+    conf = serving_settings(tmp_path_factory.mktemp("schemathesis"))
     upgrade(conf)
     application = create_app(conf, queue=RecordingQueue())
     headers = {
@@ -88,16 +93,31 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
             "/v1/jobs",
             json={"task": "classification", "base_model": BASE, "train_dataset": ds.json()["id"]},
         )
+        models = {
+            task: list(kinds.values()) for task, kinds in train_served_models(c, conf).items()
+        }
     real_ids = {"dataset_id": ds.json()["id"], "job_id": job.json()["id"]}
-    yield Api(schemathesis.openapi.from_asgi("/openapi.json", application), headers, real_ids)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", application)
+    yield Api(schema, headers, real_ids, models)
     application.state.engine.dispose()
 
 
-def _send(case: Any, headers: dict[str, str], tally: Tally) -> None:
-    """Send one case; tally its status, a 5xx, and any check the response fails."""
+# A predict operation's task, and the model ids its cases take in turn.
+Models = tuple[str, Iterator[str]]
+
+
+def _send(case: Any, headers: dict[str, str], tally: Tally, models: Models | None) -> None:
+    """Send one case; tally its status, a 5xx, and any check the response fails. A case with a
+    `model` string in its body gets the next of `models` there."""
+    bound = models is not None and isinstance(case.body, dict)
+    bound = bound and isinstance(case.body.get("model"), str)
+    if models is not None and bound:
+        case.body["model"] = next(models[1])
     response = case.call(headers=headers)
     tally.cases += 1
     tally.statuses[response.status_code] += 1
+    if models is not None and bound and response.status_code == 200:
+        tally.predicted[models[0]] += 1
     curl = case.as_curl_command(headers=headers)
     if response.status_code >= 500:
         tally.server_errors.append(f"{response.status_code} {response.text[:200]}\n  {curl}")
@@ -110,7 +130,12 @@ def _send(case: Any, headers: dict[str, str], tally: Tally) -> None:
 
 
 def _cover(
-    schema: Any, operation: Any, headers: dict[str, str], tally: Tally, real: dict[str, str]
+    schema: Any,
+    operation: Any,
+    headers: dict[str, str],
+    tally: Tally,
+    real: dict[str, str],
+    models: Models | None,
 ) -> None:
     """Schemathesis' coverage cases: boundary values, each constraint broken, other methods."""
     cases = schema.iter_coverage_cases(
@@ -122,7 +147,7 @@ def _cover(
         for name, value in real.items():
             if name in (case.path_parameters or {}):
                 case.path_parameters[name] = value
-        _send(case, headers, tally)
+        _send(case, headers, tally, models)
 
 
 def _explore(
@@ -133,6 +158,7 @@ def _explore(
     *,
     mode: GenerationMode = GenerationMode.POSITIVE,
     path_parameters: dict[str, str] | None = None,
+    models: Models | None = None,
 ) -> None:
     """Send `examples` generated cases to one operation; tally statuses and failed checks."""
 
@@ -144,7 +170,7 @@ def _explore(
     )
     @given(case=operation.as_strategy(generation_mode=mode, path_parameters=path_parameters))
     def run(case: Any) -> None:
-        _send(case, headers, tally)
+        _send(case, headers, tally, models)
 
     with contextlib.suppress(Unsatisfiable):  # nothing to make invalid (no parameters, no body)
         run()
@@ -158,18 +184,26 @@ def _run(api: Api, identity: str, examples: int, capsys: pytest.CaptureFixture[s
         # The admin also works on a real dataset and job, to get past the routes' 404s.
         real = {k: v for k, v in api.real_ids.items() if f"{{{k}}}" in operation.path}
         real = real if identity == "admin" else {}
-        _cover(api.schema, operation, headers, tally, real)
+        task = (
+            operation.path.removeprefix("/v1/predict/") if "/predict/" in operation.path else None
+        )
+        models = (task, itertools.cycle(api.models[task])) if task else None
+        _cover(api.schema, operation, headers, tally, real, models)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            _explore(operation, headers, examples, tally, mode=mode)
+            _explore(operation, headers, examples, tally, mode=mode, models=models)
         if real:
             _explore(operation, headers, examples, tally, path_parameters=real)
     with capsys.disabled():
         statuses = dict(sorted(tally.statuses.items()))
         print(
             f"\nschemathesis [{identity}]: {tally.cases} cases, {len(tally.server_errors)} 5xx, "
-            f"{len(tally.nonconforming)} not conforming; statuses {statuses}"
+            f"{len(tally.nonconforming)} not conforming; answered by a model "
+            f"{dict(sorted(tally.predicted.items()))}; statuses {statuses}"
         )
     assert tally.cases >= examples * 10
+    # Every task's predict cases reached its real models (with a key that may predict).
+    if identity != "no key":
+        assert set(tally.predicted) == set(api.models), tally.predicted
     assert not tally.server_errors, "\n".join(tally.server_errors[:5])
     assert not tally.nonconforming, "\n\n".join(tally.nonconforming[:5])
 

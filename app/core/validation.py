@@ -16,6 +16,7 @@ from pydantic import AliasChoices, BaseModel
 
 from app.core import expected
 from app.core.expected import Metadata, Tagged, constraints, describe, is_union, unwrap
+from app.core.text import escape_surrogates, lone_surrogate
 
 log = logging.getLogger("tuneserve.api")
 
@@ -81,7 +82,8 @@ def _got(value: Any) -> str:
         return f"a list of {count} item{'' if count == 1 else 's'}" if value else "an empty list"
     if isinstance(value, bytes):
         return "text that is not JSON"
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    # A lone surrogate is quoted as its escape (`"\\ud800"`): it cannot be written as UTF-8.
+    text = escape_surrogates(json.dumps(value, ensure_ascii=False, default=str))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -245,6 +247,10 @@ def _render(item: _Item, label: str) -> Problem:
         return Problem(label or "body", text + (f"; expected {wanted}" if wanted else ""), kind)
     if kind == "extra_forbidden":
         return Problem(label, _unknown_field(item, label), kind)
+    if kind == "string_unicode" and isinstance(err.get("input"), str):
+        # Pydantic's "unable to parse raw data as a unicode string": a lone surrogate.
+        problem = lone_surrogate(err["input"]) or "is not valid Unicode"
+        return Problem(label or "body", f"{name}: {problem}", kind)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         return _bad_tag(item, label, kind, ctx)
     if kind in expected.SHAPE_ERRORS or item.merged:

@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InvalidInput
+from app.core.text import RealText, UnicodeText
 from app.ml.batching import sorted_batches
 from app.ml.tasks.base import (
     AbsentLabels,
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 class TextPair(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1)
-    text_pair: str | None = None
+    text: RealText
+    # May be empty or blank, as in training rows: then the second segment is empty.
+    text_pair: UnicodeText | None = None
 
 
 class ClassificationPredictRequest(BaseModel):
@@ -36,8 +38,8 @@ class ClassificationPredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Model id from /v1/models, or an alias (/v1/aliases).")
-    inputs: list[str | TextPair] = Field(
+    model: UnicodeText = Field(description="Model id from /v1/models, or an alias (/v1/aliases).")
+    inputs: list[RealText | TextPair] = Field(
         min_length=1, description="Texts, or objects with `text` and optional `text_pair`."
     )
     top_k: int | None = Field(

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InvalidInput
+from app.core.text import UnicodeText
 from app.ml.tasks import ner_data
 from app.ml.tasks.base import (
     AbsentLabels,
@@ -63,7 +64,7 @@ class NerOptions(BaseModel):
 class TokensInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tokens: list[Annotated[str, Field(min_length=1)]] = Field(
+    tokens: list[Annotated[UnicodeText, Field(min_length=1)]] = Field(
         min_length=1, description="A pre-tokenized sentence: one tag comes back per token."
     )
 
@@ -73,8 +74,9 @@ class NerPredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Model id from /v1/models, or an alias (/v1/aliases).")
-    inputs: list[str | TokensInput] = Field(
+    model: UnicodeText = Field(description="Model id from /v1/models, or an alias (/v1/aliases).")
+    # A raw text with no word in it (empty, blank, punctuation only) has no entities.
+    inputs: list[UnicodeText | TokensInput] = Field(
         min_length=1,
         description='Raw texts (entities come back with character offsets), or {"tokens": [...]}'
         " objects (one tag per token comes back).",

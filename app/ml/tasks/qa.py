@@ -18,11 +18,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
 
 from app.core.errors import InvalidInput
+from app.core.text import RealText, UnicodeText
 from app.ml.batching import sorted_batches
 from app.ml.tasks import qa_data, qa_features
 from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults
@@ -92,15 +92,8 @@ class QAOptions(BaseModel):
 class QAInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1)
-    context: str = Field(min_length=1)
-
-    @field_validator("question", "context")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
+    question: RealText
+    context: RealText
 
 
 class QAPredictRequest(BaseModel):
@@ -108,7 +101,7 @@ class QAPredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Model id from /v1/models, or an alias (/v1/aliases).")
+    model: UnicodeText = Field(description="Model id from /v1/models, or an alias (/v1/aliases).")
     inputs: list[QAInput] = Field(min_length=1, description="Questions, each with its context.")
     top_k: int = Field(default=1, ge=1, le=100, description="Answers returned per input.")
 
