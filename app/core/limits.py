@@ -1,4 +1,4 @@
-"""Size and nesting limits for JSON request bodies, checked before a route parses them.
+"""Size, nesting and Unicode checks of JSON request bodies, before a route parses them.
 
 Uploads (the `exempt` prefixes) stream their bodies and enforce their own limits.
 """
@@ -11,10 +11,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import InvalidInput, PayloadTooLarge, ServiceError
 from app.core.jsondepth import nesting_exceeds
+from app.core.surrogates import find_lone_surrogate
+from app.core.text import escape_surrogates
 
 
 class BodyLimitMiddleware:
-    """413 for a body over `limit` bytes; 422 for a JSON body nested deeper than `max_depth`."""
+    """413 for a body over `limit` bytes; 422 for a JSON body nested deeper than `max_depth` or
+    holding a lone UTF-16 surrogate."""
 
     def __init__(
         self, app: ASGIApp, *, limit: int, max_depth: int = 64, exempt: tuple[str, ...] = ()
@@ -53,6 +56,10 @@ class BodyLimitMiddleware:
             if line is not None:
                 await _send_error(send, self._too_deep(line))
                 return
+            surrogate = find_lone_surrogate(bytes(body))
+            if surrogate is not None:
+                await _send_error(send, _not_unicode(*surrogate))
+                return
         await self.app(scope, _replay(bytes(body), receive), send)
 
     def _too_large(self) -> PayloadTooLarge:
@@ -66,6 +73,17 @@ class BodyLimitMiddleware:
             line=line,
             limit=self.max_depth,
         )
+
+
+def _not_unicode(field: str, problem: str) -> InvalidInput:
+    # As the request schemas word it (app/core/text.py); the field path as app/core/validation.
+    field = escape_surrogates(field)
+    message = f"{field}: {problem}"
+    return InvalidInput(
+        message,
+        field=field,
+        errors=[{"field": field, "message": message, "type": "string_unicode"}],
+    )
 
 
 def _is_json(content_type: bytes) -> bool:
