@@ -1,7 +1,8 @@
 """Smoke tests of the benchmarks on a tiny SST-2 slice: train_throughput.py and
 serve_throughput.py (the real service against the tutorial baselines), quantized_accuracy.py (a
-fine-tune, then a quantize job) and adapter_density.py (a few LoRA fine-tunes served from one
-base). Opt-in (a minute or two of both CPU cores each): `pytest -m e2e tests/test_benchmarks.py`.
+fine-tune, then a quantize job), adapter_density.py (a few LoRA fine-tunes served from one
+base), race_reproducer.py (concurrent NER requests on a service it starts) and tokenizer_lock.py.
+Opt-in (a minute or two of both CPU cores each): `pytest -m e2e tests/test_benchmarks.py`.
 No assertion on speed: the benchmarks print figures, they do not judge them."""
 
 from __future__ import annotations
@@ -169,3 +170,30 @@ def test_serve_quick_run_ends_with_one_line_of_json() -> None:
     assert (threads["service"], threads["tutorial"]) == (1, 1)
     assert threads["tutorial_default_threads"] >= 1
     assert {"torch", "transformers"} <= figures["versions"].keys()
+
+
+def test_race_reproducer_quick_run_ends_with_one_line_of_json() -> None:
+    # It starts its own service and trains a small NER model on it; no request may fail.
+    proc = run("--quick", script=REPO_ROOT / "benchmarks" / "race_reproducer.py")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert (figures["runs"], figures["requests"]) == (2, 160)
+    assert (figures["5xx"], figures["no_answer"], figures["statuses"]) == (0, 0, {"200": 160})
+    assert [line for line in lines if line.startswith("run ")] == ["run 1: 200=80", "run 2: 200=80"]
+
+
+def test_race_reproducer_needs_a_key_and_model_with_a_url() -> None:
+    proc = run(
+        "--url", "http://127.0.0.1:9", script=REPO_ROOT / "benchmarks" / "race_reproducer.py"
+    )
+    assert proc.returncode == 2 and "--url needs --key and --model" in proc.stderr
+
+
+def test_tokenizer_lock_quick_run_ends_with_one_line_of_json() -> None:
+    proc = run("--quick", script=REPO_ROOT / "benchmarks" / "tokenizer_lock.py")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["lock_rps"] > 0 and figures["copies_rps"] > 0
+    # Either way, the same answers; a copy of the tokenizer costs megabytes.
+    assert figures["same_answers"] is True and figures["tokenizer_copy_bytes"] > 1_000_000

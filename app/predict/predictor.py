@@ -22,7 +22,7 @@ from app.ml.quantize import INT8_DYNAMIC, load_int8_dynamic
 from app.ml.tasks import TaskSpec, get_task
 from app.predict.batcher import BatchedModel, Batcher, BatchOutput, ModelRunner
 from app.predict.shared import AdapterRouting, ReadWriteLock, SharedBases, tensor_bytes
-from app.predict.tokenizers import TOKENIZERS
+from app.predict.tokenizers import TOKENIZERS, serialized
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +54,11 @@ class Predictor:
     _users: int = field(default=0, repr=False)
     _closing: bool = field(default=False, repr=False)
     _state: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        # Request threads share the tokenizer (with each other, and with other models whose
+        # tokenizer files are the same): its calls run one at a time, whoever built this.
+        self.tokenizer = serialized(self.tokenizer)
 
     def predict(self, request: BaseModel, *, batcher: Batcher | None = None) -> list[Any]:
         """One result per input of a validated predict request, in input order.
@@ -254,7 +259,7 @@ def load_predictor(
     threads = devices.thread_count(settings.inference_threads)
     devices.set_torch_threads(threads)
     max_length = int(meta.get("max_length") or 512)
-    tokenizer = TOKENIZERS.get(path, usage=(task.name, max_length))
+    tokenizer = TOKENIZERS.get(path)
     method = str((meta.get("method") or {}).get("type", model_row.method))
     common: dict[str, Any] = {
         "model_id": model_row.id,

@@ -1,0 +1,154 @@
+"""Concurrent load on /predict for each task: a tiny trained model served by the real app with the
+batcher on, 8 client threads sending inputs of varied lengths. No 5xx, and every answer is the one
+the model gives that input alone (one input at a time, without the batcher)."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from app.db.models import Model
+from app.ml.tasks import get_task
+from app.predict.batcher import Batcher
+from app.predict.predictor import load_predictor
+from tests.conftest import RecordingQueue, auth, create_api_key
+from tests.predict.conftest import same_answers
+from tests.tinymodel import NEGATIVE, NEUTRAL, POSITIVE, sentiment_rows
+from tests.worker.conftest import TINY_MODEL_ID
+
+CLIENTS = 8
+
+
+def train(settings: Any, db: Session, stored: dict[str, Any], task: str, **options: Any) -> Model:
+    """A tiny model of `task` trained for real (2 epochs, max_length 32)."""
+    from tests.ml.test_ner_training import ner_rows
+    from tests.ml.test_qa import synthetic_rows
+    from tests.worker.test_lineage import _run, _task_job
+
+    rows = {
+        "classification": lambda: sentiment_rows(40),
+        "ner": lambda: ner_rows(40, seed=0),
+        "qa": lambda: synthetic_rows(24, seed=1),
+    }[task]()
+    job = _task_job(
+        db,
+        stored,
+        task=task,
+        base_model=TINY_MODEL_ID,
+        rows=rows,
+        method={"type": "full"},
+        **options,
+    )
+    return _run(settings, db, job)
+
+
+def unbatched(settings: Any, row: Model, body: dict[str, Any]) -> list[Any]:
+    """The answers to `body`, each input predicted alone by a predictor of its own."""
+    predictor = load_predictor(settings, row)
+    request_model = get_task(row.task).predict_request
+    answers = []
+    for item in body["inputs"]:
+        one = request_model.model_validate({**body, "model": row.id, "inputs": [item]})
+        [answer] = predictor.predict(one)
+        answers.append(_json(answer))
+    return answers
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_json(v) for v in value]
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def load_test(settings: Any, row: Model, bodies: list[dict[str, Any]]) -> None:
+    """Send every body 2 times from 8 threads through the real app; check every answer."""
+    from app.main import create_app
+
+    expected = [unbatched(settings, row, body) for body in bodies]
+    settings.rate_limit_per_minute = 0  # hundreds of requests from one key
+    application = create_app(settings, queue=RecordingQueue())
+    batcher: Batcher = application.state.batcher
+    assert batcher is not None
+    # Record how many requests' calls each batch joined (the real batcher, watched).
+    joined: list[int] = []
+    run = batcher._run
+    batcher._run = lambda calls: (joined.append(len(calls)), run(calls))[1]  # type: ignore[method-assign]
+    route = f"/v1/predict/{row.task}"
+    work = [(i, {**body, "model": row.id}) for i, body in enumerate(bodies)] * 2
+    random.Random(0).shuffle(work)
+    try:
+        headers = auth(create_api_key(settings))
+        with (
+            TestClient(application, headers=headers) as client,
+            ThreadPoolExecutor(CLIENTS) as pool,
+        ):
+            responses = list(pool.map(lambda w: client.post(route, json=w[1]), work))
+    finally:
+        application.state.engine.dispose()
+    failed = [(r.status_code, r.text[:300]) for r in responses if r.status_code != 200]
+    assert not failed, failed
+    for (i, _), response in zip(work, responses, strict=True):
+        same_answers(response.json()["predictions"], expected[i])
+    # The load was concurrent: some model calls served several requests at once.
+    assert max(joined) > 1, joined
+
+
+def words(rng: random.Random, pool: list[str], low: int, high: int) -> str:
+    return " ".join(rng.choices(pool, k=rng.randint(low, high)))
+
+
+def test_classification_under_concurrent_load(
+    train_settings: Any, db: Session, stored_rows: dict[str, Any]
+) -> None:
+    row = train(train_settings, db, stored_rows, "classification")
+    rng = random.Random(1)
+    vocab = POSITIVE + NEGATIVE + NEUTRAL + ["zebra", "quixotic"]
+    bodies: list[dict[str, Any]] = []
+    for n in range(48):
+        inputs: list[Any] = []
+        for _ in range(rng.randint(1, 3)):
+            text = words(rng, vocab, 1, 1 + n)
+            # Pairs and single texts, in one request and across requests.
+            pair = rng.random() < 0.4
+            inputs.append({"text": text, "text_pair": words(rng, vocab, 1, 20)} if pair else text)
+        bodies.append({"inputs": inputs, "top_k": None})
+    load_test(train_settings, row, bodies)
+
+
+def test_ner_under_concurrent_load(
+    train_settings: Any, db: Session, stored_rows: dict[str, Any]
+) -> None:
+    row = train(train_settings, db, stored_rows, "ner")
+    rng = random.Random(2)
+    bodies: list[dict[str, Any]] = []
+    for n in range(1, 61, 2):
+        # The issue's reproducer, and texts with the persons and places the model learnt.
+        bodies.append({"inputs": [" ".join(["Peter lives in Paris"] * n)]})
+        text = words(rng, NEUTRAL + POSITIVE + NEGATIVE, n, 3 * n)
+        inputs: list[Any] = [text]
+        if n % 3 == 0:
+            inputs.append({"tokens": text.split()})
+        bodies.append({"inputs": inputs})
+    load_test(train_settings, row, bodies)
+
+
+def test_qa_under_concurrent_load(
+    train_settings: Any, db: Session, stored_rows: dict[str, Any]
+) -> None:
+    row = train(train_settings, db, stored_rows, "qa", doc_stride=8)
+    rng = random.Random(3)
+    bodies: list[dict[str, Any]] = []
+    for n in range(40):
+        inputs = []
+        for _ in range(rng.randint(1, 2)):
+            # Contexts up to 250 words: several doc-stride windows of 32 tokens each.
+            context = words(rng, NEUTRAL, 4, 10 + 6 * n).split()
+            context[rng.randrange(len(context))] = rng.choice(POSITIVE)
+            question = "which is good" if n % 4 else words(rng, NEUTRAL + POSITIVE, 1, 20)
+            inputs.append({"question": question, "context": " ".join(context)})
+        bodies.append({"inputs": inputs, "top_k": 1 + n % 3})
+    load_test(train_settings, row, bodies)
