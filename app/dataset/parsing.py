@@ -42,6 +42,7 @@ class ParseLimits:
     max_line_bytes: int
     max_json_depth: int
     max_decoded_bytes: int
+    max_columns: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ParseLimits:
@@ -50,6 +51,7 @@ class ParseLimits:
             max_line_bytes=settings.max_line_bytes,
             max_json_depth=settings.max_json_depth,
             max_decoded_bytes=settings.max_decoded_bytes,
+            max_columns=settings.max_columns,
         )
 
 

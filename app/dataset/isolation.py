@@ -1,0 +1,440 @@
+"""Run upload parsing in separate processes, each job under a memory limit and a time limit.
+
+An upload is parsed, validated and written out by a warm child process (started with `spawn`: the
+API has threads, so never `fork`) whose address space is capped with RLIMIT_AS for each job. A file
+that needs more memory than that, or more time, costs the child, never the API process that serves
+/predict: the child is replaced and the client gets a 413 naming the setting.
+
+Requests and replies cross the pipe as JSON, not pickles: the child reads hostile files, and what it
+answers is data, never code the API process would run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from app.core.config import Settings
+from app.core.errors import PayloadTooLarge, ServiceError, Unavailable
+
+log = logging.getLogger("tuneserve.parsers")
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+# Imported by every child before its first job, so that a job pays for parsing only.
+WARM_MODULES = ("pyarrow.parquet", "pyarrow.compute", "datasets", "app.dataset.service")
+# Starting a child imports pyarrow and datasets: seconds, more on a loaded machine.
+START_TIMEOUT_SECONDS = 120.0
+# A child whose address space grew by more than this over one job is replaced, so that memory one
+# job left behind (allocator caches) never eats into the next job's limit.
+RECYCLE_GROWTH_BYTES = 256 * 1024 * 1024
+
+
+class ParserTimeout(Exception):
+    """The child did not answer within the time limit (it has been killed)."""
+
+
+class ParserDied(Exception):
+    """The child ended without answering: killed for memory, or crashed (it has been reaped)."""
+
+    def __init__(self, exitcode: int | None) -> None:
+        super().__init__(f"the parsing process ended with exit code {exitcode}")
+        self.exitcode = exitcode
+
+
+class ParserOutOfMemory(Exception):
+    """The job hit the child's memory limit (MemoryError); the child is replaced."""
+
+
+def run(handler: Handler, payload: dict[str, Any], *, settings: Settings) -> dict[str, Any]:
+    """`handler(payload)` in a parsing process; its ServiceError re-raised here as the same type.
+
+    Past the memory or time limit: PayloadTooLarge (413) naming the setting.
+    """
+    memory = settings.upload_parse_memory_bytes
+    timeout = settings.upload_parse_timeout_seconds
+    try:
+        return shared_pool().call(
+            handler,
+            payload,
+            memory_bytes=memory,
+            timeout_seconds=timeout,
+            slots=settings.upload_parse_workers,
+        )
+    except (ParserOutOfMemory, ParserDied) as exc:
+        how = f" (the parsing process was killed: {_ended(exc)})" if isinstance(exc, ParserDied) else ""
+        raise PayloadTooLarge(
+            f"the file needs more memory to parse than the server allows: {memory} bytes "
+            f"(upload_parse_memory_bytes){how}; split it into smaller datasets",
+            code="parse_memory",
+            field="file",
+            limit=memory,
+        ) from None
+    except ParserTimeout:
+        raise PayloadTooLarge(
+            f"parsing the file took longer than the server allows: {timeout:g} seconds "
+            f"(upload_parse_timeout_seconds); split it into smaller datasets",
+            code="parse_timeout",
+            field="file",
+            limit=timeout,
+        ) from None
+
+
+def _ended(exc: ParserDied) -> str:
+    code = exc.exitcode
+    if code is not None and code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+# --- the API side ---------------------------------------------------------------------------
+
+
+class _Worker:
+    """One child process and our end of its pipe."""
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+
+    @classmethod
+    def start(cls, warm: tuple[str, ...]) -> _Worker:
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        process = ctx.Process(
+            target=_serve, args=(theirs, warm), name="tuneserve-upload-parser", daemon=True
+        )
+        process.start()
+        theirs.close()
+        worker = cls(process, ours)
+        try:
+            if not ours.poll(START_TIMEOUT_SECONDS):
+                raise TimeoutError(f"not ready within {START_TIMEOUT_SECONDS:g} s")
+            ours.recv_bytes()
+        except (EOFError, OSError, TimeoutError) as exc:
+            worker.kill()
+            log.error("an upload parsing process did not start: %s", exc)
+            raise Unavailable(
+                "the upload parser could not be started; try again shortly",
+                code="parser_unavailable",
+            ) from None
+        return worker
+
+    def call(self, message: bytes, timeout_seconds: float) -> dict[str, Any]:
+        try:
+            self.conn.send_bytes(message)
+            if not self.conn.poll(timeout_seconds):
+                self.kill()
+                raise ParserTimeout
+            reply: dict[str, Any] = json.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            self.kill()
+            raise ParserDied(self.process.exitcode) from None
+        return reply
+
+    def stop(self) -> None:
+        """Ask the child to leave (end of its pipe), and make sure it does."""
+        self.conn.close()
+        self.process.join(5)
+        if self.process.exitcode is None:
+            self.kill()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class ParserPool:
+    """Warm parsing processes, started when first needed, at most `slots` busy at once."""
+
+    def __init__(self, warm: tuple[str, ...] = WARM_MODULES) -> None:
+        self._warm = warm
+        self._cond = threading.Condition()
+        self._idle: list[_Worker] = []
+        self._busy = 0
+        self._closed = False
+
+    def call(
+        self,
+        handler: Handler,
+        payload: dict[str, Any],
+        *,
+        memory_bytes: int,
+        timeout_seconds: float,
+        slots: int,
+    ) -> dict[str, Any]:
+        """Run `handler(payload)` in a child; raises what the handler raised, or a Parser* error."""
+        message = json.dumps(
+            {
+                "handler": f"{handler.__module__}:{handler.__qualname__}",
+                "payload": payload,
+                "memory_bytes": memory_bytes,
+            }
+        ).encode()
+        worker = self._checkout(slots)
+        keep = False
+        try:
+            reply = worker.call(message, timeout_seconds)
+            keep = not reply.get("retire", False)
+        finally:
+            self._checkin(worker, keep=keep, slots=slots)
+        return _unwrap(reply)
+
+    def _checkout(self, slots: int) -> _Worker:
+        with self._cond:
+            while self._busy >= slots:
+                self._cond.wait()
+            self._busy += 1
+            idle = self._idle.pop() if self._idle else None
+        if idle is not None:
+            return idle
+        try:
+            return _Worker.start(self._warm)
+        except BaseException:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify()
+            raise
+
+    def _checkin(self, worker: _Worker, *, keep: bool, slots: int) -> None:
+        alive = worker.process.exitcode is None
+        with self._cond:
+            self._busy -= 1
+            self._cond.notify()
+            if keep and alive and not self._closed and len(self._idle) < slots:
+                self._idle.append(worker)
+                return
+        if alive:
+            worker.stop()
+
+    def close(self) -> None:
+        """Stop the idle children; busy ones stop when their job ends."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        """The idle children's process ids (for tests and benchmarks)."""
+        with self._cond:
+            return [w.process.pid for w in self._idle if w.process.pid is not None]
+
+
+def _unwrap(reply: dict[str, Any]) -> dict[str, Any]:
+    if "ok" in reply:
+        result: dict[str, Any] = reply["ok"]
+        return result
+    if "error" in reply:
+        raise _rebuild(reply["error"])
+    if "memory" in reply:
+        raise ParserOutOfMemory
+    raise RuntimeError(f"the upload parsing process failed:\n{reply.get('crash', reply)}")
+
+
+def _error_types() -> dict[str, type[ServiceError]]:
+    found: dict[str, type[ServiceError]] = {}
+    todo: list[type[ServiceError]] = [ServiceError]
+    while todo:
+        cls = todo.pop()
+        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def _rebuild(error: dict[str, Any]) -> ServiceError:
+    """The child's ServiceError as the same type here, with its code, message and details."""
+    cls = _error_types().get(error["type"])
+    exc = (cls or ServiceError).__new__(cls or ServiceError)
+    # The base initializer: a subclass's own may want arguments the details already hold.
+    ServiceError.__init__(
+        exc, error["message"], code=error["code"], headers=error["headers"], **error["details"]
+    )
+    if cls is None:
+        exc.status_code = error["status"]
+    return exc
+
+
+# --- one process per API process: held by the apps that serve ---------------------------------
+
+_state = threading.Lock()
+_pool: ParserPool | None = None
+_holders = 0
+_atexit_registered = False
+
+
+def shared_pool() -> ParserPool:
+    """This process's pool, started on first use."""
+    global _pool, _atexit_registered
+    with _state:
+        if _pool is None:
+            _pool = ParserPool()
+            if not _atexit_registered:
+                atexit.register(_close_at_exit)
+                _atexit_registered = True
+        return _pool
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Keep the pool while the block runs (an app's lifespan); the last holder out closes it."""
+    global _pool, _holders
+    with _state:
+        _holders += 1
+    try:
+        yield
+    finally:
+        with _state:
+            _holders -= 1
+            closing = _pool if _holders == 0 else None
+            if closing is not None:
+                _pool = None
+        if closing is not None:
+            closing.close()
+
+
+def _close_at_exit() -> None:
+    global _pool
+    with _state:
+        closing, _pool = _pool, None
+    if closing is not None:
+        closing.close()
+
+
+# --- the child side -------------------------------------------------------------------------
+
+
+def vm_bytes(pid: int | str = "self", field: str = "VmSize") -> int | None:
+    """A /proc/<pid>/status figure in bytes (VmSize, VmRSS, VmHWM), or None where there is none."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _limit_address_space(size: int | None) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if size is None or (hard != resource.RLIM_INFINITY and size > hard):
+        size = hard
+    resource.setrlimit(resource.RLIMIT_AS, (size, hard))
+
+
+def _prepare(warm: tuple[str, ...]) -> None:
+    # Ctrl-C reaches the whole process group: the API decides when its children stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The system allocator returns what it frees and reserves no address space ahead (mimalloc
+    # reserves a GiB at a time), so RLIMIT_AS measures what a job really uses. Arrow reads this
+    # when it loads; set_memory_pool below covers a pyarrow loaded before.
+    os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    # One Arrow thread: a job takes one core.
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    for name in warm:
+        importlib.import_module(name)
+    # What the first job would otherwise start lazily (thread pools, datasets' formatters), so
+    # that jobs measure their own memory from a settled process.
+    sink = io.BytesIO()
+    pq.write_table(datasets.Dataset.from_dict({"a": ["x"]}).data.table, sink)
+    pq.read_table(io.BytesIO(sink.getvalue()))
+
+
+def _serve(conn: Connection, warm: tuple[str, ...]) -> None:
+    """The child's loop: one JSON job in, one JSON reply out, until the API closes the pipe."""
+    _prepare(warm)
+    conn.send_bytes(b"{}")
+    while True:
+        try:
+            request = json.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        before = vm_bytes()
+        if before is not None:
+            _limit_address_space(before + int(request["memory_bytes"]))
+        try:
+            reply = _run(request)
+        finally:
+            _limit_address_space(None)
+        after = vm_bytes()
+        if before is not None and after is not None and after - before > RECYCLE_GROWTH_BYTES:
+            reply["retire"] = True
+        conn.send_bytes(json.dumps(reply, default=str).encode())
+        if reply.get("retire"):
+            return
+
+
+def _run(request: dict[str, Any]) -> dict[str, Any]:
+    outcome: tuple[str, Any]
+    try:
+        module, _, name = request["handler"].partition(":")
+        target: Any = importlib.import_module(module)
+        for part in name.split("."):
+            target = getattr(target, part)
+        outcome = ("ok", target(request["payload"]))
+    except MemoryError:
+        outcome = ("memory", None)
+    except ServiceError as exc:
+        # A parser that wraps the error it caught (pyarrow's ArrowMemoryError is also a
+        # MemoryError) still ran out of memory; its message would blame the file's contents.
+        outcome = ("memory", None) if _out_of_memory(exc) else ("error", _describe(exc))
+    except Exception as exc:
+        outcome = ("memory", None) if _out_of_memory(exc) else ("crash", traceback.format_exc())
+    # Built only here, once the failed job's frames (and what they held) are gone.
+    kind, value = outcome
+    if kind == "ok":
+        return {"ok": value}
+    if kind == "error":
+        return {"error": value}
+    return {kind: value if value is not None else True, "retire": True}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:
+        if isinstance(link, MemoryError):
+            return True
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return False
+
+
+def _describe(exc: ServiceError) -> dict[str, Any]:
+    cls = type(exc)
+    return {
+        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "status": exc.status_code,
+        "code": exc.code,
+        "message": exc.message,
+        "headers": exc.headers,
+        "details": exc.details,
+    }
+
+
