@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     # What a Parquet upload may decode to in memory (compression makes it far larger than the file);
     # parsing and validating take several times this, all within upload_parse_memory_bytes.
     max_decoded_bytes: int = 256 * 1024 * 1024
-    # Columns of an upload (CSV/TSV fields, JSON keys, Parquet fields), checked before rows are read.
+    # Columns of an upload (CSV/TSV fields, JSON keys, Parquet fields), checked before the rows.
     max_columns: int = Field(default=1000, ge=1)
     # Uploads are parsed in separate processes (app/dataset/isolation.py), at most this many at
     # once per API process, each job within this much memory (beyond what the process holds before

@@ -12,8 +12,8 @@ answers is data, never code the API process would run.
 from __future__ import annotations
 
 import atexit
+import errno
 import importlib
-import io
 import json
 import logging
 import multiprocessing
@@ -35,8 +35,9 @@ log = logging.getLogger("tuneserve.parsers")
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
-# Imported by every child before its first job, so that a job pays for parsing only.
-WARM_MODULES = ("pyarrow.parquet", "pyarrow.compute", "datasets", "app.dataset.service")
+# Run by every child before its first job ("module" is imported, "module:function" called), so
+# that a job pays for parsing only and measures its memory from a settled process.
+WARM_UP = ("app.dataset.service:warm_up",)
 # Starting a child imports pyarrow and datasets: seconds, more on a loaded machine.
 START_TIMEOUT_SECONDS = 120.0
 # A child whose address space grew by more than this over one job is replaced, so that memory one
@@ -76,7 +77,9 @@ def run(handler: Handler, payload: dict[str, Any], *, settings: Settings) -> dic
             slots=settings.upload_parse_workers,
         )
     except (ParserOutOfMemory, ParserDied) as exc:
-        how = f" (the parsing process was killed: {_ended(exc)})" if isinstance(exc, ParserDied) else ""
+        how = ""
+        if isinstance(exc, ParserDied):
+            how = f" (the parsing process was killed: {_ended(exc)})"
         raise PayloadTooLarge(
             f"the file needs more memory to parse than the server allows: {memory} bytes "
             f"(upload_parse_memory_bytes){how}; split it into smaller datasets",
@@ -165,7 +168,7 @@ class _Worker:
 class ParserPool:
     """Warm parsing processes, started when first needed, at most `slots` busy at once."""
 
-    def __init__(self, warm: tuple[str, ...] = WARM_MODULES) -> None:
+    def __init__(self, warm: tuple[str, ...] = WARM_UP) -> None:
         self._warm = warm
         self._cond = threading.Condition()
         self._idle: list[_Worker] = []
@@ -349,21 +352,28 @@ def _prepare(warm: tuple[str, ...]) -> None:
     # reserves a GiB at a time), so RLIMIT_AS measures what a job really uses. Arrow reads this
     # when it loads; set_memory_pool below covers a pyarrow loaded before.
     os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
-    import datasets
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     pa.set_memory_pool(pa.system_memory_pool())
     # One Arrow thread: a job takes one core.
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
     for name in warm:
-        importlib.import_module(name)
-    # What the first job would otherwise start lazily (thread pools, datasets' formatters), so
-    # that jobs measure their own memory from a settled process.
-    sink = io.BytesIO()
-    pq.write_table(datasets.Dataset.from_dict({"a": ["x"]}).data.table, sink)
-    pq.read_table(io.BytesIO(sink.getvalue()))
+        if ":" in name:
+            _resolve(name)()
+        else:
+            _resolve(name)
+
+
+def _resolve(name: str) -> Any:
+    """ "module" imports the module; "module:function" imports it and calls the function."""
+    module, _, attribute = name.partition(":")
+    target: Any = importlib.import_module(module)
+    if not attribute:
+        return target
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target
 
 
 def _serve(conn: Connection, warm: tuple[str, ...]) -> None:
@@ -393,11 +403,7 @@ def _serve(conn: Connection, warm: tuple[str, ...]) -> None:
 def _run(request: dict[str, Any]) -> dict[str, Any]:
     outcome: tuple[str, Any]
     try:
-        module, _, name = request["handler"].partition(":")
-        target: Any = importlib.import_module(module)
-        for part in name.split("."):
-            target = getattr(target, part)
-        outcome = ("ok", target(request["payload"]))
+        outcome = ("ok", _resolve(request["handler"])(request["payload"]))
     except MemoryError:
         outcome = ("memory", None)
     except ServiceError as exc:
@@ -416,14 +422,27 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _out_of_memory(exc: BaseException) -> bool:
+    """Whether a failure came from the memory limit, however the code on the way reported it."""
     chain: list[BaseException] = []
     link: BaseException | None = exc
     while link is not None and link not in chain:
-        if isinstance(link, MemoryError):
-            return True
         chain.append(link)
         link = link.__cause__ or link.__context__
-    return False
+    return any(_memory_failure(e) for e in chain)
+
+
+def _memory_failure(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOMEM
+    # C code that lost its MemoryError ("error return without exception set"), a thread or a
+    # buffer that could not be allocated, as CPython, pyarrow and dill report them.
+    text = str(exc)
+    return isinstance(exc, SystemError) or any(
+        words in text
+        for words in ("can't start new thread", "bad_alloc", "Out of memory", "malloc of size")
+    )
 
 
 def _describe(exc: ServiceError) -> dict[str, Any]:
@@ -436,5 +455,3 @@ def _describe(exc: ServiceError) -> dict[str, Any]:
         "headers": exc.headers,
         "details": exc.details,
     }
-
-

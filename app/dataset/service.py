@@ -1,4 +1,4 @@
-"""Datasets: parse and validate an upload (in a parsing process), publish its files, list, delete."""
+"""Datasets: parse and validate an upload (in a parsing process), publish it, list, delete."""
 
 from __future__ import annotations
 
@@ -158,6 +158,16 @@ def parse_upload(payload: dict[str, Any]) -> dict[str, Any]:
     """The parsing process's entry: a ParseJob as a dict in, a ParseOutcome as a dict out."""
     limits = parsing.ParseLimits(**payload["limits"])
     return asdict(parse_file(ParseJob(**{**payload, "limits": limits})))
+
+
+def warm_up() -> None:
+    """What a parsing process does once before its first job: imports, lazily built state."""
+    import datasets as hf
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(hf.Dataset.from_dict({"text": ["x"]}).data.table, sink)
+    pq.read_table(pa.BufferReader(sink.getvalue()))
 
 
 def parse_file(job: ParseJob) -> ParseOutcome:
