@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     # Columns of an upload (CSV/TSV fields, JSON keys, Parquet fields), checked before the rows.
     max_columns: int = Field(default=1000, ge=1)
     # Uploads are parsed in separate processes (app/dataset/isolation.py), at most this many at
-    # once per API process, each job within this much memory (beyond what the process holds before
-    # it) and this much time; past either the upload gets a 413 and its process is replaced.
+    # once per API process, each job within this much memory (beyond the process's own, imports
+    # done) and this much time; past either the upload gets a 413 and its process is replaced.
     upload_parse_workers: int = Field(default=2, ge=1, le=64)
     upload_parse_memory_bytes: int = Field(default=3 * 1024**3, ge=64 * 1024**2)
     upload_parse_timeout_seconds: float = Field(default=300.0, gt=0)

@@ -12,6 +12,7 @@ answers is data, never code the API process would run.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import errno
 import importlib
 import json
@@ -21,6 +22,7 @@ import os
 import resource
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,9 +42,12 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 WARM_UP = ("app.dataset.service:warm_up",)
 # Starting a child imports pyarrow and datasets: seconds, more on a loaded machine.
 START_TIMEOUT_SECONDS = 120.0
-# A child whose address space grew by more than this over one job is replaced, so that memory one
-# job left behind (allocator caches) never eats into the next job's limit.
-RECYCLE_GROWTH_BYTES = 256 * 1024 * 1024
+# How often a child looks whether the API process that started it is still there.
+PARENT_CHECK_SECONDS = 1.0
+# A child whose address space ends a job this much above its size after warming up is replaced:
+# what a job left mapped (allocator caches) counts against the next job's limit, so this bounds
+# how much less than upload_parse_memory_bytes a job may find.
+RECYCLE_GROWTH_BYTES = 64 * 1024 * 1024
 
 
 class ParserTimeout(Exception):
@@ -80,6 +85,7 @@ def run(handler: Handler, payload: dict[str, Any], *, settings: Settings) -> dic
         how = ""
         if isinstance(exc, ParserDied):
             how = f" (the parsing process was killed: {_ended(exc)})"
+            log.warning("an upload parsing process ended during a job: %s", _ended(exc))
         raise PayloadTooLarge(
             f"the file needs more memory to parse than the server allows: {memory} bytes "
             f"(upload_parse_memory_bytes){how}; split it into smaller datasets",
@@ -345,13 +351,38 @@ def _limit_address_space(size: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (size, hard))
 
 
-def _prepare(warm: tuple[str, ...]) -> None:
+def _leave_with(parent: int) -> None:
+    """End this process, even in the middle of a job, once the API process that started it is
+    gone (killed, so it could not say goodbye): nobody is waiting for the answer."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _glibc() -> Any:
+    """The C library's malloc controls where it is glibc, else None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018  (both must exist)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _prepare(warm: tuple[str, ...], libc: Any) -> None:
     # Ctrl-C reaches the whole process group: the API decides when its children stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The system allocator returns what it frees and reserves no address space ahead (mimalloc
     # reserves a GiB at a time), so RLIMIT_AS measures what a job really uses. Arrow reads this
     # when it loads; set_memory_pool below covers a pyarrow loaded before.
     os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+    if libc is not None:
+        # One malloc arena (M_ARENA_MAX): each thread's own would reserve 64 MiB of addresses.
+        libc.mallopt(-8, 1)
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
@@ -378,22 +409,27 @@ def _resolve(name: str) -> Any:
 
 def _serve(conn: Connection, warm: tuple[str, ...]) -> None:
     """The child's loop: one JSON job in, one JSON reply out, until the API closes the pipe."""
-    _prepare(warm)
+    libc = _glibc()
+    _prepare(warm, libc)
+    _leave_with(os.getppid())
+    # Each job's limit: this size (imports done, warmed up) plus the job's memory budget.
+    settled = vm_bytes()
     conn.send_bytes(b"{}")
     while True:
         try:
             request = json.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        before = vm_bytes()
-        if before is not None:
-            _limit_address_space(before + int(request["memory_bytes"]))
+        if settled is not None:
+            _limit_address_space(settled + int(request["memory_bytes"]))
         try:
             reply = _run(request)
         finally:
             _limit_address_space(None)
-        after = vm_bytes()
-        if before is not None and after is not None and after - before > RECYCLE_GROWTH_BYTES:
+        if libc is not None:
+            libc.malloc_trim(0)  # hand back what the job freed before measuring what is left
+        now = vm_bytes()
+        if settled is not None and now is not None and now - settled > RECYCLE_GROWTH_BYTES:
             reply["retire"] = True
         conn.send_bytes(json.dumps(reply, default=str).encode())
         if reply.get("retire"):

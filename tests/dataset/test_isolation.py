@@ -4,6 +4,8 @@ limits cost the child (a 413 naming the setting), and the pool recovers and shut
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +17,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.core.errors import InvalidInput, PayloadTooLarge
 from app.dataset import isolation
-from tests.conftest import auth
+from tests.conftest import REPO_ROOT, auth
 from tests.dataset import parse_handlers as jobs
 from tests.dataset.util import created, upload
 
@@ -129,6 +131,38 @@ def test_at_most_upload_parse_workers_jobs_run_at_once(limits: Settings) -> None
     # One slot: the second job waited for the first, in the same (one) child.
     assert time.monotonic() - started >= 1.0
     assert len(pids) == 1
+
+
+ORPHAN = """
+from app.dataset import isolation
+from tests.dataset import parse_handlers as jobs
+
+if __name__ == "__main__":
+    pool = isolation.ParserPool(warm=("tests.dataset.parse_handlers",))
+    limits = {"memory_bytes": 1 << 28, "timeout_seconds": 600, "slots": 1}
+    print(pool.call(jobs.whoami, {}, **limits)["pid"], flush=True)
+    pool.call(jobs.sleep, {"seconds": 600}, **limits)
+"""
+
+
+def test_a_child_ends_when_the_api_process_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "api.py"
+    script.write_text(ORPHAN)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    api = subprocess.Popen(
+        [sys.executable, str(script)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert api.stdout is not None
+        child = int(api.stdout.readline())
+        time.sleep(0.5)  # the child is in its 600-second job now
+    finally:
+        api.kill()
+        api.wait()
+    deadline = time.monotonic() + 20
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(child)
 
 
 def test_the_last_app_to_stop_ends_the_parsing_processes(  # type: ignore[no-untyped-def]
