@@ -17,6 +17,7 @@ import errno
 import importlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import resource
@@ -42,6 +43,11 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 WARM_UP = ("app.dataset.service:warm_up",)
 # Starting a child imports pyarrow and datasets: seconds, more on a loaded machine.
 START_TIMEOUT_SECONDS = 120.0
+# How often the API looks at a busy child's size; one held within AT_LIMIT_BYTES of its memory
+# limit for PINNED_SECONDS has run out of memory, whether or not it could say so.
+WATCH_SECONDS = 0.25
+AT_LIMIT_BYTES = 8 * 1024 * 1024
+PINNED_SECONDS = 2.0
 # How often a child looks whether the API process that started it is still there.
 PARENT_CHECK_SECONDS = 1.0
 # A child whose address space ends a job this much above its size after warming up is replaced:
@@ -81,26 +87,38 @@ def run(handler: Handler, payload: dict[str, Any], *, settings: Settings) -> dic
             timeout_seconds=timeout,
             slots=settings.upload_parse_workers,
         )
-    except (ParserOutOfMemory, ParserDied) as exc:
-        how = ""
-        if isinstance(exc, ParserDied):
-            how = f" (the parsing process was killed: {_ended(exc)})"
-            log.warning("an upload parsing process ended during a job: %s", _ended(exc))
-        raise PayloadTooLarge(
-            f"the file needs more memory to parse than the server allows: {memory} bytes "
-            f"(upload_parse_memory_bytes){how}; split it into smaller datasets",
-            code="parse_memory",
-            field="file",
-            limit=memory,
-        ) from None
+    except ParserDied as exc:
+        if exc.exitcode != -signal.SIGXCPU:
+            raise _out_of_memory_error(memory, exc) from None
+        raise _timeout_error(timeout) from None
+    except ParserOutOfMemory as exc:
+        raise _out_of_memory_error(memory, exc) from None
     except ParserTimeout:
-        raise PayloadTooLarge(
-            f"parsing the file took longer than the server allows: {timeout:g} seconds "
-            f"(upload_parse_timeout_seconds); split it into smaller datasets",
-            code="parse_timeout",
-            field="file",
-            limit=timeout,
-        ) from None
+        raise _timeout_error(timeout) from None
+
+
+def _out_of_memory_error(memory: int, exc: Exception) -> PayloadTooLarge:
+    how = ""
+    if isinstance(exc, ParserDied):
+        how = f" (the parsing process was killed: {_ended(exc)})"
+        log.warning("an upload parsing process ended during a job: %s", _ended(exc))
+    return PayloadTooLarge(
+        f"the file needs more memory to parse than the server allows: {memory} bytes "
+        f"(upload_parse_memory_bytes){how}; split it into smaller datasets",
+        code="parse_memory",
+        field="file",
+        limit=memory,
+    )
+
+
+def _timeout_error(timeout: float) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"parsing the file took longer than the server allows: {timeout:g} seconds "
+        f"(upload_parse_timeout_seconds); split it into smaller datasets",
+        code="parse_timeout",
+        field="file",
+        limit=timeout,
+    )
 
 
 def _ended(exc: ParserDied) -> str:
@@ -122,6 +140,8 @@ class _Worker:
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
+        # The child's address space once warmed up: a job's limit is this plus its budget.
+        self.settled: int | None = None
 
     @classmethod
     def start(cls, warm: tuple[str, ...]) -> _Worker:
@@ -136,7 +156,7 @@ class _Worker:
         try:
             if not ours.poll(START_TIMEOUT_SECONDS):
                 raise TimeoutError(f"not ready within {START_TIMEOUT_SECONDS:g} s")
-            ours.recv_bytes()
+            worker.settled = json.loads(ours.recv_bytes())["settled"]
         except (EOFError, OSError, TimeoutError) as exc:
             worker.kill()
             log.error("an upload parsing process did not start: %s", exc)
@@ -146,17 +166,35 @@ class _Worker:
             ) from None
         return worker
 
-    def call(self, message: bytes, timeout_seconds: float) -> dict[str, Any]:
+    def call(self, message: bytes, *, memory_bytes: int, timeout_seconds: float) -> dict[str, Any]:
         try:
             self.conn.send_bytes(message)
-            if not self.conn.poll(timeout_seconds):
-                self.kill()
-                raise ParserTimeout
+            self._wait(memory_bytes, timeout_seconds)
             reply: dict[str, Any] = json.loads(self.conn.recv_bytes())
         except (EOFError, OSError):
             self.kill()
             raise ParserDied(self.process.exitcode) from None
         return reply
+
+    def _wait(self, memory_bytes: int, timeout_seconds: float) -> None:
+        """Until the answer is there; past the time limit, or stuck at the memory limit: killed.
+
+        CPython can spin forever on a MemoryError it cannot even raise (3.11 allocates while
+        unwinding to a handler), holding its GIL, so the child cannot tell; its size can.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        limit = None if self.settled is None else self.settled + memory_bytes
+        pinned = 0.0
+        while not self.conn.poll(max(min(WATCH_SECONDS, deadline - time.monotonic()), 0)):
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise ParserTimeout
+            size = vm_bytes(self.process.pid or 0)
+            at_limit = limit is not None and size is not None and size > limit - AT_LIMIT_BYTES
+            pinned = pinned + WATCH_SECONDS if at_limit else 0.0
+            if pinned >= PINNED_SECONDS:
+                self.kill()
+                raise ParserOutOfMemory
 
     def stop(self) -> None:
         """Ask the child to leave (end of its pipe), and make sure it does."""
@@ -196,12 +234,13 @@ class ParserPool:
                 "handler": f"{handler.__module__}:{handler.__qualname__}",
                 "payload": payload,
                 "memory_bytes": memory_bytes,
+                "timeout_seconds": timeout_seconds,
             }
         ).encode()
         worker = self._checkout(slots)
         keep = False
         try:
-            reply = worker.call(message, timeout_seconds)
+            reply = worker.call(message, memory_bytes=memory_bytes, timeout_seconds=timeout_seconds)
             keep = not reply.get("retire", False)
         finally:
             self._checkin(worker, keep=keep, slots=slots)
@@ -344,6 +383,18 @@ def vm_bytes(pid: int | str = "self", field: str = "VmSize") -> int | None:
     return None
 
 
+def _limit_cpu(seconds: float | None) -> None:
+    """Allow `seconds` more CPU time (None: no limit)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = hard
+    if seconds is not None:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(used.ru_utime + used.ru_stime + seconds) + 1
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 def _limit_address_space(size: int | None) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if size is None or (hard != resource.RLIM_INFINITY and size > hard):
@@ -414,7 +465,7 @@ def _serve(conn: Connection, warm: tuple[str, ...]) -> None:
     _leave_with(os.getppid())
     # Each job's limit: this size (imports done, warmed up) plus the job's memory budget.
     settled = vm_bytes()
-    conn.send_bytes(b"{}")
+    conn.send_bytes(json.dumps({"settled": settled}).encode())
     while True:
         try:
             request = json.loads(conn.recv_bytes())
@@ -422,10 +473,14 @@ def _serve(conn: Connection, warm: tuple[str, ...]) -> None:
             return
         if settled is not None:
             _limit_address_space(settled + int(request["memory_bytes"]))
+        # The kernel's own stop (SIGXCPU) for a job the API no longer watches: the API's wall
+        # clock, which CPU time never outruns, answers first.
+        _limit_cpu(float(request["timeout_seconds"]))
         try:
             reply = _run(request)
         finally:
             _limit_address_space(None)
+            _limit_cpu(None)
         if libc is not None:
             libc.malloc_trim(0)  # hand back what the job freed before measuring what is left
         now = vm_bytes()

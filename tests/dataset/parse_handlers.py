@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 from typing import Any
@@ -52,3 +53,28 @@ def sleep(payload: dict[str, Any]) -> dict[str, Any]:
 
 def crash(payload: dict[str, Any]) -> dict[str, Any]:
     raise ValueError("a bug in a parser")
+
+
+def fill_and_hang(payload: dict[str, Any]) -> dict[str, Any]:
+    """Take address space until none is left, then hang on to it without a word: what CPython
+    does when it cannot even raise its MemoryError."""
+    held = []
+    try:
+        while True:
+            held.append(bytearray(MIB))
+    except MemoryError:
+        pass
+    time.sleep(payload["seconds"])
+    return {"held": len(held)}
+
+
+def cpu_limit(payload: dict[str, Any]) -> dict[str, Any]:
+    soft, _ = resource.getrlimit(resource.RLIMIT_CPU)
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return {"soft": soft, "used": used.ru_utime + used.ru_stime}
+
+
+def out_of_cpu(payload: dict[str, Any]) -> dict[str, Any]:
+    os.kill(os.getpid(), signal.SIGXCPU)
+    time.sleep(5)
+    return {}

@@ -119,6 +119,23 @@ def test_a_job_past_the_time_limit_is_killed_and_413(limits: Settings) -> None:
     assert isolation.run(jobs.whoami, {}, settings=quick)["pid"] != child
 
 
+def test_a_child_stuck_at_its_memory_limit_is_killed_and_413(limits: Settings) -> None:
+    started = time.monotonic()
+    with pytest.raises(PayloadTooLarge) as exc:
+        isolation.run(jobs.fill_and_hang, {"seconds": 60}, settings=limits)
+    assert time.monotonic() - started < 30
+    assert exc.value.code == "parse_memory"
+
+
+def test_a_job_gets_a_cpu_limit_of_its_time_limit(limits: Settings) -> None:
+    seen = isolation.run(jobs.cpu_limit, {}, settings=limits)
+    assert seen["used"] + 20 <= seen["soft"] <= seen["used"] + 22
+    # Lifted between jobs; a child the kernel stopped for CPU time answers as a timeout.
+    with pytest.raises(PayloadTooLarge) as exc:
+        isolation.run(jobs.out_of_cpu, {}, settings=limits)
+    assert exc.value.code == "parse_timeout"
+
+
 def test_at_most_upload_parse_workers_jobs_run_at_once(limits: Settings) -> None:
     isolation.run(jobs.whoami, {}, settings=limits)  # a warm child, so only the jobs are timed
     started = time.monotonic()
