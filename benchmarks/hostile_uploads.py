@@ -117,7 +117,7 @@ def corpus(quick: bool = False) -> list[Hostile]:
         Hostile(
             "parquet_compressed_texts",
             "texts.parquet",
-            lambda: compressed_parquet(20_000 if quick else 200_000, 1000),
+            lambda: compressed_parquet(20_000 if quick else 100_000, 1000),
         ),
         Hostile(f"csv_{rows}_short_rows", "rows.csv", lambda: many_rows_csv(rows)),
     ]
