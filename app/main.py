@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -167,6 +169,15 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    """Hold the upload parsing processes while the app runs; the last app to stop ends them."""
+    from app.dataset.isolation import held
+
+    with held():
+        yield
+
+
 def register_bootstrap_key(factory: sessionmaker[Session], key: str) -> None:
     """Register TUNESERVE_BOOTSTRAP_ADMIN_KEY (only its hash) if it is not registered yet."""
     from app.auth.service import ensure_bootstrap_key
@@ -209,6 +220,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         # install_docs adds /docs and /redoc with assets from an installed package, not a CDN.
         docs_url=None,
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.engine = engine

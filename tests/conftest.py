@@ -35,6 +35,15 @@ class RecordingQueue:
         return set(self.enqueued)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_upload_parsers() -> Iterator[None]:
+    """One warm pool of upload parsing processes for the whole run: apps come and go, it stays."""
+    from app.dataset.isolation import held
+
+    with held():
+        yield
+
+
 @pytest.fixture
 def settings(tmp_path: Path):  # type: ignore[no-untyped-def]
     from app.core.config import Settings

@@ -113,6 +113,25 @@ def test_quantized_accuracy_quick_run_ends_with_one_line_of_json() -> None:
     assert figures["int8_samples_per_s"] > 0 and figures["fp32_samples_per_s"] > 0
 
 
+def test_hostile_uploads_quick_run_ends_with_one_line_of_json() -> None:
+    # It starts its own service; every hostile file is answered, none costs the API 200 MB.
+    proc = run("--quick", script=REPO_ROOT / "benchmarks" / "hostile_uploads.py")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    answers = {name: (f["status"], f["code"]) for name, f in figures["files"].items()}
+    assert answers == {
+        "parquet_dictionary_bomb": (413, "decoded_too_large"),
+        "csv_million_columns": (422, "too_many_columns"),
+        "jsonl_100k_keys": (422, "too_many_columns"),
+        "json_100k_keys": (422, "too_many_columns"),
+        "parquet_5000_columns": (422, "too_many_columns"),
+        "parquet_compressed_texts": (201, "created"),
+        "csv_200000_short_rows": (201, "created"),
+    }
+    assert figures["failed"] == []
+    assert 0 <= figures["max_api_peak_rss_growth_mb"] < 200
+
+
 def test_adapter_density_quick_run_ends_with_one_line_of_json() -> None:
     proc = run("--quick", script=REPO_ROOT / "benchmarks" / "adapter_density.py")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -29,8 +29,17 @@ class Settings(BaseSettings):
     max_line_bytes: int = 1024 * 1024
     # Nesting of JSON uploads and JSON request bodies (arrays and objects inside each other).
     max_json_depth: int = 64
-    # What a Parquet upload may decode to in memory (compression makes it far larger than the file).
-    max_decoded_bytes: int = 4 * 1024 * 1024 * 1024
+    # What a Parquet upload may decode to in memory (compression makes it far larger than the file);
+    # parsing and validating take several times this, all within upload_parse_memory_bytes.
+    max_decoded_bytes: int = 256 * 1024 * 1024
+    # Columns of an upload (CSV/TSV fields, JSON keys, Parquet fields), checked before the rows.
+    max_columns: int = Field(default=1000, ge=1)
+    # Uploads are parsed in separate processes (app/dataset/isolation.py), at most this many at
+    # once per API process, each job within this much memory (beyond the process's own, imports
+    # done) and this much time; past either the upload gets a 413 and its process is replaced.
+    upload_parse_workers: int = Field(default=2, ge=1, le=64)
+    upload_parse_memory_bytes: int = Field(default=3 * 1024**3, ge=64 * 1024**2)
+    upload_parse_timeout_seconds: float = Field(default=300.0, gt=0)
     # Free space kept on the data dir's filesystem: uploads that would eat into it get a 507.
     min_free_disk_bytes: int = 1024 * 1024 * 1024
     # JSON bodies (everything but dataset uploads, which have max_upload_bytes).

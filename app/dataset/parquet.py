@@ -69,8 +69,10 @@ def _decoded_bytes(table: pa.Table) -> int:
             continue
         for chunk in column.chunks:
             if _is_text_or_binary(chunk.dictionary.type):
+                # The values as they will be once expanded, plus the dictionary page itself.
                 lengths = pc.binary_length(chunk.dictionary)
                 total += (pc.sum(pc.take(lengths, chunk.indices)).as_py() or 0) + 8 * len(chunk)
+                total += chunk.dictionary.nbytes
             else:
                 total += chunk.nbytes
     return total

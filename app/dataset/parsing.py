@@ -42,6 +42,7 @@ class ParseLimits:
     max_line_bytes: int
     max_json_depth: int
     max_decoded_bytes: int
+    max_columns: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ParseLimits:
@@ -50,6 +51,7 @@ class ParseLimits:
             max_line_bytes=settings.max_line_bytes,
             max_json_depth=settings.max_json_depth,
             max_decoded_bytes=settings.max_decoded_bytes,
+            max_columns=settings.max_columns,
         )
 
 
@@ -129,6 +131,9 @@ def read_table(
     if path.stat().st_size == 0:
         raise InvalidInput("the uploaded file is empty", code="empty_file", field="file")
     if fmt is DatasetFormat.PARQUET:
+        width = _parquet_width(path)
+        if width is not None and width > limits.max_columns:
+            raise _too_many_columns(width, limits.max_columns)
         return read_parquet(
             path, max_rows=limits.max_rows, max_decoded_bytes=limits.max_decoded_bytes
         )
@@ -140,6 +145,16 @@ def read_table(
         if fmt is DatasetFormat.JSONL:
             return _read_jsonl(f, limits=limits)
         return _read_json(f, limits=limits)
+
+
+def _parquet_width(path: Path) -> int | None:
+    """The top-level fields in a Parquet footer; None when unreadable (read_parquet says why)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return len(pq.read_schema(path))
+    except (pa.ArrowException, OSError):
+        return None
 
 
 def _raw_lines(f: IO[bytes], max_line_bytes: int | None) -> Iterator[bytes]:
@@ -190,6 +205,24 @@ def _too_many_rows(max_rows: int, line: int | None = None) -> InvalidInput:
     )
 
 
+def _too_many_columns(
+    count: int | None, limit: int, *, what: str = "the file has", line: int | None = None
+) -> InvalidInput:
+    """`count` None: more than `limit`, without counting further."""
+    where = f"line {line}: " if line is not None else ""
+    many = f"{count} columns" if count is not None else f"more than {limit} columns"
+    details: dict[str, Any] = {"limit": limit}
+    if count is not None:
+        details["columns"] = count
+    if line is not None:
+        details["line"] = line
+    return InvalidInput(
+        f"{where}{what} {many}; a dataset may have at most {limit} (max_columns)",
+        code="too_many_columns",
+        **details,
+    )
+
+
 def _header_names(record: list[str], line: int) -> list[str]:
     names = [name.strip() or f"column_{i + 1}" for i, name in enumerate(record)]
     seen: set[str] = set()
@@ -232,6 +265,15 @@ def _read_delimited(
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue  # a blank line
             if names is None:
+                # The first record sets the width; one of a million fields is refused before
+                # any table is built.
+                if len(record) > limits.max_columns:
+                    raise _too_many_columns(
+                        len(record),
+                        limits.max_columns,
+                        what="the header has" if header else "the first row has",
+                        line=start,
+                    )
                 if header:
                     names = _header_names(record, start)
                     like = f"the header ({', '.join(names)})"
@@ -280,6 +322,7 @@ def _read_jsonl(f: IO[bytes], *, limits: ParseLimits) -> ParsedTable:
     max_rows, depth = limits.max_rows, limits.max_json_depth
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
+    keys: dict[str, None] = {}  # every key seen so far, in order: the table's columns
     for lineno, text in enumerate(_text_lines(f, limits.max_line_bytes), start=1):
         if not text.strip():
             continue
@@ -299,6 +342,15 @@ def _read_jsonl(f: IO[bytes], *, limits: ParseLimits) -> ParsedTable:
             )
         if len(rows) >= max_rows:
             raise _too_many_rows(max_rows, lineno)
+        if len(obj) > limits.max_columns:
+            raise _too_many_columns(
+                len(obj), limits.max_columns, what="the object has", line=lineno
+            )
+        keys.update(dict.fromkeys(obj))
+        if len(keys) > limits.max_columns:
+            raise _too_many_columns(
+                None, limits.max_columns, what=f"lines 1 to {lineno} have together", line=lineno
+            )
         rows.append(obj)
         lines.append(lineno)
     if not rows:
@@ -326,10 +378,10 @@ def _read_json(f: IO[bytes], *, limits: ParseLimits) -> ParsedTable:
         raise _parse_error(
             f"invalid JSON at column {exc.colno}: {exc.msg}", line=exc.lineno
         ) from None
-    rows = _json_rows(doc)
+    rows = _json_rows(doc, max_columns=limits.max_columns)
     if len(rows) > max_rows:
         raise _too_many_rows(max_rows)
-    return ParsedTable(table=_rows_to_table(rows))
+    return ParsedTable(table=_rows_to_table(rows, max_columns=limits.max_columns))
 
 
 _JSON_SHAPES = (
@@ -338,11 +390,13 @@ _JSON_SHAPES = (
 )
 
 
-def _json_rows(doc: Any) -> list[dict[str, Any]]:
+def _json_rows(doc: Any, *, max_columns: int) -> list[dict[str, Any]]:
     if isinstance(doc, dict):
         if isinstance(doc.get("data"), list):
             doc = doc["data"]
         elif doc and all(isinstance(v, list) for v in doc.values()):
+            if len(doc) > max_columns:
+                raise _too_many_columns(len(doc), max_columns, what="the object of columns has")
             lengths = {len(v) for v in doc.values()}
             if len(lengths) != 1:
                 raise _parse_error(f"the column lists have different lengths {sorted(lengths)}")
@@ -369,10 +423,14 @@ def _kind(value: Any) -> str:
     return kinds.get(type(value), "a number")
 
 
-def _rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+def _rows_to_table(rows: list[dict[str, Any]], *, max_columns: int | None = None) -> pa.Table:
     names: dict[str, None] = {}
-    for row in rows:
+    for i, row in enumerate(rows):
         names.update(dict.fromkeys(row))
+        if max_columns is not None and len(names) > max_columns:
+            if len(row) > max_columns:
+                raise _too_many_columns(len(row), max_columns, what=f"item {i + 1} has")
+            raise _too_many_columns(None, max_columns, what=f"items 1 to {i + 1} have together")
     return pa.table({name: _to_array([row.get(name) for row in rows]) for name in names})
 
 

@@ -1,4 +1,4 @@
-"""Datasets: parse and validate an upload, publish its files atomically, list, read, delete."""
+"""Datasets: parse and validate an upload (in a parsing process), publish it, list, delete."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import tempfile
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from sqlalchemy import or_, select
@@ -22,13 +23,14 @@ from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.idempotency import IdempotentRequest
 from app.core.pagination import page_newest_first
 from app.core.storage import atomic_move_dir, remove_tree, resolve
-from app.dataset import parsing
+from app.dataset import isolation, parsing
 from app.dataset.schemas import DatasetCreate, DatasetFormat, DatasetRead
 from app.dataset.upload import ReceivedUpload, staging_dir
 from app.db.models import Dataset, DatasetStatus, Job, new_id
 from app.db.session import get_by_id
 from app.ml.tables import ParsedTable
 from app.ml.tasks import REGISTRY, TaskSpec, get_task
+from app.ml.tasks.base import DatasetSummary
 
 if TYPE_CHECKING:
     import datasets
@@ -48,40 +50,35 @@ def create_dataset(
 ) -> Dataset:
     """Parse, map, validate and summarize an upload; publish its files, then commit the row.
 
+    The parsing runs in a separate process (app/dataset/isolation.py) with its own memory and time
+    limits; the files are published and the row committed here.
     With `idempotency`, a key seen before replays its first response (raises Replay) instead.
     """
     if idempotency is not None:
         idempotency.replay_if_seen(session)
     task = get_task(spec.task)
     check_mapping(task, spec.column_mapping)
-    fmt = spec.format or detect_format(task, upload)
-    limits = parsing.ParseLimits.from_settings(settings)
-    parsed = read_rows(task, fmt, upload.path, limits=limits, header=spec.header)
-    if parsed.table.num_rows == 0:
-        what = "a header line but no data rows" if parsed.had_header else "no rows"
-        raise InvalidInput(f"the file has {what}", code="empty_file", field="file")
-    with file_context(parsed, {}):
-        parsed.table = task.adapt_table(parsed.table)
-    chosen = resolve_columns(
-        task,
-        parsed.table.column_names,
-        spec.column_mapping,
-        first_row=None if spec.header else _first_row(parsed.table),
-    )
-    check_cell_lengths(parsed.table, chosen, limit=settings.max_text_chars)
-    with file_context(parsed, chosen):
-        result = task.normalize(_select(parsed.table, chosen), strict=spec.strict)
-        check_not_flattened(task, parsed.table, chosen, result.rows)
-    normalized = result.rows
-    summary = task.summarize(normalized)
-    applied = {source: name for name, source in chosen.items() if source != name}
 
     dataset_id = new_id("ds")
     storage_path = f"datasets/{dataset_id}"
     final = resolve(settings, storage_path)
     staging = Path(tempfile.mkdtemp(dir=staging_dir(settings), prefix=f"{dataset_id}-"))
     try:
-        _write_parquet(normalized, staging / DATA_FILE)
+        job = ParseJob(
+            task=task.name,
+            format=spec.format.value if spec.format is not None else None,
+            source=str(upload.path),
+            filename=upload.filename,
+            column_mapping=spec.column_mapping,
+            header=spec.header,
+            strict=spec.strict,
+            max_text_chars=settings.max_text_chars,
+            limits=parsing.ParseLimits.from_settings(settings),
+            target=str(staging / DATA_FILE),
+        )
+        outcome = ParseOutcome.from_dict(
+            isolation.run(parse_upload, asdict(job), settings=settings)
+        )
         # The original bytes, kept under a name we chose: same filesystem, so a rename.
         os.replace(upload.path, staging / SOURCE_FILE)
         atomic_move_dir(staging, final)
@@ -89,18 +86,19 @@ def create_dataset(
         remove_tree(staging)
         raise
 
+    summary = outcome.summary
     row = Dataset(
         id=dataset_id,
         tenant_id=tenant,
         name=display_name(spec.name, upload.filename),
         task=task.name,
-        format=fmt.value,
+        format=outcome.format,
         status=DatasetStatus.READY,
         num_rows=summary.num_rows,
         columns=summary.columns,
         label_names=summary.label_names,
         label_counts=summary.label_counts,
-        stats={**summary.stats, **result.notes, "column_mapping": applied},
+        stats={**summary.stats, **outcome.notes, "column_mapping": outcome.applied},
         sha256=upload.sha256,
         size_bytes=upload.size_bytes,
         storage_path=storage_path,
@@ -119,6 +117,91 @@ def create_dataset(
             idempotency.replay_if_seen(session)
         raise
     return row
+
+
+@dataclass(frozen=True)
+class ParseJob:
+    """One upload to parse, as the parsing process receives it: plain data, sent as JSON."""
+
+    task: str
+    format: str | None  # None: detected from the content and the file name
+    source: str  # the uploaded file
+    filename: str | None  # the client's name for it: a format hint, never opened
+    column_mapping: dict[str, str]
+    header: bool
+    strict: bool
+    max_text_chars: int
+    limits: parsing.ParseLimits
+    target: str  # where the normalized rows are written (data.parquet, in the staging directory)
+
+
+@dataclass
+class ParseOutcome:
+    """What parsing learned: the format read, the summary, repair notes, the columns renamed."""
+
+    format: str
+    summary: DatasetSummary
+    notes: dict[str, Any]
+    applied: dict[str, str]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ParseOutcome:
+        return cls(
+            format=data["format"],
+            summary=DatasetSummary(**data["summary"]),
+            notes=data["notes"],
+            applied=data["applied"],
+        )
+
+
+def parse_upload(payload: dict[str, Any]) -> dict[str, Any]:
+    """The parsing process's entry: a ParseJob as a dict in, a ParseOutcome as a dict out."""
+    limits = parsing.ParseLimits(**payload["limits"])
+    return asdict(parse_file(ParseJob(**{**payload, "limits": limits})))
+
+
+def warm_up() -> None:
+    """What a parsing process does once before its first job: imports, lazily built state."""
+    import datasets as hf
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(hf.Dataset.from_dict({"text": ["x"]}).data.table, sink)
+    pq.read_table(pa.BufferReader(sink.getvalue()))
+
+
+def parse_file(job: ParseJob) -> ParseOutcome:
+    """Read, map, validate and summarize one upload, and write its rows to `job.target`."""
+    task = get_task(job.task)
+    path = Path(job.source)
+    fmt = (
+        DatasetFormat(job.format)
+        if job.format is not None
+        else detect_format(task, path, filename=job.filename)
+    )
+    parsed = read_rows(task, fmt, path, limits=job.limits, header=job.header)
+    if parsed.table.num_rows == 0:
+        what = "a header line but no data rows" if parsed.had_header else "no rows"
+        raise InvalidInput(f"the file has {what}", code="empty_file", field="file")
+    with file_context(parsed, {}):
+        parsed.table = task.adapt_table(parsed.table)
+    chosen = resolve_columns(
+        task,
+        parsed.table.column_names,
+        job.column_mapping,
+        first_row=None if job.header else _first_row(parsed.table),
+    )
+    check_cell_lengths(parsed.table, chosen, limit=job.max_text_chars)
+    with file_context(parsed, chosen):
+        result = task.normalize(_select(parsed.table, chosen), strict=job.strict)
+        check_not_flattened(task, parsed.table, chosen, result.rows)
+    _write_parquet(result.rows, Path(job.target))
+    return ParseOutcome(
+        format=fmt.value,
+        summary=task.summarize(result.rows),
+        notes=result.notes,
+        applied={source: name for name, source in chosen.items() if source != name},
+    )
 
 
 def check_mapping(task: TaskSpec, mapping: dict[str, str]) -> None:
@@ -349,14 +432,14 @@ def _select(table: pa.Table, chosen: dict[str, str]) -> datasets.Dataset:
         ) from None
 
 
-def detect_format(task: TaskSpec, upload: ReceivedUpload) -> DatasetFormat:
+def detect_format(task: TaskSpec, path: Path, *, filename: str | None) -> DatasetFormat:
     """The task's own format when the content looks like one, else a generic one."""
-    with upload.path.open("rb") as f:
+    with path.open("rb") as f:
         head = f.read(parsing.SNIFF_BYTES).decode("utf-8", errors="replace")
-    native = task.sniff_format(head, filename=upload.filename)
+    native = task.sniff_format(head, filename=filename)
     if native is not None:
         return DatasetFormat(native)
-    return parsing.detect_format(upload.path, filename=upload.filename)
+    return parsing.detect_format(path, filename=filename)
 
 
 def read_rows(

@@ -240,11 +240,12 @@ def test_failure_while_publishing_leaves_nothing(app, admin_key, monkeypatch):  
         assert resp.status_code == 500
         monkeypatch.undo()
 
-        def broken_write(ds, path):  # type: ignore[no-untyped-def]
-            path.write_bytes(b"half")
+        def broken_move(staging, final):  # type: ignore[no-untyped-def]
+            # The parsing process wrote data.parquet into staging; publishing it fails.
+            assert {p.name for p in staging.iterdir()} == {"data.parquet", "source"}
             raise OSError("disk full")
 
-        monkeypatch.setattr(service, "_write_parquet", broken_write)
+        monkeypatch.setattr(service, "atomic_move_dir", broken_move)
         assert upload(client, b"text,label\na,b\n").status_code == 500
 
 
