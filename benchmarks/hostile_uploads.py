@@ -90,6 +90,36 @@ def many_rows_csv(rows: int) -> bytes:
     return out.getvalue()
 
 
+def lying_footer(rows: int = 2_500_000) -> bytes:
+    """`rows` rows whose footer was edited in place to say 10 (the file's and the row group's
+    counts), as a damaged or doctored file would."""
+    import pyarrow as pa
+
+    sys.path.insert(0, str(REPO))
+    from tests.dataset.parquet_footer import FILE_NUM_ROWS, GROUP_NUM_ROWS, patched
+
+    table = pa.table(
+        {"text": [f"review {i}" for i in range(rows)], "label": ["pos", "neg"] * (rows // 2)}
+    )
+    return patched(_parquet(table), 10, FILE_NUM_ROWS, GROUP_NUM_ROWS)
+
+
+# Formulas behind the disguises a naive filter misses (one file each: the first is refused).
+FORMULAS = {
+    "at_sum": "=@SUM(A1)",
+    "array": "={1,2}",
+    "external_ref": "=[evil.xlsx]Sheet1!A1",
+    "bang_ref": "=!A1",
+    "nbsp": "\u00a0=SUM(A1)",
+    "vertical_tab": "\x0b=SUM(A1)",
+    "fullwidth_equals": "\uff1dSUM(A1)",
+}
+
+
+def formula_csv(cell: str) -> bytes:
+    return f'text,label\ngood film,pos\n"{cell}",neg\n'.encode()
+
+
 def _parquet(table: Any, **kwargs: Any) -> bytes:
     import pyarrow.parquet as pq
 
@@ -114,6 +144,11 @@ def corpus(quick: bool = False) -> list[Hostile]:
         Hostile("jsonl_100k_keys", "wide.jsonl", wide_jsonl),
         Hostile("json_100k_keys", "wide.json", wide_json),
         Hostile("parquet_5000_columns", "wide.parquet", wide_parquet),
+        Hostile("parquet_footer_says_10_rows", "lying.parquet", lying_footer),
+        *(
+            Hostile(f"csv_formula_{name}", "formula.csv", lambda cell=cell: formula_csv(cell))
+            for name, cell in FORMULAS.items()
+        ),
         Hostile(
             "parquet_compressed_texts",
             "texts.parquet",
