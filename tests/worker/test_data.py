@@ -7,7 +7,7 @@ from collections import Counter
 import datasets
 
 from worker.training.data import hold_out
-from worker.training.lora import head_modules
+from worker.training.heads import head_modules
 
 
 def _rows(counts: dict[str, int]) -> datasets.Dataset:

@@ -11,7 +11,8 @@ from transformers import TrainerCallback
 
 from app.core.errors import InvalidInput
 from app.job.schemas import AdaLoraMethod
-from worker.training.lora import head_modules, target_modules
+from worker.training.heads import trained_in_full
+from worker.training.lora import target_modules
 
 if TYPE_CHECKING:
     import torch
@@ -60,7 +61,7 @@ def apply_adalora(
         lora_alpha=method.lora_alpha or 2 * method.init_r,  # type: ignore[arg-type]
         lora_dropout=method.lora_dropout,
         target_modules=target_modules(model, method.target_modules),
-        modules_to_save=head_modules(new_weights) or None,
+        modules_to_save=trained_in_full(model, new_weights) or None,
         tinit=tinit,
         tfinal=tfinal,
         deltaT=method.delta_t,

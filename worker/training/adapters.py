@@ -24,7 +24,8 @@ from worker.training.adalora import (
     apply_adalora,
     restore_allocator,
 )
-from worker.training.lora import apply_ia3, apply_lora, head_modules
+from worker.training.heads import trained_in_full
+from worker.training.lora import apply_ia3, apply_lora
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, TrainerCallback
@@ -60,7 +61,7 @@ def apply_prefix_tuning(
         num_virtual_tokens=method.num_virtual_tokens,
         prefix_projection=method.prefix_projection,
         encoder_hidden_size=method.encoder_hidden_size or model.config.hidden_size,
-        modules_to_save=head_modules(new_weights) or None,
+        modules_to_save=trained_in_full(model, new_weights) or None,
     )
     try:
         accept_prefix(model)

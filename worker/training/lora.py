@@ -7,17 +7,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from app.job.schemas import Ia3Method, LoraMethod
+from worker.training.heads import trained_in_full
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from app.ml.tasks import TaskSpec
-
-
-def head_modules(new_weights: Iterable[str]) -> list[str]:
-    """Modules whose weights the checkpoint lacked (the task head): they must train in full."""
-    # "classifier.weight" -> "classifier"; "classifier.out_proj.bias" -> "classifier.out_proj".
-    return sorted({name.rpartition(".")[0] for name in new_weights if "." in name})
 
 
 def target_modules(model: PreTrainedModel, requested: list[str] | None) -> list[str] | str:
@@ -47,7 +42,7 @@ def apply_lora(
         lora_alpha=method.lora_alpha or 2 * method.r,  # type: ignore[arg-type]
         lora_dropout=method.lora_dropout,
         target_modules=target_modules(model, method.target_modules),
-        modules_to_save=head_modules(new_weights) or None,
+        modules_to_save=trained_in_full(model, new_weights) or None,
     )
     return get_peft_model(model, config)
 
@@ -77,7 +72,7 @@ def apply_ia3(
         task_type=TaskType(task.peft_task_type) if task.peft_task_type else None,
         target_modules=list(targets),
         feedforward_modules=list(feedforward or []),
-        modules_to_save=head_modules(new_weights) or None,
+        modules_to_save=trained_in_full(model, new_weights) or None,
     )
     return get_peft_model(model, config)
 
