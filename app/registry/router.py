@@ -113,7 +113,7 @@ def delete_model(
 @router.put(
     "/{model_id}/aliases/{name}",
     response_model=AliasRead,
-    responses=error_responses(404, 409, 422),
+    responses=error_responses(400, 404, 409, 422),
 )
 def put_alias(
     model_id: str,
