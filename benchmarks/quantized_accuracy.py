@@ -5,7 +5,7 @@ all-MiniLM-L6-v2 is fully fine-tuned on the first N rows of SST-2's train.tsv wi
 (872 rows) as its validation set (or `--model-id` names a model already registered on a running
 service, `--api`), then a quantize job (`method: {"type": "quantize", "scheme": "int8_dynamic"}`)
 evaluates the fp32 parent and its int8 copy on those 872 dev rows and registers the int8 model.
-The figures are the job's own: accuracy of each (the model's `metrics` and `baseline_metrics`),
+The figures are the job's own: accuracy of each (the model's `metrics` and `parent_metrics`),
 and samples/s of each evaluation (the same Trainer evaluation, batch size and threads, on the CPU,
 timed after one warm-up batch; tokenization and model loading are not timed). A /predict call on
 the int8 model checks it serves.
@@ -129,7 +129,7 @@ def summarize(
     q: dict[str, Any], *, parent_id: str, labels: list[str], load: dict[str, float]
 ) -> dict[str, Any]:
     model, fp32, int8 = q["model"], q["evals"]["fp32"], q["evals"]["int8"]
-    int8_acc, fp32_acc = model["metrics"]["accuracy"], model["baseline_metrics"]["accuracy"]
+    int8_acc, fp32_acc = model["metrics"]["accuracy"], model["parent_metrics"]["accuracy"]
     return {
         "benchmark": "quantized_accuracy",
         "int8_accuracy": round(int8_acc, 4),
@@ -141,7 +141,7 @@ def summarize(
         "int8_eval_s": int8["seconds"],
         "fp32_eval_s": fp32["seconds"],
         "int8_eval_loss": round(model["metrics"]["eval_loss"], 4),
-        "fp32_eval_loss": round(model["baseline_metrics"]["eval_loss"], 4),
+        "fp32_eval_loss": round(model["parent_metrics"]["eval_loss"], 4),
         "parent_recorded_accuracy": fp32.get("parent_recorded_accuracy"),
         "validation_rows": q["summary"]["validation_rows"],
         "eval_batch_size": q["settings"]["batch_size"],
@@ -172,7 +172,7 @@ def print_table(f: dict[str, Any]) -> None:
     print(
         f"\n{f['validation_rows']} dev rows, eval batch {f['eval_batch_size']}, "
         f"{f['threads']} torch threads. accuracy delta (int8 - fp32): {f['accuracy_delta']:+.4f}; "
-        f"int8 evaluation speed-up: {f['speedup']}x. The fp32 baseline's accuracy as the parent's "
+        f"int8 evaluation speed-up: {f['speedup']}x. The fp32 parent's accuracy as the parent's "
         f"own training evaluation recorded it: {f['parent_recorded_accuracy']}. "
         f"Load average (1 min): {f['load_avg_1m']}."
     )

@@ -822,7 +822,7 @@ def main() -> int:
         else {
             "id": int8["id"],
             "metrics": int8["metrics"],
-            "baseline_metrics": int8["baseline_metrics"],
+            "parent_metrics": int8["parent_metrics"],
         },
         "disagreements": check["disagreements"],
         "max_score_diff": check["max_score_diff"],

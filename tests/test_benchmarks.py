@@ -108,7 +108,7 @@ def test_quantized_accuracy_quick_run_ends_with_one_line_of_json() -> None:
     assert figures["accuracy_delta"] == pytest.approx(
         figures["int8_accuracy"] - figures["fp32_accuracy"], abs=1e-3
     )
-    # The baseline is the parent on its own validation set: what its training evaluation said.
+    # The fp32 figures are the parent on its own validation set: what its training evaluation said.
     assert figures["fp32_accuracy"] == pytest.approx(figures["parent_recorded_accuracy"], abs=1e-4)
     assert figures["int8_samples_per_s"] > 0 and figures["fp32_samples_per_s"] > 0
 

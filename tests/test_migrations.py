@@ -163,3 +163,54 @@ def test_models_keep_their_rows_when_job_id_stops_being_a_foreign_key(
             conn.execute(text("DELETE FROM jobs WHERE id = 'job_2'"))
     finally:
         engine.dispose()
+
+
+BEFORE_BASELINES = "b7e2d94c1a53"  # the revision before trivial baselines and quality verdicts
+
+
+def test_parent_comparison_moves_to_parent_metrics_and_back(db_settings: Settings) -> None:
+    """A quantized model's parent comparison, stored as models.baseline_metrics before the
+    revision, is models.parent_metrics after it (the new baseline_metrics empty), and goes back
+    on the downgrade."""
+    import json
+
+    from sqlalchemy import text
+
+    from app.db.session import make_engine
+
+    upgrade(db_settings, BEFORE_BASELINES)
+    engine = make_engine(db_settings)
+    comparison = {"accuracy": 0.9, "eval_loss": 0.3}
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO models (id, tenant_id, task, base_model, method, label_names, "
+                    "metrics, baseline_metrics, job_id, train_dataset_id, hyperparameters, "
+                    "storage_path, size_bytes, created_at) VALUES ('mdl_q', 'default', "
+                    "'classification', 'model:mdl_p', 'quantize', '[]', '{}', :cmp, 'job_q', "
+                    "'ds_1', '{}', 'models/q', 1, CURRENT_TIMESTAMP)"
+                ),
+                {"cmp": json.dumps(comparison)},
+            )
+        engine.dispose()
+
+        upgrade(db_settings)
+        with engine.begin() as conn:
+            row = conn.execute(
+                text("SELECT parent_metrics, baseline_metrics, quality FROM models")
+            ).one()
+            job_columns = {c["name"] for c in inspect(conn).get_columns("jobs")}
+        assert (json.loads(row[0]) if isinstance(row[0], str) else row[0]) == comparison
+        assert (row[1], row[2]) == (None, None)
+        assert {"baseline_metrics", "quality", "training_warnings"} <= job_columns
+        engine.dispose()
+
+        downgrade(db_settings, BEFORE_BASELINES)
+        with engine.begin() as conn:
+            value = conn.execute(text("SELECT baseline_metrics FROM models")).scalar_one()
+            columns = {c["name"] for c in inspect(conn).get_columns("models")}
+        assert (json.loads(value) if isinstance(value, str) else value) == comparison
+        assert "parent_metrics" not in columns and "quality" not in columns
+    finally:
+        engine.dispose()

@@ -165,6 +165,11 @@ class Job(Base):
     resolved_hyperparameters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # {"trainable": n, "total": n} of the model as trained (after freezing or adapters).
     parameters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Written with the model it registers: the task's trivial baseline on the same validation
+    # rows, the verdict against it, and the warnings its training raised (beside the spec's).
+    baseline_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    quality: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    training_warnings: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobEvent(Base):
@@ -209,7 +214,11 @@ class Model(Base):
     parameters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # A quantized model's parent (fp32) evaluated on the same rows as `metrics`, by the same job;
     # a column rather than metadata so that listing models reads no files.
+    parent_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The task's trivial baseline scored on the same validation rows as `metrics`, and the
+    # verdict against it (app/ml/quality.py); null for models registered before there was one.
     baseline_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    quality: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

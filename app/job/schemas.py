@@ -10,6 +10,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from app.core.schemas import ParameterCounts
 from app.db.models import Job
+from app.ml.quality import BASELINE_DESCRIPTION, QUALITY_DESCRIPTION, Quality
 
 # Learning rates that worked for all-MiniLM-sized encoders here; the resolved value is stored.
 # adalora and prefix_tuning are untuned: LoRA's rate for AdaLoRA (the same kind of update), and
@@ -198,7 +199,7 @@ class QuantizeMethod(_Strict):
 
     The job evaluates the parent (fp32, adapters merged) and its quantized copy on the parent's
     validation rows (or on validation_dataset) with the task's own evaluation, and registers the
-    quantized model with both results: `metrics` (quantized) and `baseline_metrics` (the parent).
+    quantized model with both results: `metrics` (quantized) and `parent_metrics` (the parent).
     It takes no training fields: hyperparameters, task_options and seed keep their defaults."""
 
     type: Literal["quantize"]
@@ -391,6 +392,11 @@ WARNINGS_DESCRIPTION = (
     "What the job was accepted despite, in plain words: e.g. a validation dataset that has no "
     "rows of some of the train set's classes, which its metrics then cannot evaluate."
 )
+JOB_WARNINGS_DESCRIPTION = (
+    WARNINGS_DESCRIPTION[:-1] + "; then what its training found that its metrics alone do not "
+    "say: a model no better than the task's trivial baseline (or a validation set too small to "
+    "tell), a training loss that did not fall, each with what to try."
+)
 
 
 class JobSpec(BaseModel):
@@ -469,7 +475,7 @@ class JobRead(BaseModel):
     )
     task_options: dict[str, Any]
     seed: int
-    warnings: list[str] = Field(default_factory=list, description=WARNINGS_DESCRIPTION)
+    warnings: list[str] = Field(default_factory=list, description=JOB_WARNINGS_DESCRIPTION)
     parameters: ParameterCounts | None = Field(
         default=None, description="Weights of the model as trained; known once training starts."
     )
@@ -478,6 +484,10 @@ class JobRead(BaseModel):
     progress: JobProgress
     train_loss: float | None
     metrics: dict[str, Any] | None
+    baseline_metrics: dict[str, Any] | None = Field(
+        default=None, description=BASELINE_DESCRIPTION + " Known once the job has succeeded."
+    )
+    quality: Quality | None = Field(default=None, description=QUALITY_DESCRIPTION)
     model_id: str | None
     error: JobError | None
     created_at: datetime
@@ -502,13 +512,15 @@ class JobRead(BaseModel):
             hyperparameters=job.resolved_hyperparameters or spec.get("hyperparameters", {}),
             task_options=spec.get("task_options", {}),
             seed=spec.get("seed", 0),
-            warnings=list(spec.get("warnings") or []),
+            warnings=[*(spec.get("warnings") or []), *(job.training_warnings or [])],
             parameters=ParameterCounts.model_validate(job.parameters) if job.parameters else None,
             status=job.status,
             attempt=job.attempt,
             progress=JobProgress.from_row(job),
             train_loss=job.train_loss,
             metrics=job.metrics,
+            baseline_metrics=job.baseline_metrics,
+            quality=Quality(job.quality) if job.quality else None,
             model_id=job.model_id,
             error=error,
             created_at=job.created_at,

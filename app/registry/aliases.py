@@ -8,8 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.errors import InvalidInput, NotFound
+from app.core.errors import Conflict, InvalidInput, NotFound
 from app.db.models import Model, ModelAlias, utcnow
+from app.ml.quality import Quality, required
+from app.ml.tasks import get_task
 from app.registry.service import ALIAS_PATTERN, MODEL_ID_PREFIX, get_model
 
 log = logging.getLogger("tuneserve.registry")
@@ -37,12 +39,37 @@ def get_alias(session: Session, *, tenant: str, name: str) -> ModelAlias:
     return alias
 
 
+def check_quality(model: Model, *, name: str) -> None:
+    """Conflict for a model no better than its task's trivial baseline (see app/ml/quality.py)."""
+    if model.quality != Quality.NO_BETTER:
+        return
+    primary = get_task(model.task).primary_metric
+    value = (model.metrics or {}).get(primary)
+    base = (model.baseline_metrics or {}).get(primary)
+    shown = f"{value:.4f}" if isinstance(value, int | float) else "unknown"
+    needs = f" (it needs {required(float(base)):.4f})" if isinstance(base, int | float) else ""
+    raise Conflict(
+        f"model '{model.id}' is no better than the trivial baseline: {primary} {shown} against "
+        f"the baseline's {base if base is None else f'{base:.4f}'}{needs}; send "
+        f"{{\"force\": true}} to point alias '{name}' at it anyway",
+        code="model_below_baseline",
+        model=model.id,
+        metric=primary,
+        value=value,
+        baseline=base,
+    )
+
+
 def set_alias(
-    session: Session, *, tenant: str, model_id: str, name: str
+    session: Session, *, tenant: str, model_id: str, name: str, force: bool = False
 ) -> tuple[ModelAlias, str | None]:
-    """Point `name` at the tenant's model (create or move); returns it and the model it left."""
+    """Point `name` at the tenant's model (create or move); returns it and the model it left.
+
+    A model whose quality is no_better_than_baseline is refused (Conflict) unless `force`."""
     check_alias_name(name)
     model = get_model(session, tenant=tenant, model_id=model_id)
+    if not force:
+        check_quality(model, name=name)
     try:
         alias, previous = _point(session, tenant, name, model.id)
     except IntegrityError:

@@ -12,8 +12,9 @@ from app.auth.deps import ModelReader, Trainer
 from app.core.deps import SessionDep, SettingsDep
 from app.core.schemas import PROTECTED, Page, ParameterCounts, error_responses
 from app.db.models import Model, ModelAlias
+from app.ml.quality import Quality
 from app.registry import aliases, deletion, service
-from app.registry.schemas import AliasRead, ModelRead
+from app.registry.schemas import AliasPut, AliasRead, ModelRead
 
 router = APIRouter(prefix="/models", tags=["models"], responses=PROTECTED)
 alias_router = APIRouter(prefix="/aliases", tags=["models"], responses=PROTECTED)
@@ -46,7 +47,9 @@ def to_read(model: Model, names: list[str] | None = None) -> ModelRead:
         artifact=model.artifact,  # type: ignore[arg-type]  # pydantic checks the value
         label_names=list(model.label_names),
         metrics=model.metrics or {},
+        parent_metrics=model.parent_metrics,
         baseline_metrics=model.baseline_metrics,
+        quality=Quality(model.quality) if model.quality else None,
         hyperparameters=model.hyperparameters or {},
         job_id=model.job_id,
         train_dataset=model.train_dataset_id,
@@ -108,17 +111,32 @@ def delete_model(
 
 
 @router.put(
-    "/{model_id}/aliases/{name}", response_model=AliasRead, responses=error_responses(404, 422)
+    "/{model_id}/aliases/{name}",
+    response_model=AliasRead,
+    responses=error_responses(400, 404, 409, 422),
 )
 def put_alias(
-    model_id: str, name: str, request: Request, session: SessionDep, principal: Trainer
+    model_id: str,
+    name: str,
+    request: Request,
+    session: SessionDep,
+    principal: Trainer,
+    body: AliasPut | None = None,
 ) -> AliasRead:
     """Point an alias at this model, creating it or moving it from another model at once.
 
     /predict accepts the alias wherever it accepts a model id, so callers that name `production`
-    follow each move; `previous_model` tells which model to move it back to.
+    follow each move; `previous_model` tells which model to move it back to. A model whose
+    `quality` is `no_better_than_baseline` is refused with 409 `model_below_baseline`, naming its
+    metric and the baseline's, unless the optional body says `{"force": true}`.
     """
-    alias, _ = aliases.set_alias(session, tenant=principal.tenant, model_id=model_id, name=name)
+    alias, _ = aliases.set_alias(
+        session,
+        tenant=principal.tenant,
+        model_id=model_id,
+        name=name,
+        force=body is not None and body.force,
+    )
     request.app.state.model_refs.clear()  # /predict follows the move at once
     return alias_read(alias)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.schemas import ParameterCounts
+from app.ml.quality import BASELINE_DESCRIPTION, QUALITY_DESCRIPTION, Quality
 
 
 class ModelRead(BaseModel):
@@ -32,11 +33,18 @@ class ModelRead(BaseModel):
         description="The evaluation on the validation set; for a quantized model, the "
         "quantized model's."
     )
-    baseline_metrics: dict[str, Any] | None = Field(
+    parent_metrics: dict[str, Any] | None = Field(
         default=None,
         description="Quantized models only: parent_model (fp32) evaluated by the same job on "
         "the same validation rows, to read beside `metrics`.",
     )
+    baseline_metrics: dict[str, Any] | None = Field(
+        default=None,
+        description=BASELINE_DESCRIPTION
+        + " A quantized model's is its parent's when it is evaluated on the parent's rows. "
+        "Null for models registered before baselines were computed.",
+    )
+    quality: Quality | None = Field(default=None, description=QUALITY_DESCRIPTION)
     hyperparameters: dict[str, Any]
     job_id: str
     train_dataset: str
@@ -50,6 +58,20 @@ class ModelRead(BaseModel):
         default_factory=list, description="Names that point at this model (see /v1/aliases)."
     )
     created_at: datetime
+
+
+FORCE_DESCRIPTION = (
+    f"Point the alias at a model whose quality is `{Quality.NO_BETTER}` anyway; without it such "
+    "a move (or creation) is refused with 409 `model_below_baseline`."
+)
+
+
+class AliasPut(BaseModel):
+    """Optional body of PUT /v1/models/{id}/aliases/{name}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(default=False, description=FORCE_DESCRIPTION)
 
 
 class AliasRead(BaseModel):

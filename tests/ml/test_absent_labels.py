@@ -101,9 +101,11 @@ def test_validation_without_a_class_warns_at_submission_in_events_and_metrics(  
     assert run_job(train_settings, job["id"]) == JobStatus.SUCCEEDED
 
     warnings = [e for e in events(trainer, job["id"]) if e["type"] == "warning"]
-    assert [(w["message"], w["data"]["absent_labels"]) for w in warnings] == [
+    # (6 validation rows are also too few for a verdict against the baseline: a warning of its own.)
+    assert [(w["message"], w["data"]["absent_labels"]) for w in warnings[:1]] == [
         (expected, ["sports"])
     ]
+    assert [w["data"]["kind"] for w in warnings[1:]] == ["quality"]
     metrics = trainer.get(f"/v1/jobs/{job['id']}").json()["metrics"]
     assert metrics["absent_labels"] == ["sports"]
     assert metrics["macro_f1_labels"] == ["neg", "pos"]
@@ -125,7 +127,11 @@ def test_a_held_out_split_without_a_class_is_checked_by_the_worker(  # type: ign
     absent = metrics["absent_labels"]
     assert absent and set(absent) <= {"neg", "pos", "sports"}
     assert sorted(metrics["macro_f1_labels"] + absent) == ["neg", "pos", "sports"]
-    (warning,) = [e for e in events(trainer, job["id"]) if e["type"] == "warning"]
+    (warning,) = [
+        e
+        for e in events(trainer, job["id"])
+        if e["type"] == "warning" and e["data"].get("absent_labels")
+    ]
     assert (
         f"the validation split held out of train dataset {train} has no rows"
         in (warning["message"])

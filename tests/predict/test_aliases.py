@@ -148,3 +148,82 @@ def test_a_move_by_another_process_is_followed_within_the_lookup_window(
     # A move through this process is followed at once.
     assert client.put(f"/v1/models/{a}/aliases/production").status_code == 200
     assert predict(client, "production")[1]["model"] == a
+
+
+def _registered(settings: Any, model_id: str, *, quality: str | None, accuracy: float) -> str:
+    """A model row as a job registers it (no files: aliases read only the row)."""
+    from app.db.models import Model, new_id
+    from app.db.session import make_engine, make_sessionmaker
+
+    engine = make_engine(settings)
+    try:
+        with make_sessionmaker(engine)() as session:
+            session.add(
+                Model(
+                    id=model_id,
+                    tenant_id="default",
+                    task="classification",
+                    base_model="local/tiny-bert",
+                    method="full",
+                    label_names=["neg", "pos"],
+                    metrics={"accuracy": accuracy},
+                    baseline_metrics={"accuracy": 0.5, "macro_f1": 1 / 3},
+                    quality=quality,
+                    job_id=new_id("job"),
+                    train_dataset_id="ds_x",
+                    storage_path=f"models/{model_id}",
+                )
+            )
+            session.commit()
+    finally:
+        engine.dispose()
+    return model_id
+
+
+def test_an_alias_refuses_a_model_no_better_than_its_baseline_unless_forced(
+    client: TestClient, migrated
+) -> None:  # type: ignore[no-untyped-def]
+    good = _registered(migrated, "mdl_good", quality="better_than_baseline", accuracy=0.9)
+    weak = _registered(migrated, "mdl_weak", quality="no_better_than_baseline", accuracy=0.52)
+    old = _registered(migrated, "mdl_old", quality=None, accuracy=0.52)  # from before verdicts
+    assert client.put(f"/v1/models/{good}/aliases/production").status_code == 200
+
+    # Neither moved nor created onto the weak model; the message names it, its metric, the
+    # baseline's and what it needs.
+    for name in ("production", "staging"):
+        resp = client.put(f"/v1/models/{weak}/aliases/{name}")
+        assert resp.status_code == 409, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "model_below_baseline"
+        assert error["message"] == (
+            "model 'mdl_weak' is no better than the trivial baseline: accuracy 0.5200 against "
+            'the baseline\'s 0.5000 (it needs 0.5500); send {"force": true} to point alias '
+            f"'{name}' at it anyway"
+        )
+    assert client.get("/v1/aliases/production").json()["model"] == good
+    assert client.get("/v1/aliases/staging").status_code == 404
+    # An explicit force: false is the same as none.
+    resp = client.put(f"/v1/models/{weak}/aliases/production", json={"force": False})
+    assert resp.status_code == 409
+
+    # With force it goes through, in the usual shape; a model with no verdict needs no force.
+    resp = client.put(f"/v1/models/{weak}/aliases/production", json={"force": True})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["model"] == weak and resp.json()["previous_model"] == good
+    assert client.put(f"/v1/models/{old}/aliases/legacy").status_code == 200
+    # Unknown body fields are refused, naming the field.
+    resp = client.put(f"/v1/models/{good}/aliases/production", json={"forse": True})
+    assert resp.status_code == 422 and "forse" in resp.text
+
+    read = client.get(f"/v1/models/{weak}").json()
+    assert read["quality"] == "no_better_than_baseline"
+    assert read["baseline_metrics"] == {"accuracy": 0.5, "macro_f1": pytest.approx(1 / 3)}
+    listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert listed[weak]["quality"] == "no_better_than_baseline"
+    assert listed[old]["quality"] is None and listed[good]["parent_metrics"] is None
+    # The OpenAPI document tells about the field and the 409.
+    doc = client.get("/openapi.json").json()
+    route = doc["paths"]["/v1/models/{model_id}/aliases/{name}"]["put"]
+    assert "409" in route["responses"] and "force" in route["description"]
+    force = doc["components"]["schemas"]["AliasPut"]["properties"]["force"]
+    assert force["default"] is False and "no_better_than_baseline" in force["description"]

@@ -86,13 +86,23 @@ def test_quantize_job_registers_an_int8_model_measured_beside_its_parent(
     assert read["artifact"] == "int8_dynamic" and read["method"] == "quantize"
     assert read["parent_model"] == parent.id and read["base_model"] == f"model:{parent.id}"
     assert read["label_names"] == parent.label_names
-    metrics, baseline = read["metrics"], read["baseline_metrics"]
+    metrics, baseline = read["metrics"], read["parent_metrics"]
     assert {"accuracy", "eval_loss"} <= set(metrics) and {"accuracy", "eval_loss"} <= set(baseline)
     assert job["metrics"] == metrics
     assert "model_preparation_time" not in metrics  # Trainer bookkeeping, not a metric
     listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
-    assert listed[read["id"]]["baseline_metrics"] == baseline
-    assert listed[parent.id]["baseline_metrics"] is None
+    assert listed[read["id"]]["parent_metrics"] == baseline
+    assert listed[parent.id]["parent_metrics"] is None
+    # The trivial baseline is the parent's (same rows), with a verdict of its own: 8 held-out
+    # rows are too few to tell.
+    assert parent.baseline_metrics is not None and set(parent.baseline_metrics) == {
+        "accuracy",
+        "macro_f1",
+    }
+    assert read["baseline_metrics"] == parent.baseline_metrics == job["baseline_metrics"]
+    assert listed[read["id"]]["baseline_metrics"] == parent.baseline_metrics
+    assert read["quality"] == job["quality"] == "too_few_validation_rows"
+    assert any("too few" in w for w in job["warnings"])
 
     # The baseline is the parent on exactly its own validation rows: same count, same loss.
     row = db.get(Model, read["id"])
@@ -103,7 +113,9 @@ def test_quantize_job_registers_an_int8_model_measured_beside_its_parent(
     assert baseline["accuracy"] == parent.metrics["accuracy"]
     assert baseline["eval_loss"] == pytest.approx(parent.metrics["eval_loss"], abs=1e-5)
     assert metrics["accuracy"] == pytest.approx(baseline["accuracy"], abs=0.2)
-    assert meta["baseline_metrics"] == baseline and meta["metrics"] == metrics
+    assert meta["parent_metrics"] == baseline and meta["metrics"] == metrics
+    assert meta["baseline_metrics"] == parent.baseline_metrics
+    assert meta["quality"] == "too_few_validation_rows"
     assert meta["quantization"]["parent"]["id"] == parent.id
     assert meta["quantization"]["quantized_layers"] == 14  # 2 x 6 per layer, pooler, classifier
     # No weights of its own: the tokenizer and the metadata only.
@@ -167,12 +179,13 @@ def test_an_adapter_parent_is_merged_and_compared_on_its_validation_dataset(
     assert client.get(f"/v1/jobs/{job_id}").json()["validation_dataset"] == validation
     assert run_job(train_settings, job_id) == JobStatus.SUCCEEDED, _failure(db, job_id)
     row = db.scalars(select(Model).where(Model.job_id == job_id)).one()
-    assert row.validation_dataset_id == validation and row.baseline_metrics is not None
+    assert row.validation_dataset_id == validation and row.parent_metrics is not None
+    assert row.baseline_metrics == parent.baseline_metrics is not None
     assert _meta(train_settings, row)["validation_dataset"]["rows_used"] == 16
     # The merged adapter evaluates as the adapter did while training (merging is exact to fp32
     # rounding).
-    assert row.baseline_metrics["accuracy"] == parent.metrics["accuracy"]
-    assert row.baseline_metrics["eval_loss"] == pytest.approx(parent.metrics["eval_loss"], abs=1e-4)
+    assert row.parent_metrics["accuracy"] == parent.metrics["accuracy"]
+    assert row.parent_metrics["eval_loss"] == pytest.approx(parent.metrics["eval_loss"], abs=1e-4)
     served = load_predictor(train_settings, row)
     assert type(served.model).__name__ == "BertForSequenceClassification"
     assert not any(type(m) is torch.nn.Linear for m in served.model.modules())
@@ -267,9 +280,13 @@ def test_ner_and_qa_models_are_compared_with_their_own_evaluation(
     )
     for parent, keys in ((ner, {"f1", "precision", "recall"}), (qa, {"exact_match", "f1"})):
         row = _run(train_settings, db, _quantize_row(db, parent))
-        assert row.artifact == "int8_dynamic" and row.baseline_metrics is not None
-        assert keys <= set(row.metrics) and keys <= set(row.baseline_metrics)
-        assert row.baseline_metrics["f1"] == parent.metrics["f1"]
-        assert row.baseline_metrics["eval_loss"] == pytest.approx(
+        assert row.artifact == "int8_dynamic" and row.parent_metrics is not None
+        assert keys <= set(row.metrics) and keys <= set(row.parent_metrics)
+        assert row.parent_metrics["f1"] == parent.metrics["f1"]
+        assert row.parent_metrics["eval_loss"] == pytest.approx(
             parent.metrics["eval_loss"], abs=1e-4
         )
+        # The task's own baseline on the same rows: the parent's again.
+        assert parent.baseline_metrics is not None and keys <= set(parent.baseline_metrics)
+        assert row.baseline_metrics == parent.baseline_metrics
+        assert row.quality == parent.quality == "too_few_validation_rows"

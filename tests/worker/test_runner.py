@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -35,7 +36,8 @@ def _model_files(settings) -> list[str]:  # type: ignore[no-untyped-def]
 def test_full_finetune_registers_a_transformers_model(
     train_settings, db: Session, add_job: Callable[..., str], add_dataset: Callable[..., str]
 ) -> None:
-    validation = add_dataset(sentiment_rows(12, seed=1))
+    # 60 validation rows: enough (50) for a verdict against the trivial baseline.
+    validation = add_dataset(sentiment_rows(60, seed=1))
     job_id = add_job(validation=validation, epochs=6, learning_rate=1e-2)
 
     assert run_job(train_settings, job_id) == JobStatus.SUCCEEDED
@@ -48,13 +50,18 @@ def test_full_finetune_registers_a_transformers_model(
     expected = {"accuracy", "macro_f1", "per_class", "confusion_matrix", "eval_loss"}
     assert expected <= set(job.metrics)
     assert job.metrics["accuracy"] >= 0.9  # the two word lists are easy to tell apart
+    # The train set's classes tie (20 each): the first label, neg, is predicted for every row.
+    assert job.baseline_metrics == {"accuracy": 0.5, "macro_f1": pytest.approx(1 / 3)}
+    assert job.quality == "better_than_baseline" and job.training_warnings is None
 
     events = _events(db, job_id)
     statuses = [e.data["status"] for e in events if e.type == EventType.STATUS and e.data]
     assert statuses == ["running", "succeeded"]
     logs = " | ".join(e.message for e in events if e.type == EventType.LOG)
-    for needle in ("40 train rows, 12 validation rows", "2 labels", "parameters train", "hyperpar"):
+    for needle in ("40 train rows, 60 validation rows", "2 labels", "parameters train", "hyperpar"):
         assert needle in logs
+    assert "trivial baseline on the 60 validation rows: accuracy 0.5000" in logs
+    assert not [e for e in events if e.type == EventType.WARNING]
     metric_events = [e.data for e in events if e.type == EventType.METRICS and e.data]
     assert [m["epoch"] for m in metric_events if m["kind"] == "eval"] == [1, 2, 3, 4, 5, 6]
     assert any(m["kind"] == "train" and m["loss"] is not None for m in metric_events)
@@ -62,6 +69,7 @@ def test_full_finetune_registers_a_transformers_model(
     model = db.scalars(select(Model).where(Model.job_id == job_id)).one()
     assert job.model_id == model.id and model.method == "full"
     assert model.label_names == ["neg", "pos"] and model.metrics == job.metrics
+    assert model.baseline_metrics == job.baseline_metrics and model.quality == job.quality
     path = train_settings.data_dir / model.storage_path
     assert _model_files(train_settings) == [model.id]
     names = {p.name for p in path.iterdir()}
@@ -78,6 +86,8 @@ def test_full_finetune_registers_a_transformers_model(
     assert meta["base_model"]["id"] == "local/tiny-bert" and meta["method"]["type"] == "full"
     assert meta["seed"] == 7 and meta["hyperparameters"]["learning_rate"] == 1e-2
     assert meta["validation_dataset"]["id"] == validation and meta["metrics"] == job.metrics
+    assert meta["baseline_metrics"] == job.baseline_metrics
+    assert meta["quality"] == "better_than_baseline"
     assert meta["parameters"]["trainable"] == meta["parameters"]["total"] > 0
     assert {"torch", "transformers", "peft"} <= set(meta["versions"])
     assert "model.safetensors" in meta["files"] and len(meta["files"]["model.safetensors"]) == 64
@@ -242,3 +252,52 @@ def test_ia3_saves_adapter_with_head_and_serves_merged(
     assert 0 < params["trainable"] < params["total"] / 20
     predictor = load_predictor(train_settings, model)
     assert predictor.model.__class__.__name__ == "BertForSequenceClassification"  # merged
+
+
+def _mostly_positive(n: int, negatives: int) -> dict[str, list[str]]:
+    rows = sentiment_rows(2 * n, seed=5)
+    pos = [t for t, label in zip(rows["text"], rows["label"], strict=True) if label == "pos"][:n]
+    neg = [t for t, label in zip(rows["text"], rows["label"], strict=True) if label == "neg"]
+    texts = pos[: n - negatives] + neg[:negatives]
+    return {"text": texts, "label": ["pos"] * (n - negatives) + ["neg"] * negatives}
+
+
+def test_a_model_that_cannot_learn_is_registered_no_better_than_baseline(
+    train_settings, db: Session, add_job: Callable[..., str], add_dataset: Callable[..., str]
+) -> None:
+    # 9 in 10 validation rows are pos, as the train set's majority: the baseline scores 0.9 and a
+    # model needs 0.91. A learning rate of 1e-12 leaves the random head as it was, and with one
+    # full batch a step and no dropout the training loss stays exactly where it started.
+    train = add_dataset(_mostly_positive(40, 10))
+    validation = add_dataset(_mostly_positive(60, 6))
+    job_id = add_job(
+        train=train,
+        validation=validation,
+        epochs=5,
+        batch_size=40,
+        learning_rate=1e-12,
+        dropout=0.0,
+    )
+
+    assert run_job(train_settings, job_id) == JobStatus.SUCCEEDED
+    job = _job(db, job_id)
+    assert job.baseline_metrics is not None and job.baseline_metrics["accuracy"] == 0.9
+    assert job.metrics is not None and job.metrics["accuracy"] < 0.91
+    assert job.quality == "no_better_than_baseline"
+    model = db.scalars(select(Model).where(Model.job_id == job_id)).one()
+    assert model.quality == "no_better_than_baseline"  # registered all the same
+
+    warnings = [e for e in _events(db, job_id) if e.type == EventType.WARNING]
+    assert [w.data["kind"] for w in warnings if w.data] == ["training_loss", "quality"]
+    loss, quality = (w.message for w in warnings)
+    assert "training loss did not fall" in loss and "learning rate" in loss
+    assert f"accuracy {job.metrics['accuracy']:.4f} against the baseline's 0.9000" in quality
+    for advice in ("more training data", "more epochs", "another method", "learning rate"):
+        assert advice in quality
+    assert warnings[1].data is not None and warnings[1].data["required"] == pytest.approx(0.91)
+    # GET /jobs/{id} shows both among its warnings, after the submission's (none here).
+    from app.job.schemas import JobRead
+
+    read = JobRead.from_row(job)
+    assert read.warnings == [loss, quality] and read.quality == "no_better_than_baseline"
+    assert read.baseline_metrics == job.baseline_metrics

@@ -92,13 +92,16 @@ def eval_setup(task: TaskSpec, meta: dict[str, Any], fallback_labels: list[str])
 
 def evaluation_rows(
     settings: Settings, inputs: JobInputs, parent_meta: dict[str, Any]
-) -> tuple[datasets.Dataset, str]:
-    """The rows both models are evaluated on, and how they came about ("given", or the kind of
-    the held-out split). The parent's own rows are checked against what its metadata recorded."""
+) -> tuple[datasets.Dataset, datasets.Dataset, str]:
+    """The rows both models are evaluated on, the train rows beside them (the whole train set, or
+    what the held-out split leaves: the task's trivial baseline is built from them), and how the
+    rows came about ("given", or the kind of the held-out split). The parent's own rows are
+    checked against what its metadata recorded."""
     recorded: dict[str, Any] = parent_meta.get("validation_dataset") or {}
     parent_train = (parent_meta.get("train_dataset") or {}).get("id")
     if inputs.validation_row is not None:
         rows = training_data.load_rows(settings, inputs.validation_row)
+        train = training_data.load_rows(settings, inputs.train_row)
         kind = "given"
         own = recorded.get("id") == inputs.validation_row.id
     else:
@@ -109,7 +112,7 @@ def evaluation_rows(
             seed=inputs.spec.seed,
             stratify_column=inputs.task.stratify_column(),
         )
-        rows, kind, own = split.validation, split.kind, True
+        rows, train, kind, own = split.validation, split.train, split.kind, True
         if recorded.get("id") is not None or parent_train != inputs.train_row.id:
             raise ServiceError(
                 f"the parent '{inputs.base.id}' was not evaluated on a split held out of "
@@ -123,7 +126,7 @@ def evaluation_rows(
             f"{rows.num_rows} ({kind}); name a validation_dataset to compare on",
             code=VALIDATION_MISMATCH,
         )
-    return rows, kind
+    return rows, train, kind
 
 
 def eval_args(setup: EvalSetup, *, output_dir: Path, seed: int) -> TrainingArguments:

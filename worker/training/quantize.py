@@ -3,7 +3,8 @@
 The parent's fp32 weights (adapters merged) and their dynamic int8 quantization are evaluated on
 the same validation rows, tokenized as the parent was (its max_length, task options and batch
 size), by the Trainer evaluation and the task's compute_metrics that training uses. The new model
-is registered with the int8 metrics and the fp32 ones as its baseline; its directory holds only
+is registered with the int8 metrics and the fp32 ones as its parent's (`parent_metrics`), beside
+the task's trivial baseline on the same rows and its own verdict; its directory holds only
 its metadata and tokenizer, and serving quantizes the parent again (app/ml/quantize.py).
 Both evaluations run on the CPU, where the quantized kernels run, with the worker's threads.
 """
@@ -25,6 +26,7 @@ from app.ml import device as devices
 from app.ml.lineage import base_metadata, load_base_model
 from app.ml.loading import load_tokenizer, quiet_transformers, read_model_metadata
 from app.ml.quantize import INT8_DYNAMIC, quantize_int8_dynamic, quantized_linear_count
+from worker.training import baseline as baselines
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
 from worker.training.evaluation import (
@@ -56,6 +58,7 @@ class Prepared:
     setup: EvalSetup
     rows: datasets.Dataset
     kind: str
+    baseline: dict[str, float]
     tokenizer: PreTrainedTokenizerBase
     fp32: torch.nn.Module
     features: datasets.Dataset
@@ -64,14 +67,14 @@ class Prepared:
 
 @dataclass
 class Comparison:
-    baseline: Evaluation
+    parent: Evaluation
     quantized: Evaluation
     layers: int
     quantize_seconds: float
 
     @property
     def speedup(self) -> float:
-        return round(self.baseline.seconds / max(self.quantized.seconds, 1e-9), 3)
+        return round(self.parent.seconds / max(self.quantized.seconds, 1e-9), 3)
 
 
 def _prepare(settings: Settings, fence: AttemptFence) -> Prepared:
@@ -90,12 +93,17 @@ def _prepare(settings: Settings, fence: AttemptFence) -> Prepared:
     task = inputs.task
     setup = eval_setup(task, parent_meta, list(lineage.label_names))
     fence.raise_if_cancelled()
-    rows, kind = evaluation_rows(settings, inputs, parent_meta)
+    rows, train, kind = evaluation_rows(settings, inputs, parent_meta)
     source = "validation dataset" if kind == "given" else f"{kind} split of train set, as before"
     fence.log(
         f"quantize {inputs.base.id} to {INT8_DYNAMIC}: {rows.num_rows} validation rows ({source})",
         validation_rows=rows.num_rows,
         validation=kind,
+    )
+    # On the parent's own rows this is the parent's baseline again: the same train and
+    # validation rows, the same labels.
+    baseline = baselines.task_baseline(
+        fence, task, train, rows, label_names=setup.label_names, options=setup.options
     )
     tokenizer = load_tokenizer(parent_dir)
     fp32 = load_base_model(task, inputs.base, label_names=setup.label_names)
@@ -112,7 +120,9 @@ def _prepare(settings: Settings, fence: AttemptFence) -> Prepared:
         keep=training_data.model_input_columns(fp32) | set(task.eval_only_columns),
         length_of=tokenizer.model_input_names[0],
     )
-    return Prepared(inputs, parent_meta, setup, rows, kind, tokenizer, fp32, features, threads)
+    return Prepared(
+        inputs, parent_meta, setup, rows, kind, baseline, tokenizer, fp32, features, threads
+    )
 
 
 def _compare(settings: Settings, fence: AttemptFence, p: Prepared) -> Comparison:
@@ -133,9 +143,9 @@ def _compare(settings: Settings, fence: AttemptFence, p: Prepared) -> Comparison
         "progress": progress,
     }
     primary = task.primary_metric
-    baseline = evaluate(p.fp32, **common)
+    parent = evaluate(p.fp32, **common)
     recorded = (p.parent_meta.get("metrics") or {}).get(primary)
-    _log_evaluation(fence, "fp32", baseline, primary, {f"parent_recorded_{primary}": recorded})
+    _log_evaluation(fence, "fp32", parent, primary, {f"parent_recorded_{primary}": recorded})
 
     started = time.perf_counter()
     int8 = quantize_int8_dynamic(p.fp32)
@@ -148,14 +158,14 @@ def _compare(settings: Settings, fence: AttemptFence, p: Prepared) -> Comparison
     )
     quantized = evaluate(int8, **common)
     _log_evaluation(fence, "int8", quantized, primary, {})
-    result = Comparison(baseline, quantized, layers, quantize_seconds)
+    result = Comparison(parent, quantized, layers, quantize_seconds)
     summary = {
         "primary_metric": primary,
         "int8": quantized.metrics.get(primary),
-        "fp32": baseline.metrics.get(primary),
-        "delta": _deltas(quantized.metrics, baseline.metrics),
+        "fp32": parent.metrics.get(primary),
+        "delta": _deltas(quantized.metrics, parent.metrics),
         "int8_samples_per_second": quantized.samples_per_second,
-        "fp32_samples_per_second": baseline.samples_per_second,
+        "fp32_samples_per_second": parent.samples_per_second,
         "speedup": result.speedup,
         "validation_rows": p.rows.num_rows,
         "torch_threads": p.threads,
@@ -218,8 +228,18 @@ def quantize_job(
     fence.log(f"evaluation settings: {resolved}", **resolved)
     result = _compare(settings, fence, p)
     fence.raise_if_cancelled()
+    # Its own verdict: the int8 metrics against the baseline (nothing trained, no loss to check).
+    judgement = baselines.judge(
+        fence,
+        p.inputs.task,
+        metrics=result.quantized.metrics,
+        baseline=p.baseline,
+        rows=p.rows.num_rows,
+    )
 
-    meta = _metadata(p, model_id=model_id, result=result, parameters=parameters)
+    meta = _metadata(
+        p, model_id=model_id, result=result, judgement=judgement, parameters=parameters
+    )
     tokenizer = p.tokenizer
 
     def save(directory: Path) -> None:
@@ -236,7 +256,9 @@ def quantize_job(
         method="quantize",
         label_names=p.setup.label_names,
         metrics=result.quantized.metrics,
-        baseline_metrics=result.baseline.metrics,
+        parent_metrics=result.parent.metrics,
+        baseline_metrics=judgement.baseline_metrics,
+        quality=judgement.quality,
         job_id=inputs.job.id,
         train_dataset_id=inputs.train_row.id,
         validation_dataset_id=inputs.validation_row.id if inputs.validation_row else None,
@@ -252,15 +274,20 @@ def quantize_job(
 
 
 def _metadata(
-    p: Prepared, *, model_id: str, result: Comparison, parameters: dict[str, int]
+    p: Prepared,
+    *,
+    model_id: str,
+    result: Comparison,
+    judgement: baselines.Judgement,
+    parameters: dict[str, int],
 ) -> dict[str, Any]:
     import torch
 
     inputs, val_row = p.inputs, p.inputs.validation_row
     assert inputs.base.lineage is not None
     timing = {
-        "seconds": result.baseline.seconds,
-        "samples_per_second": result.baseline.samples_per_second,
+        "seconds": result.parent.seconds,
+        "samples_per_second": result.parent.samples_per_second,
     }
     return {
         "model_id": model_id,
@@ -290,7 +317,9 @@ def _metadata(
         "max_length": p.setup.max_length,
         "seed": inputs.spec.seed,
         "metrics": result.quantized.metrics,
-        "baseline_metrics": result.baseline.metrics,
+        "parent_metrics": result.parent.metrics,
+        "baseline_metrics": judgement.baseline_metrics,
+        "quality": judgement.quality,
         "primary_metric": inputs.task.primary_metric,
         "evaluation": {
             "fp32": timing,

@@ -24,6 +24,7 @@ from app.ml.loading import load_tokenizer, quiet_transformers
 from app.ml.tasks import TaskSpec, get_task
 from app.registry.lineage import continued_labels, resolve_job_base
 from worker.training import adapters, auto, stopping
+from worker.training import baseline as baselines
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
 from worker.training.checkpoints import CheckpointCallback
@@ -374,6 +375,7 @@ def _metadata(
     *,
     model_id: str,
     metrics: dict[str, Any],
+    judgement: baselines.Judgement,
     details: dict[str, Any],
     training: dict[str, Any],
 ) -> dict[str, Any]:
@@ -392,6 +394,8 @@ def _metadata(
         "max_length": details["max_length"],
         "seed": inputs.spec.seed,
         "metrics": metrics,
+        "baseline_metrics": judgement.baseline_metrics,
+        "quality": judgement.quality,
         "primary_metric": inputs.task.primary_metric,
         "train_dataset": {
             "id": inputs.train_row.id,
@@ -419,6 +423,14 @@ def train_job(
     inputs = read_job_inputs(settings, fence)
     fence.raise_if_cancelled()
     prepared = _prepare_rows(settings, inputs, fence)
+    baseline = baselines.task_baseline(
+        fence,
+        inputs.task,
+        prepared.train,
+        prepared.validation,
+        label_names=prepared.label_names,
+        options=inputs.task.options_model.model_validate(inputs.spec.task_options),
+    )
     # Shared by the job's attempts: a later attempt resumes from what an earlier one saved.
     saved = checkpoints_dir(settings, inputs.job.id)
     trainer, callback, details = _build_trainer(settings, inputs, prepared, fence, output_dir=saved)
@@ -455,9 +467,23 @@ def train_job(
         f"{training['train_samples_per_second']} samples/s in training steps",
         **training,
     )
+    judgement = baselines.judge(
+        fence,
+        inputs.task,
+        metrics=metrics,
+        baseline=baseline,
+        rows=prepared.validation.num_rows,
+        losses=baselines.train_losses(trainer.state.log_history),
+    )
     artifact = adapters.artifact_kind(inputs.spec.method)
     meta = _metadata(
-        inputs, prepared, model_id=model_id, metrics=metrics, details=details, training=training
+        inputs,
+        prepared,
+        model_id=model_id,
+        metrics=metrics,
+        judgement=judgement,
+        details=details,
+        training=training,
     )
     save = adapters.saver(trainer.model, trainer.processing_class, merge=artifact == "merged")
     written = write_model_dir(
@@ -471,6 +497,8 @@ def train_job(
         method=inputs.spec.method.type,
         label_names=prepared.label_names,
         metrics=metrics,
+        baseline_metrics=judgement.baseline_metrics,
+        quality=judgement.quality,
         job_id=inputs.job.id,
         train_dataset_id=inputs.train_row.id,
         validation_dataset_id=inputs.validation_row.id if inputs.validation_row else None,

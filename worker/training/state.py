@@ -72,6 +72,7 @@ def claim_job(session: Session, *, job_id: str, worker: str) -> int | None:
             progress_detail=None,
             error_code=None,
             error_message=None,
+            training_warnings=None,
         )
         .execution_options(synchronize_session=False),
     )
@@ -229,6 +230,8 @@ class AttemptFence:
                     status=JobStatus.SUCCEEDED,
                     model_id=model.id,
                     metrics=metrics,
+                    baseline_metrics=model.baseline_metrics,
+                    quality=model.quality,
                     finished_at=utcnow(),
                     heartbeat_at=utcnow(),
                 )

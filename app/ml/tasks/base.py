@@ -186,6 +186,18 @@ class TaskSpec(Protocol):
         """A Trainer `compute_metrics` over the eval features built from eval_rows."""
         ...
 
+    def baseline_metrics(
+        self,
+        train_rows: datasets.Dataset,
+        validation_rows: datasets.Dataset,
+        *,
+        label_names: Sequence[str],
+        options: BaseModel,
+    ) -> dict[str, float]:
+        """The task's trivial baseline, built from train_rows and scored on validation_rows with
+        the task's own metric functions (the keys of eval_metrics)."""
+        ...
+
     def predict(
         self,
         model: PreTrainedModel | torch.nn.Module,

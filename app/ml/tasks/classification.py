@@ -199,6 +199,27 @@ class ClassificationTask(TaskDefaults):
             np.asarray(pred.predictions), np.asarray(pred.label_ids), label_names
         )
 
+    def baseline_metrics(
+        self,
+        train_rows: datasets.Dataset,
+        validation_rows: datasets.Dataset,
+        *,
+        label_names: Sequence[str],
+        options: BaseModel,
+    ) -> dict[str, float]:
+        """The majority class of the train rows (ties: the first in label order) predicted for
+        every validation row, scored by classification_metrics as the model is."""
+        counts = Counter(column_values(train_rows, "label"))
+        majority = max(range(len(label_names)), key=lambda i: (counts[label_names[i]], -i))
+        label2id = {name: i for i, name in enumerate(label_names)}
+        gold = np.asarray(
+            [label2id[label] for label in column_values(validation_rows, "label")], dtype=int
+        )
+        logits = np.zeros((len(gold), len(label_names)))
+        logits[:, majority] = 1.0
+        metrics = classification_metrics(logits, gold, label_names)
+        return {k: float(metrics[k]) for k in self.eval_metrics}
+
     def predict(
         self,
         model: Any,

@@ -32,7 +32,9 @@ from app.ml.tasks.ner_tags import (
     align_labels,
     complete_tag_set,
     entity_type,
+    entity_word_lookup,
     first_subtokens,
+    lookup_tags,
     ner_metrics,
     sorted_tags,
     split_words,
@@ -272,6 +274,24 @@ class NerTask(TaskDefaults):
             return metrics
 
         return compute
+
+    def baseline_metrics(
+        self,
+        train_rows: datasets.Dataset,
+        validation_rows: datasets.Dataset,
+        *,
+        label_names: Sequence[str],
+        options: BaseModel,
+    ) -> dict[str, float]:
+        """A lookup of the train set's entity words (ner_tags.entity_word_lookup) tags each
+        validation sentence; scored with ner_metrics as the model is."""
+        lookup = entity_word_lookup(
+            column_values(train_rows, "tokens"), column_values(train_rows, "tags")
+        )
+        sentences = column_values(validation_rows, "tokens")
+        predicted = [lookup_tags(words, lookup) for words in sentences]
+        metrics = ner_metrics(column_values(validation_rows, "tags"), predicted)
+        return {k: float(metrics[k]) for k in self.eval_metrics}
 
     # --- serving -------------------------------------------------------------------------------
 

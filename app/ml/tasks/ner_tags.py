@@ -207,3 +207,39 @@ def word_windows(counts: Sequence[int], budget: int) -> list[tuple[int, int]]:
     if counts:
         windows.append((start, len(counts)))
     return windows
+
+
+def entity_word_lookup(
+    sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[str]]
+) -> dict[str, str]:
+    """The NER baseline's lookup: each token (as written) that the sentences tag inside entities
+    more often than outside them, with its most frequent entity type there (ties: the first type
+    in alphabetical order)."""
+    inside: dict[str, Counter[str]] = {}
+    outside: Counter[str] = Counter()
+    for words, word_tags in zip(sentences, tags, strict=True):
+        for word, tag in zip(words, word_tags, strict=True):
+            if tag == OUTSIDE:
+                outside[word] += 1
+            else:
+                inside.setdefault(word, Counter())[entity_type(tag)] += 1
+    lookup: dict[str, str] = {}
+    for word, types in inside.items():
+        if types.total() > outside[word]:
+            lookup[word] = min(types, key=lambda kind: (-types[kind], kind))
+    return lookup
+
+
+def lookup_tags(words: Sequence[str], lookup: Mapping[str, str]) -> list[str]:
+    """IOB2 tags from the lookup: a run of adjacent looked-up words of one type is one entity
+    (B- then I-); every other word is O."""
+    out: list[str] = []
+    previous: str | None = None
+    for word in words:
+        kind = lookup.get(word)
+        if kind is None:
+            out.append(OUTSIDE)
+        else:
+            out.append(("I-" if kind == previous else "B-") + kind)
+        previous = kind
+    return out

@@ -26,6 +26,7 @@ from app.core.text import RealText, UnicodeText
 from app.ml.batching import sorted_batches
 from app.ml.tasks import qa_data, qa_features
 from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults
+from app.ml.tasks.qa_baseline import baseline_answers
 from app.ml.tasks.qa_postprocess import (
     Answer,
     FeatureLogits,
@@ -287,6 +288,23 @@ class QATask(TaskDefaults):
             return dict(squad_scores(texts, golds))
 
         return metrics
+
+    def baseline_metrics(
+        self,
+        train_rows: datasets.Dataset,
+        validation_rows: datasets.Dataset,
+        *,
+        label_names: Sequence[str],
+        options: BaseModel,
+    ) -> dict[str, float]:
+        """The span qa_baseline picks by word overlap (no training rows needed), scored with
+        squad_scores as the model's answers are."""
+        texts = baseline_answers(
+            list(validation_rows["question"][:]), list(validation_rows["context"][:])
+        )
+        golds = [a["text"] for a in validation_rows["answers"][:]]
+        scores = squad_scores(texts, golds)
+        return {k: float(scores[k]) for k in self.eval_metrics}
 
     def predict(
         self,
