@@ -188,7 +188,7 @@ def test_early_stopping_restores_an_adapter_checkpoint(
     job_id = add_job(
         validation=add_dataset(validation_rows),
         method={"type": "lora", "r": 4},
-        **{**EARLY_STOPPING, "learning_rate": 5e-2},
+        **{**EARLY_STOPPING, "learning_rate": 3e-2},
     )
     assert run_job(train_settings, job_id) == JobStatus.SUCCEEDED
     evals = _metric_events(db, job_id, "eval")

@@ -38,10 +38,11 @@ def test_layer_index_reads_common_layouts() -> None:
     assert layer_index("classifier.weight") is None
 
 
-def test_head_only_trains_only_the_head(tiny_models_dir: Path) -> None:
+def test_head_only_trains_the_head_and_the_pooler(tiny_models_dir: Path) -> None:
     model = _tiny(tiny_models_dir)
     freeze(model, new_weights=HEAD, top_layers=None)
-    assert _trainable(model) == set(HEAD)
+    pooler = {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+    assert _trainable(model) == set(HEAD) | pooler
 
 
 def test_top_layers_train_with_the_head_and_pooler(tiny_models_dir: Path) -> None:

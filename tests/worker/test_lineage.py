@@ -178,8 +178,8 @@ def test_head_only_child_trains_the_inherited_head_and_nothing_else(
         learning_rate=1e-2,
     )
     # The head was found from the parent's record, so it trains (a child with no head to train
-    # would have been refused: "nothing would train").
-    assert _meta(train_settings, child)["parameters"]["trainable"] == 32 * 2 + 2
+    # would have been refused: "nothing would train"), with the pooler above the blocks.
+    assert _meta(train_settings, child)["parameters"]["trainable"] == 32 * 2 + 2 + 32 * 32 + 32
 
     from safetensors.torch import load_file
 
@@ -187,7 +187,7 @@ def test_head_only_child_trains_the_inherited_head_and_nothing_else(
     after = load_file(str(train_settings.data_dir / child.storage_path / "model.safetensors"))
     assert set(before) == set(after)
     changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
-    assert changed == HEAD
+    assert changed == sorted([*HEAD, "bert.pooler.dense.bias", "bert.pooler.dense.weight"])
 
 
 def test_lora_child_of_a_full_parent_keeps_the_head_in_modules_to_save(

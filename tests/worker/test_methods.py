@@ -142,10 +142,11 @@ def test_prefix_tuning_trains_and_serves_base_plus_prefix(
     # The prefix takes 8 of the 64 positions of the tiny BERT.
     assert meta["max_length"] == 64 - 8
     params = meta["parameters"]
-    # 8 x 128 prefix weights and the head (66); with a projection, 8 x 32 embeddings and the
-    # MLP 32 -> 32 -> 128 train instead of the prefix (saved as the MLP's output).
+    # 8 x 128 prefix weights, the head (66) and the pooler (32 x 32 + 32); with a projection,
+    # 8 x 32 embeddings and the MLP 32 -> 32 -> 128 train instead of the prefix (saved as the
+    # MLP's output).
     prefix = 8 * 32 + (32 * 32 + 32) + (32 * 128 + 128) if projection else 8 * 128
-    assert params["trainable"] == prefix + 66
+    assert params["trainable"] == prefix + 66 + 32 * 32 + 32
 
     predictor = load_predictor(train_settings, model)
     # Not merged: the prefix lives in the peft model's forward.

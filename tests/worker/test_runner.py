@@ -248,8 +248,9 @@ def test_ia3_saves_adapter_with_head_and_serves_merged(
     meta = json.loads((path / "tuneserve.json").read_text())
     assert meta["method"]["type"] == "ia3"
     params = meta["parameters"]
-    # IA3 trains scaling vectors and the head only: far fewer weights than the whole model.
-    assert 0 < params["trainable"] < params["total"] / 20
+    # IA3 trains scaling vectors, the head and the pooler (1,122 weights in this tiny model):
+    # far fewer weights than the whole model.
+    assert 1122 < params["trainable"] < params["total"] / 10
     predictor = load_predictor(train_settings, model)
     assert predictor.model.__class__.__name__ == "BertForSequenceClassification"  # merged
 

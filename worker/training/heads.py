@@ -44,6 +44,9 @@ def above_blocks(model: Any) -> list[str]:
 
 
 def trained_in_full(model: Any, new_weights: Iterable[str]) -> list[str]:
-    """The head a method trains in full beside its adapter or frozen body."""
+    """The head a method trains in full beside its adapter or frozen body: nothing when there is
+    no task head (what sits above the blocks trains only to serve one)."""
     heads = head_modules(new_weights)
+    if not heads:
+        return []
     return heads + [m for m in above_blocks(model) if not m.startswith(tuple(heads))]
