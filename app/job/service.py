@@ -65,7 +65,9 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
     # Fields the client left out take the task's defaults, then the method's learning rate.
     task_defaults = {
         k: v
-        for k, v in task.default_hyperparameters(spec.method.type).items()
+        for k, v in task.default_hyperparameters(
+            spec.method.type, train_rows=train.num_rows if train else None
+        ).items()
         if k not in hp.model_fields_set
     }
     hp = Hyperparameters.model_validate({**hp.model_dump(), **task_defaults})

@@ -192,7 +192,7 @@ def test_task_options_are_validated_by_the_task(client, train_id):  # type: igno
 def test_head_only_and_top_layers_are_validated(client, train_id):  # type: ignore[no-untyped-def]
     ok = submit(client, train_dataset=train_id, method={"type": "head_only"})
     assert ok.status_code == 201, ok.text
-    assert ok.json()["hyperparameters"]["learning_rate"] == 1e-3
+    assert ok.json()["hyperparameters"]["learning_rate"] == 3e-3
     top = submit(client, train_dataset=train_id, method={"type": "full", "train_top_layers": 2})
     assert top.status_code == 201 and top.json()["method"]["train_top_layers"] == 2
     # all-MiniLM-L6-v2 has 6 layers.
@@ -242,7 +242,7 @@ def test_ia3_method_is_accepted_with_its_learning_rate(client, train_id):  # typ
     resp = submit(client, train_dataset=train_id, method={"type": "ia3"})
     assert resp.status_code == 201, resp.text
     job = resp.json()
-    assert job["method"]["type"] == "ia3" and job["hyperparameters"]["learning_rate"] == 3e-3
+    assert job["method"]["type"] == "ia3" and job["hyperparameters"]["learning_rate"] == 1e-2
     bad = submit(client, train_dataset=train_id, method={"type": "ia3", "target_modules": []})
     assert bad.status_code == 422 and "method.target_modules" in bad.json()["error"]["message"]
 
@@ -394,7 +394,7 @@ def test_adalora_and_prefix_tuning_are_accepted_with_resolved_defaults(client, t
         "orth_reg_weight": 0.5,
         "merge_adapter": False,
     }
-    assert job["hyperparameters"]["learning_rate"] == 1e-3
+    assert job["hyperparameters"]["learning_rate"] == 1e-2
     # peft's spelling of delta_t is accepted too.
     alias = submit(client, train_dataset=train_id, method={"type": "adalora", "deltaT": 10})
     assert alias.status_code == 201 and alias.json()["method"]["delta_t"] == 10

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import InvalidInput
 from app.ml.tasks import get_task, qa_data, qa_features
-from app.ml.tasks.qa import QAOptions, QAPredictRequest
+from app.ml.tasks.qa import QAOptions, QAPredictRequest, qa_epochs
 from app.ml.tasks.qa_postprocess import (
     FeatureLogits,
     PostprocessOptions,
@@ -444,6 +444,10 @@ def test_job_options_resolve_auto_from_the_train_set(client: TestClient) -> None
         "version_2_with_negative": False,
     }
     assert job["hyperparameters"]["max_length"] == 384
+    # A train set this small gets the most passes; the method picks the rate.
+    assert (job["hyperparameters"]["epochs"], job["hyperparameters"]["learning_rate"]) == (3, 2e-4)
+    lora = submit(v1, method={"type": "lora"}).json()["hyperparameters"]
+    assert (lora["epochs"], lora["learning_rate"]) == (3, 2e-3)
     assert submit(v2["id"]).json()["task_options"]["version_2_with_negative"] is True
     forced = submit(v1, task_options={"version_2_with_negative": True})
     assert forced.json()["task_options"]["version_2_with_negative"] is True
@@ -451,6 +455,14 @@ def test_job_options_resolve_auto_from_the_train_set(client: TestClient) -> None
     assert "task_options.stride" in err["message"]
     kept = submit(v1, hyperparameters={"max_length": 128}).json()
     assert kept["hyperparameters"]["max_length"] == 128
+
+
+@pytest.mark.parametrize(
+    ("rows", "epochs"), [(None, 1.5), (1, 3), (1000, 3), (1500, 2), (2000, 1.5), (90000, 1.5)]
+)
+def test_small_train_sets_get_more_epochs(rows: int | None, epochs: float) -> None:
+    assert qa_epochs(rows) == epochs
+    assert get_task("qa").default_hyperparameters("full", train_rows=rows)["epochs"] == epochs
 
 
 def test_prefix_tuning_is_refused_naming_the_reason(client: TestClient) -> None:

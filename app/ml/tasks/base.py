@@ -107,8 +107,11 @@ class TaskSpec(Protocol):
     # a job naming one is refused at submission with that reason.
     unsupported_methods: Mapping[str, str]
 
-    def default_hyperparameters(self, method: str) -> dict[str, Any]:
-        """Hyperparameters this task sets when the job spec leaves them out (e.g. QA's length)."""
+    def default_hyperparameters(
+        self, method: str, *, train_rows: int | None = None
+    ) -> dict[str, Any]:
+        """Hyperparameters this task sets when the job spec leaves them out (e.g. QA's length);
+        `train_rows`, when known, lets a default depend on the train set's size."""
         ...
 
     def sniff_format(self, head: str, *, filename: str | None) -> str | None:
@@ -221,7 +224,9 @@ class TaskDefaults:
     eval_only_columns: tuple[str, ...] = ()
     unsupported_methods: Mapping[str, str] = MappingProxyType({})
 
-    def default_hyperparameters(self, method: str) -> dict[str, Any]:
+    def default_hyperparameters(
+        self, method: str, *, train_rows: int | None = None
+    ) -> dict[str, Any]:
         return {}
 
     def sniff_format(self, head: str, *, filename: str | None) -> str | None:
