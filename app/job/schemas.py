@@ -115,7 +115,7 @@ class AdaLoraMethod(_Strict):
         default=None,
         gt=0,
         le=4096,
-        description="Scaling numerator (alpha/init_r, as peft computes it); default 2 * init_r.",
+        description="Scaling numerator (alpha/init_r, as peft computes it); default 4 * init_r.",
     )
     lora_dropout: float = Field(default=0.1, ge=0, lt=1)
     target_modules: list[str] | None = Field(

@@ -55,6 +55,8 @@ log = logging.getLogger("tuneserve.jobs")
 
 # Fewest rows a split train set needs so both halves see every label at least once.
 MIN_TRAIN_ROWS = 4
+# AdaLoRA's default lora_alpha per unit of init_r (LoRA's is 2 per unit of r).
+ADALORA_ALPHA_PER_RANK = 4.0
 # A tenant at its job cap is told to come back after this long.
 ACTIVE_CAP_RETRY_SECONDS = 60
 
@@ -79,7 +81,10 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
     if isinstance(method, LoraMethod) and method.lora_alpha is None:
         method = method.model_copy(update={"lora_alpha": 2.0 * method.r})
     if isinstance(method, AdaLoraMethod) and method.lora_alpha is None:
-        method = method.model_copy(update={"lora_alpha": 2.0 * method.init_r})
+        # AdaLoRA starts its singular values at zero and learns slowly from there: 4 * init_r
+        # beat 2 * init_r at lr 1e-2 on SST-2 (0.767 / 0.76 against 0.737 / 0.76, two seeds) and
+        # CoNLL (0.716 / 0.725 against 0.708 / 0.719); README "Method defaults".
+        method = method.model_copy(update={"lora_alpha": ADALORA_ALPHA_PER_RANK * method.init_r})
     try:
         # The train set's summary lets a task resolve "auto" options from the data (QA's
         # version_2_with_negative: true when the train set has unanswerable questions).

@@ -385,7 +385,7 @@ def test_adalora_and_prefix_tuning_are_accepted_with_resolved_defaults(client, t
         "type": "adalora",
         "init_r": 16,
         "target_r": 8,
-        "lora_alpha": 32.0,  # 2 * init_r, stored
+        "lora_alpha": 64.0,  # 4 * init_r, stored
         "lora_dropout": 0.1,
         "target_modules": None,
         "tinit": None,  # a tenth and a fifth of the job's steps, known when it runs
