@@ -26,7 +26,7 @@ from tests.faults.test_faults import (
 from tests.pgserver import PostgresServer, own_server
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres]
-DOWN_SECONDS = 2 * HEARTBEAT_TIMEOUT  # longer than a heartbeat timeout on purpose
+DOWN_SECONDS = HEARTBEAT_TIMEOUT + 4  # longer than a heartbeat timeout on purpose
 
 
 @pytest.fixture(scope="module")
