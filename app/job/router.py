@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
 from app.auth.deps import JobReader, Trainer
 from app.core.deps import QueueDep, SessionDep, SettingsDep
@@ -16,7 +17,7 @@ from app.core.idempotency import (
 )
 from app.core.schemas import PROTECTED, Page, error_responses
 from app.db.models import JobEvent
-from app.job import deletion, service
+from app.job import deletion, service, stream
 from app.job.schemas import CheckpointRead, JobCreate, JobEventRead, JobRead
 
 # Event ids are 32-bit integers on PostgreSQL; a larger `after` would overflow the query.
@@ -100,15 +101,48 @@ def get_job(job_id: str, session: SessionDep, principal: JobReader) -> JobRead:
     return JobRead.from_row(service.get_job(session, tenant=principal.tenant, job_id=job_id))
 
 
-@router.get("/{job_id}/events", response_model=EventPage, responses=error_responses(404))
+@router.get(
+    "/{job_id}/events",
+    response_model=EventPage,
+    responses={
+        **error_responses(400, 404),
+        200: {
+            "description": "A page of events; with `Accept: text/event-stream`, a live stream.",
+            "content": {stream.EVENT_STREAM: {"schema": {"type": "string"}}},
+        },
+    },
+)
 def list_events(
     job_id: str,
+    request: Request,
     session: SessionDep,
     principal: JobReader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
-) -> EventPage:
-    """A job's events (status changes, log lines, metrics), oldest first."""
+    accept: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventPage | StreamingResponse:
+    """A job's events (status changes, log lines, metrics), oldest first.
+
+    With `Accept: text/event-stream` the events stream as Server-Sent Events (`id` the event id,
+    `event` its type, `data` the event's JSON) until the job ends, then one `end` event carries
+    its final status. A reconnecting client sends `Last-Event-ID` to go on after that event."""
+    if stream.wants_event_stream(accept):
+        resume = stream.parse_last_event_id(last_event_id, maximum=MAX_EVENT_ID)
+        service.get_job(session, tenant=principal.tenant, job_id=job_id)  # 404 before streaming
+        session.close()
+        body = stream.job_events(
+            request.app.state.sessionmaker,
+            job_id=job_id,
+            after=resume if resume is not None else after,
+            disconnected=request.is_disconnected,
+        )
+        return StreamingResponse(
+            body,
+            media_type=stream.EVENT_STREAM,
+            # No proxy may buffer or cache it (nginx honours X-Accel-Buffering).
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     rows, next_after = service.list_events(
         session, tenant=principal.tenant, job_id=job_id, limit=limit, after=after
     )

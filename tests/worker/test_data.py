@@ -76,7 +76,7 @@ def test_training_arguments_group_by_length_and_checkpoint_per_epoch(tmp_path) -
     assert args.save_total_limit == 2
     assert args.report_to in ("none", [], ["none"])
     assert (args.seed, args.learning_rate, args.warmup_steps) == (11, 1e-3, 0.1)
-    assert args.lr_scheduler_type == "cosine" and args.logging_steps == 20
+    assert args.lr_scheduler_type == "cosine" and args.logging_steps == 1
     assert not args.load_best_model_at_end and args.label_smoothing_factor == 0
     assert not args.bf16 and not args.fp16
 

@@ -218,3 +218,59 @@ def test_a_training_job_shows_its_progress_while_running_and_across_a_resume(
         assert data["percent"] == math.floor(1000 * data["step"] / data["total"]) / 10
         assert data["eta_s"] is not None and data["samples_per_second"] is not None
     assert all(e.data["epoch"] == round(e.data["epoch"], 2) for e in events if e.data)
+
+
+class RecordingFence:
+    """An AttemptFence stand-in that records each write; `down` makes metric writes fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.down = False
+
+    def metrics_batch(self, events: list[tuple[str, dict[str, Any]]], **values: Any) -> bool:
+        if self.down:
+            return False
+        self.batches.append([data["step"] for _, data in events])
+        return True
+
+    def progress(self, **values: Any) -> bool:
+        return False
+
+
+def test_every_step_is_kept_and_written_in_batches_that_survive_an_outage() -> None:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from worker.training.callbacks import JobProgressCallback
+
+    clock = FakeClock()
+    fence = RecordingFence()
+    callback = JobProgressCallback(fence, poll_seconds=1.0, primary_metric="accuracy", clock=clock)  # type: ignore[arg-type]
+    args = TrainingArguments(
+        output_dir="unused", per_device_train_batch_size=4, use_cpu=True, report_to="none"
+    )
+    state, control = TrainerState(max_steps=20), TrainerControl()
+    callback.on_train_begin(args, state, control)
+
+    def step(n: int) -> None:
+        clock.now += 0.25
+        state.global_step = n
+        callback.on_step_end(args, state, control)
+        callback.on_log(args, state, control, logs={"loss": 1.0 / n, "learning_rate": 1e-3})
+
+    for n in range(1, 9):
+        step(n)
+    # The first step at once, then one write a second (4 steps of 0.25 s), at the step's end,
+    # before that step's loss is logged.
+    assert fence.batches == [[1], [2, 3], [4, 5, 6, 7]]
+    fence.down = True
+    for n in range(9, 13):
+        step(n)
+    assert len(callback.pending) == 5  # steps 8-12 wait for the database
+    fence.down = False
+    callback.on_save(args, state, control)  # a checkpoint: everything before it is written
+    assert fence.batches[-1] == [8, 9, 10, 11, 12]
+    for n in range(13, 21):
+        step(n)
+    callback.on_train_end(args, state, control)
+    written = [s for batch in fence.batches for s in batch]
+    assert written == list(range(1, 21)) and callback.pending == []

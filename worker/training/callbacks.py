@@ -21,6 +21,8 @@ _RUNTIME_KEYS = {
     "eval_model_preparation_time",
     "epoch",
 }
+# Training-step events kept through a database outage before the oldest are given up.
+MAX_PENDING = 10_000
 
 
 def clean_eval_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +69,10 @@ class JobProgressCallback(TrainerCallback):
         self.last_eval: tuple[int, dict[str, Any]] | None = None
         self.timer = ProgressTimer(clock=clock)
         self.earlier_s = 0.0
+        # Training-step metrics events not yet written: one transaction every poll_seconds
+        # rather than one a step. Kept across a database outage (the next write takes them).
+        self.pending: list[tuple[str, dict[str, Any]]] = []
+        self.flushed = False
 
     def resuming(self, manifest: dict[str, Any]) -> None:
         """Training goes on from this checkpoint: its elapsed time counts as already spent."""
@@ -88,6 +94,7 @@ class JobProgressCallback(TrainerCallback):
         }
         if self.last_loss is not None:
             values["train_loss"] = self.last_loss
+        self.flush(state)
         if self.fence.progress(**values):
             raise JobCancelled()
 
@@ -105,6 +112,12 @@ class JobProgressCallback(TrainerCallback):
         # Also after an early stop, short of max_steps: training is done either way.
         self.timer.finish()
         self._sync(state, force=True)
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        # Every step up to a checkpoint is written before a resume could start from it.
+        self.flush(state)
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -125,6 +138,22 @@ class JobProgressCallback(TrainerCallback):
         # Evaluation can be long too: keep polling for cancellation during it.
         self._sync(state)
 
+    def flush(self, state: TrainerState) -> None:
+        """Write the pending training-step events with the job's progress, in one transaction."""
+        if not self.pending:
+            return
+        self.flushed = True
+        written = self.fence.metrics_batch(
+            self.pending,
+            progress_step=state.global_step,
+            progress_total=state.max_steps,
+            epoch=float(state.epoch or 0.0),
+            train_loss=self.last_loss,
+            progress_detail=self._detail(state),
+        )
+        if written or len(self.pending) >= MAX_PENDING:
+            self.pending = []
+
     def on_log(
         self,
         args: TrainingArguments,
@@ -136,27 +165,21 @@ class JobProgressCallback(TrainerCallback):
         if not logs or "loss" not in logs:
             return
         self.last_loss = _finite(logs["loss"])
-        detail = self._detail(state)
         data = {
             "kind": "train",
             "step": state.global_step,
             "total": state.max_steps,
             "epoch": round(float(state.epoch or 0.0), 2),
-            **detail,
+            **self._detail(state),
             "loss": self.last_loss,
             "learning_rate": _finite(logs.get("learning_rate")),
             "grad_norm": _finite(logs.get("grad_norm")),
         }
-        self.last_sync = self.clock()
-        self.fence.metrics(
-            f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}",
-            data,
-            progress_step=state.global_step,
-            progress_total=state.max_steps,
-            epoch=float(state.epoch or 0.0),
-            train_loss=self.last_loss,
-            progress_detail=detail,
+        self.pending.append(
+            (f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}", data)
         )
+        if len(self.pending) == 1 and not self.flushed:
+            self.flush(state)  # the first step at once: a client sees the job move
 
     def on_evaluate(
         self,
@@ -168,6 +191,7 @@ class JobProgressCallback(TrainerCallback):
     ) -> None:
         cleaned = clean_eval_metrics(metrics or {})
         self.last_eval = (state.global_step, cleaned)
+        self.flush(state)  # the steps before it come first
         epoch = float(state.epoch or 0.0)
         headline = ", ".join(
             f"{k} {cleaned[k]:.4f}"

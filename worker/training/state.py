@@ -154,9 +154,17 @@ class AttemptFence:
 
     def metrics(self, message: str, data: dict[str, Any], **values: Any) -> None:
         """A metrics event, with optional job-row updates in the same transaction."""
+        self.metrics_batch([(message, data)], **values)
+
+    def metrics_batch(self, events: list[tuple[str, dict[str, Any]]], **values: Any) -> bool:
+        """Metrics events (message, data) in one transaction with optional job-row updates;
+        False when the database was unreachable (nothing was written)."""
         with _best_effort("metrics"), session_scope(self.factory) as session:
             self._touch(session, **values)
-            self._event(session, EventType.METRICS, message, data)
+            for message, data in events:
+                self._event(session, EventType.METRICS, message, data)
+            return True
+        return False
 
     def progress(self, **values: Any) -> bool:
         """Record progress and a heartbeat; True when cancellation was requested."""
