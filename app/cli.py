@@ -1,4 +1,5 @@
-"""The `tuneserve` command: migrate, api, worker, relay, keys, and `up` (all on one machine)."""
+"""The `tuneserve` command: migrate, api, worker, relay, keys, and `up` (all on one machine); and
+the client commands (datasets, jobs, models, predict) that talk to a running service."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import typer
 
 from app.auth.cli import keys_cli
 from app.cli_common import DataDirOpt, cli_settings, export_data_dir, fail, require_database
+from app.client.cli import datasets_cli, jobs_cli, models_cli, predict
 from app.supervisor import Supervisor, display_url
 
 CELERY_APP = "worker.celery_app"
@@ -22,6 +24,9 @@ cli = typer.Typer(
     add_completion=False,
 )
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(datasets_cli, name="datasets")
+cli.add_typer(jobs_cli, name="jobs")
+cli.add_typer(models_cli, name="models")
 
 HostOpt = Annotated[str, typer.Option(help="Interface the API binds to.")]
 PortOpt = Annotated[int, typer.Option(help="Port the API listens on.")]
@@ -154,6 +159,9 @@ def up(
         stop_timeout=stop_timeout,
     )
     raise typer.Exit(supervisor.run())
+
+
+cli.command("predict")(predict)
 
 
 def main() -> None:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
+import subprocess
 import time
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import httpx
 import pytest
@@ -17,7 +21,7 @@ import pytest
 from app.core.queue import CeleryJobQueue
 from tests.conftest import shared_data
 from tests.e2e.conftest import needs_weights
-from tests.e2e.service import Service, running_service, wait_for_job
+from tests.e2e.service import CLI, Service, running_service, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -50,30 +54,68 @@ def upload(client: httpx.Client, name: str, content: bytes) -> dict:  # type: ig
     return resp.json()  # type: ignore[no-any-return]
 
 
+def tuneserve(client: httpx.Client, *args: str, input: str | None = None) -> CompletedProcess[str]:
+    """Run a `tuneserve` client command against the service `client` talks to, with its key."""
+    key = client.headers["Authorization"].removeprefix("Bearer ")
+    env = os.environ | {"TUNESERVE_API_URL": str(client.base_url), "TUNESERVE_API_KEY": key}
+    return subprocess.run(
+        [*CLI, *args], env=env, input=input, capture_output=True, text=True, timeout=600
+    )
+
+
+def submit_with_cli(client: httpx.Client, tmp: Path, spec: dict) -> str:  # type: ignore[type-arg]
+    """Upload both files and submit the job with `tuneserve`, following it to its end as a user
+    would: `jobs submit --follow` prints progress lines and exits 0 once the job succeeds."""
+    ids = {}
+    for field, name in (("train_dataset", "train.tsv"), ("validation_dataset", "dev.tsv")):
+        done = tuneserve(client, "datasets", "upload", str(tmp / name), "--task", "classification")
+        assert done.returncode == 0, done.stderr
+        ids[field] = done.stdout.split()[0]
+    followed = tuneserve(
+        client, "jobs", "submit", "--spec", "-", "--follow", input=json.dumps(spec | ids)
+    )
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    lines = followed.stdout.splitlines()
+    job_id = lines[0].split()[0]
+    steps = [line for line in lines if line.startswith("step ")]
+    # One line at the first step and at each tenth of training, each with loss and ETA.
+    assert len(steps) >= 5 and all("loss " in line and "ETA " in line for line in steps), lines
+    assert "[running]" in followed.stdout and "[succeeded]" in followed.stdout
+    assert lines[-1].startswith(f"job {job_id} succeeded") and "model mdl_" in lines[-1]
+    return job_id
+
+
 def train_and_check(
     client: httpx.Client,
     data_dir: Path,
-    method: dict,
-    min_acc: float,  # type: ignore[type-arg]
+    method: dict,  # type: ignore[type-arg]
+    min_acc: float,
+    *,
+    cli_dir: Path | None = None,
 ) -> dict:  # type: ignore[type-arg]
+    """Train, then check the job, the model and /predict. With `cli_dir`, the files are uploaded
+    and the job submitted and followed with the `tuneserve` client commands instead."""
     train_bytes, _ = sst2_slice("train.tsv", TRAIN_ROWS)
     dev_bytes, dev_rows = sst2_slice("dev.tsv", HELD_OUT)
-    train = upload(client, "train.tsv", train_bytes)
-    dev = upload(client, "dev.tsv", dev_bytes)
-    assert train["num_rows"] == TRAIN_ROWS and dev["num_rows"] == HELD_OUT
-    resp = client.post(
-        "/v1/jobs",
-        json={
-            "task": "classification",
-            "base_model": BASE,
-            "train_dataset": train["id"],
-            "validation_dataset": dev["id"],
-            "method": method,
-            "hyperparameters": {"epochs": 2, "max_length": 64},
-        },
-    )
-    assert resp.status_code == 201, resp.text
-    job = wait_for_job(client, resp.json()["id"], timeout=600, data_dir=data_dir)
+    spec = {
+        "task": "classification",
+        "base_model": BASE,
+        "method": method,
+        "hyperparameters": {"epochs": 2, "max_length": 64},
+    }
+    if cli_dir is not None:
+        (cli_dir / "train.tsv").write_bytes(train_bytes)
+        (cli_dir / "dev.tsv").write_bytes(dev_bytes)
+        job_id = submit_with_cli(client, cli_dir, spec)
+    else:
+        train = upload(client, "train.tsv", train_bytes)
+        dev = upload(client, "dev.tsv", dev_bytes)
+        assert train["num_rows"] == TRAIN_ROWS and dev["num_rows"] == HELD_OUT
+        spec |= {"train_dataset": train["id"], "validation_dataset": dev["id"]}
+        resp = client.post("/v1/jobs", json=spec)
+        assert resp.status_code == 201, resp.text
+        job_id = resp.json()["id"]
+    job = wait_for_job(client, job_id, timeout=600, data_dir=data_dir)
     assert job["status"] == "succeeded", job
     assert job["progress"]["step"] == job["progress"]["total"] > 0
     assert job["metrics"]["accuracy"] >= min_acc
@@ -104,10 +146,14 @@ def train_and_check(
     return job
 
 
-def test_sqlite_full_and_lora(e2e_service: Service, e2e_client: httpx.Client) -> None:
+def test_sqlite_full_and_lora(
+    e2e_service: Service, e2e_client: httpx.Client, tmp_path: Path
+) -> None:
     data_dir = e2e_service.data_dir
     job = train_and_check(e2e_client, data_dir, {"type": "full"}, min_acc=0.72)
-    train_and_check(e2e_client, data_dir, {"type": "lora", "r": 16}, min_acc=0.65)
+    # The LoRA run goes through the client commands, as a user at a terminal would run it.
+    lora = {"type": "lora", "r": 16}
+    train_and_check(e2e_client, data_dir, lora, min_acc=0.65, cli_dir=tmp_path)
     duplicate_delivery_does_nothing(e2e_service, e2e_client, job)
     cancel_running_job(e2e_service, e2e_client, job)
 

@@ -1,0 +1,1 @@
+"""Talking to a running Tuneserve over HTTP: the client library and the client commands."""
