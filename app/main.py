@@ -208,6 +208,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     from app.predict.shared import SharedBases
     from app.registry.router import alias_router
     from app.registry.router import router as models_router
+    from app.ui import install_ui
 
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -245,7 +246,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         BodyLimitMiddleware,
         limit=settings.max_request_bytes,
         max_depth=settings.max_json_depth,
-        exempt=("/v1/datasets",),
+        exempt=("/v1/datasets", "/ui/datasets"),
     )
     metrics = Metrics()
     metrics.watch(JobsCollector(app.state.sessionmaker))
@@ -292,6 +293,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
 
     app.include_router(metrics_router)
     install_docs(app)
+    install_ui(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     batch_max_tokens: int = Field(default=8192, ge=64)
     # /metrics without a key (for a scraper on a private network); else an operator key is needed.
     metrics_public: bool = False
+    # The dashboard (/ui): how long a sign-in lasts, and whether its cookie is marked Secure
+    # ("auto": when the request came over HTTPS, as a proxy's X-Forwarded-Proto says to uvicorn).
+    ui_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    ui_secure_cookie: Literal["auto", "always", "never"] = "auto"
 
     # Training (worker side).
     training_threads: int | None = None

@@ -149,3 +149,23 @@ def build_router() -> APIRouter:
             name=f"predict_{name}",
         )
     return router
+
+
+async def predict_inputs(
+    state: Any, *, tenant: str, model_id: str, inputs: list[Any]
+) -> tuple[Model, list[Any]]:
+    """What /v1/predict/<task> answers for these inputs, for callers inside the API process
+    (the dashboard's try box): the same limits, model cache and batching."""
+    from pydantic import ValidationError
+
+    from app.core.validation import plain_errors
+
+    check_limits(state.settings, inputs)
+    model_row = await resolve_cached(state, tenant=tenant, ref=model_id)
+    task = REGISTRY[model_row.task]
+    try:
+        body = task.predict_request.model_validate({"model": model_id, "inputs": inputs})
+    except ValidationError as exc:
+        problems = plain_errors(exc.errors(), root=task.predict_request)
+        raise InvalidInput("; ".join(p.message for p in problems)) from None
+    return model_row, await run_in_threadpool(_run_predict, state, task, model_row, body)

@@ -106,6 +106,9 @@ class TaskSpec(Protocol):
     # Fine-tuning methods (job spec `method.type`) this task cannot train, each with the reason;
     # a job naming one is refused at submission with that reason.
     unsupported_methods: Mapping[str, str]
+    # The fields of one predict input, as the dashboard's try box asks for them: ("text",) sends
+    # the text itself; several send an object with those keys.
+    input_fields: tuple[str, ...]
 
     def default_hyperparameters(
         self, method: str, *, train_rows: int | None = None
@@ -223,6 +226,7 @@ class TaskDefaults:
     options_model: type[BaseModel] = NoOptions
     eval_only_columns: tuple[str, ...] = ()
     unsupported_methods: Mapping[str, str] = MappingProxyType({})
+    input_fields: tuple[str, ...] = ("text",)
 
     def default_hyperparameters(
         self, method: str, *, train_rows: int | None = None

@@ -164,6 +164,7 @@ class QATask(TaskDefaults):
         }
     )
     primary_metric: str = "f1"
+    input_fields: tuple[str, ...] = ("question", "context")
     eval_metrics: tuple[str, ...] = ("exact_match", "f1")
     # Targets are start/end token positions, not labels: nothing to smooth.
     supports_label_smoothing: bool = False
