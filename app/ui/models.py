@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 from sqlalchemy import select
 
@@ -147,7 +148,8 @@ async def try_model(
             raise
         ctx["predict_error"] = exc.message
         return render(request, "model.html", ctx, status=exc.status_code)
-    ctx["answer"] = views.answer_view(given, predictions[0], fields)
+    # The answer as the API would send it (plain JSON values, not the task's response models).
+    ctx["answer"] = views.answer_view(given, jsonable_encoder(predictions[0]), fields)
     return render(request, "model.html", ctx)
 
 

@@ -465,6 +465,17 @@ def test_small_train_sets_get_more_epochs(rows: int | None, epochs: float) -> No
     assert get_task("qa").default_hyperparameters("full", train_rows=rows)["epochs"] == epochs
 
 
+@pytest.mark.parametrize(
+    ("rows", "epochs"), [(None, 1.5), (1, 6), (1000, 6), (1500, 4), (3036, 2), (90000, 1.5)]
+)
+@pytest.mark.parametrize("method", ["lora", "ia3", "adalora", "head_only"])
+def test_adapters_get_twice_the_passes_on_small_sets(
+    rows: int | None, epochs: float, method: str
+) -> None:
+    assert qa_epochs(rows, method) == epochs
+    assert get_task("qa").default_hyperparameters(method, train_rows=rows)["epochs"] == epochs
+
+
 def test_prefix_tuning_is_refused_naming_the_reason(client: TestClient) -> None:
     train = created(upload(client, json.dumps(squad_doc()).encode(), "v1.json", task="qa"))["id"]
 
