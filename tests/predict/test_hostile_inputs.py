@@ -298,3 +298,46 @@ def test_any_text_gets_an_answer_or_a_422_naming_the_input(
         )
     # Both outcomes were exercised: real model calls and refusals.
     assert statuses.get(200, 0) > 0 and statuses.get(422, 0) > 0, statuses
+
+
+# Text a browser can send in a form: any code point but the lone surrogates UTF-8 cannot carry.
+FORM_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200) | st.sampled_from(
+    ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "&amp; &lt;", " ", ""]
+)
+DASHBOARD_EXAMPLES = max(10, EXAMPLES // 5)
+
+
+@pytest.mark.parametrize("task", ["classification", "ner", "qa"])
+def test_the_dashboards_try_box_answers_any_text_escaped(served: Served, task: str) -> None:
+    """The try box sends what /predict gets: any text is an answer or a refusal page, never a
+    500, and nothing the user typed comes back unescaped."""
+    from app.ml.tasks import get_task
+    from tests.ui.conftest import csrf_of, sign_in
+
+    key = served.client.headers["Authorization"].removeprefix("Bearer ")
+    with TestClient(served.client.app, raise_server_exceptions=False) as browser:
+        token = sign_in(browser, key)
+        model = served.models[task]["full"]
+        names = get_task(task).input_fields
+        statuses: dict[int, int] = {}
+
+        @settings(
+            max_examples=DASHBOARD_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(values=st.fixed_dictionaries({name: FORM_TEXT for name in names}))
+        def run(values: dict[str, str]) -> None:
+            resp = browser.post(f"/ui/models/{model}/predict", data={"csrf_token": token, **values})
+            statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+            assert resp.status_code < 500, resp.text[:500]
+            assert csrf_of(resp.text) == token
+            for value in values.values():
+                if "<" in value:  # markup typed in comes back as text
+                    assert value not in resp.text, value
+            if resp.status_code == 200:
+                assert 'id="answer"' in resp.text
+
+        run()
+    assert statuses.get(200, 0) > 0, statuses

@@ -335,3 +335,46 @@ def sign_in_any(browser: TestClient, key: str) -> None:
         follow_redirects=False,
     )
     assert resp.status_code == 303
+
+
+def ui_routes(app) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """(method, path) of every dashboard route but the static files and the sign-in form."""
+    from fastapi.routing import iter_route_contexts
+
+    found = []
+    for route in iter_route_contexts(app.routes):
+        path = str(route.path)
+        methods = getattr(route, "methods", None)
+        if not path.startswith("/ui") or path.startswith("/ui/static") or not methods:
+            continue
+        if path in ("/ui/login",):
+            continue
+        found += [(m, path) for m in sorted(set(methods) - {"HEAD"})]
+    return found
+
+
+def test_every_dashboard_route_needs_a_session_and_hides_other_tenants(  # type: ignore[no-untyped-def]
+    app, migrated, client, browser
+):
+    ds = upload(client, name="mine")
+    job = client.post(
+        "/v1/jobs", json={"task": "classification", "base_model": BASE, "train_dataset": ds["id"]}
+    ).json()
+    ids = {"job_id": job["id"], "model_id": register_model(app), "dataset_id": ds["id"]}
+    routes = ui_routes(app)
+    assert len(routes) >= 14, routes
+    for method, path in routes:
+        resp = browser.request(method, path.format(**ids), follow_redirects=False)
+        assert resp.status_code in (303, 401), (method, path, resp.status_code)
+    sign_in_any(browser, create_api_key(migrated, tenant="other", scopes=("admin",)))
+    token = csrf_of(browser.get("/ui/datasets").text)
+    for method, path in routes:
+        if "{" not in path:
+            continue
+        url = path.format(**ids)
+        data = {"csrf_token": token, "name": "x", "text": "x"} if method == "POST" else None
+        resp = browser.request(method, url, data=data)
+        assert resp.status_code == 404, (method, path, resp.status_code, resp.text[:300])
+        assert "mine" not in resp.text
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    assert client.get("/v1/aliases").json()["data"] == []
