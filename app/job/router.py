@@ -128,21 +128,10 @@ def list_events(
     `event` its type, `data` the event's JSON) until the job ends, then one `end` event carries
     its final status. A reconnecting client sends `Last-Event-ID` to go on after that event."""
     if stream.wants_event_stream(accept):
-        resume = stream.parse_last_event_id(last_event_id, maximum=MAX_EVENT_ID)
+        stream.parse_last_event_id(last_event_id, maximum=MAX_EVENT_ID)  # 400 before the 404
         service.get_job(session, tenant=principal.tenant, job_id=job_id)  # 404 before streaming
         session.close()
-        body = stream.job_events(
-            request.app.state.sessionmaker,
-            job_id=job_id,
-            after=resume if resume is not None else after,
-            disconnected=request.is_disconnected,
-        )
-        return StreamingResponse(
-            body,
-            media_type=stream.EVENT_STREAM,
-            # No proxy may buffer or cache it (nginx honours X-Accel-Buffering).
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return stream.response(request, job_id=job_id, after=after, maximum=MAX_EVENT_ID)
     rows, next_after = service.list_events(
         session, tenant=principal.tenant, job_id=job_id, limit=limit, after=after
     )

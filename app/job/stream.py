@@ -17,7 +17,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -119,3 +121,20 @@ async def job_events(
             quiet = 0.0
             yield ": keepalive\n\n"
         await asyncio.sleep(poll_seconds)
+
+
+def response(
+    request: Request, *, job_id: str, after: int | None, maximum: int
+) -> StreamingResponse:
+    """The streaming answer for a job the caller may see (checked before): after the event the
+    Last-Event-ID header names, else after `after`."""
+    resume = parse_last_event_id(request.headers.get("last-event-id"), maximum=maximum)
+    body = job_events(
+        request.app.state.sessionmaker,
+        job_id=job_id,
+        after=resume if resume is not None else after,
+        disconnected=request.is_disconnected,
+    )
+    # No proxy may buffer or cache it (nginx honours X-Accel-Buffering).
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body, media_type=EVENT_STREAM, headers=headers)

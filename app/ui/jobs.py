@@ -163,18 +163,8 @@ def job_events(
     """The job's events as Server-Sent Events, for the page's live curves and progress."""
     require_section(user, "jobs")
     service.get_job(session, tenant=user.principal.tenant, job_id=job_id)
-    resume = stream.parse_last_event_id(request.headers.get("last-event-id"), maximum=2**31 - 1)
     session.close()
-    return StreamingResponse(
-        stream.job_events(
-            request.app.state.sessionmaker,
-            job_id=job_id,
-            after=resume if resume is not None else after,
-            disconnected=request.is_disconnected,
-        ),
-        media_type=stream.EVENT_STREAM,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return stream.response(request, job_id=job_id, after=after, maximum=2**31 - 1)
 
 
 @router.get("/{job_id}/summary", include_in_schema=False)
