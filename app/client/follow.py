@@ -11,23 +11,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from app.client.api import Client, StreamEvent
+from app.core.humanize import duration
 
 # Exit statuses of `jobs follow`, by how the job ended.
 EXIT_STATUS = {"succeeded": 0, "failed": 1, "cancelled": 2, "deleted": 2}
 # Without a terminal, one progress line at the first step and at each tenth of training.
 LINE_EVERY_PERCENT = 10.0
-
-
-def duration(seconds: float | None) -> str:
-    """`1h02m`, `4m05s`, `12s`; `?` when unknown."""
-    if seconds is None:
-        return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 def train_line(data: dict[str, Any]) -> str:

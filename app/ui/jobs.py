@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -23,7 +24,7 @@ from app.ui.web import (
     UiRefused,
     UiRoute,
     UserDep,
-    check_csrf,
+    posted_form,
     redirect,
     render,
     require_scope,
@@ -48,29 +49,35 @@ def list_rows(session: Session, tenant: str, status: str | None, task: str | Non
     return [JobRead.from_row(j) for j in rows]
 
 
-def filters(status: str | None, task: str | None) -> tuple[str | None, str | None]:
-    """Unknown filter values show nothing rather than everything."""
-    return (status or None), (task or None)
+@dataclass(frozen=True)
+class JobFilters:
+    """The list's filters; an empty value filters nothing."""
+
+    status: str | None
+    task: str | None
+
+
+def job_filters(
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    task: Annotated[str | None, Query(max_length=40)] = None,
+) -> JobFilters:
+    return JobFilters(status or None, task or None)
+
+
+FiltersDep = Annotated[JobFilters, Depends(job_filters)]
 
 
 @router.get("", include_in_schema=False)
-def jobs_page(
-    request: Request,
-    session: SessionDep,
-    user: UserDep,
-    status: Annotated[str | None, Query(max_length=20)] = None,
-    task: Annotated[str | None, Query(max_length=40)] = None,
-) -> Response:
+def jobs_page(request: Request, session: SessionDep, user: UserDep, chosen: FiltersDep) -> Response:
     require_section(user, "jobs")
-    status, task = filters(status, task)
-    jobs = list_rows(session, user.principal.tenant, status, task)
+    jobs = list_rows(session, user.principal.tenant, chosen.status, chosen.task)
     return render(
         request,
         "jobs.html",
         {
             "jobs": jobs,
-            "status": status or "",
-            "task": task or "",
+            "status": chosen.status or "",
+            "task": chosen.task or "",
             "statuses": [s.value for s in JobStatus],
             "tasks": sorted(REGISTRY),
         },
@@ -78,17 +85,10 @@ def jobs_page(
 
 
 @router.get("/rows", include_in_schema=False)
-def jobs_rows(
-    request: Request,
-    session: SessionDep,
-    user: UserDep,
-    status: Annotated[str | None, Query(max_length=20)] = None,
-    task: Annotated[str | None, Query(max_length=40)] = None,
-) -> Response:
+def jobs_rows(request: Request, session: SessionDep, user: UserDep, chosen: FiltersDep) -> Response:
     """The table body alone, for the page's script to refresh while jobs run."""
     require_section(user, "jobs")
-    status, task = filters(status, task)
-    jobs = list_rows(session, user.principal.tenant, status, task)
+    jobs = list_rows(session, user.principal.tenant, chosen.status, chosen.task)
     return render(request, "_job_rows.html", {"jobs": jobs})
 
 
@@ -177,7 +177,7 @@ def job_summary(job_id: str, session: SessionDep, user: UserDep) -> JSONResponse
 
 @router.post("/{job_id}/cancel", include_in_schema=False)
 async def cancel(job_id: str, request: Request, session: SessionDep, user: UserDep) -> Response:
-    check_csrf(user, await request.form())
+    await posted_form(request, user)
     require_scope(user, Scope.TRAIN, doing="cancel jobs")
     service.cancel_job(session, tenant=user.principal.tenant, job_id=job_id)
     return redirect(f"/ui/jobs/{job_id}")
@@ -213,8 +213,7 @@ def spec_from_form(form: dict[str, str]) -> JobCreate:
 async def submit(
     request: Request, session: SessionDep, settings: SettingsDep, queue: QueueDep, user: UserDep
 ) -> Response:
-    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    check_csrf(user, form)
+    form = await posted_form(request, user)
     require_scope(user, Scope.TRAIN, doing="submit jobs")
     spec = spec_from_form(form)
     try:

@@ -23,7 +23,7 @@ from app.ui.web import (
     UiRefused,
     UiRoute,
     UserDep,
-    check_csrf,
+    posted_form,
     redirect,
     render,
     require_scope,
@@ -128,8 +128,7 @@ def model_page(model_id: str, request: Request, session: SessionDep, user: UserD
 async def try_model(
     model_id: str, request: Request, session: SessionDep, user: UserDep
 ) -> Response:
-    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    check_csrf(user, form)
+    form = await posted_form(request, user)
     require_section(user, "models")
     require_scope(user, Scope.PREDICT, doing="call /predict")
     ctx = model_context(session, user.principal.tenant, model_id)
@@ -157,8 +156,7 @@ async def try_model(
 async def move_alias(
     model_id: str, request: Request, session: SessionDep, user: UserDep
 ) -> Response:
-    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    check_csrf(user, form)
+    form = await posted_form(request, user)
     require_scope(user, Scope.TRAIN, doing="move aliases")
     name = form.get("name", "").strip()
     try:

@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from app.auth.schemas import Scope
 from app.core.deps import SessionDep
 from app.core.errors import ServiceError
+from app.core.humanize import duration
 from app.ui.sessions import COOKIE, UiUser, current_user, same_token
 
 HERE = Path(__file__).parent
@@ -98,6 +99,13 @@ def check_csrf(user: UiUser, form: Mapping[str, Any]) -> None:
         )
 
 
+async def posted_form(request: Request, user: UiUser) -> dict[str, str]:
+    """A submitted form's text fields, once its CSRF token is checked."""
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    check_csrf(user, form)
+    return form
+
+
 def sections_of(user: UiUser | None) -> list[str]:
     if user is None:
         return []
@@ -115,17 +123,6 @@ def age(when: datetime | None) -> str:
     return f"{seconds}s"
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
 def number(value: Any, digits: int = 4) -> str:
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
@@ -137,7 +134,7 @@ def number(value: Any, digits: int = 4) -> str:
 
 
 templates.env.filters["age"] = age
-templates.env.filters["duration"] = duration
+templates.env.filters["duration"] = lambda s: "" if s is None else duration(s)
 templates.env.filters["number"] = number
 templates.env.filters["urlquote"] = lambda v: quote(str(v), safe="")
 
