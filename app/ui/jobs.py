@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -165,14 +165,6 @@ def job_events(
     service.get_job(session, tenant=user.principal.tenant, job_id=job_id)
     session.close()
     return stream.response(request, job_id=job_id, after=after, maximum=2**31 - 1)
-
-
-@router.get("/{job_id}/summary", include_in_schema=False)
-def job_summary(job_id: str, session: SessionDep, user: UserDep) -> JSONResponse:
-    """The job as the API shows it, for the page's script to refresh status and results."""
-    require_section(user, "jobs")
-    job = JobRead.from_row(service.get_job(session, tenant=user.principal.tenant, job_id=job_id))
-    return JSONResponse(job.model_dump(mode="json"))
 
 
 @router.post("/{job_id}/cancel", include_in_schema=False)

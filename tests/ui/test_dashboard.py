@@ -292,7 +292,6 @@ def test_another_tenants_ids_are_not_found(app, migrated, client, browser):  # t
     for path in (
         f"/ui/jobs/{job['id']}",
         f"/ui/jobs/{job['id']}/events",
-        f"/ui/jobs/{job['id']}/summary",
         f"/ui/models/{model_id}",
         f"/ui/datasets/{ds['id']}",
     ):
