@@ -132,12 +132,12 @@ def test_a_user_trains_watches_tries_and_aliases_a_model_in_the_browser(
         force.check()
     page.click("#alias-move")
     expect(page.locator("h1 .alias")).to_have_text("production")
+    model_id = page.url.rsplit("/", 1)[1]
     page.fill("#try-text", "a moving, beautifully acted film")
     page.click("#try")
     expect(page.locator("#answer")).to_be_visible()
     expect(page.locator("#answer td").first).to_have_text(re.compile(r"^[01]$"))
     shot(page, "05-model")
-    model_id = page.url.rsplit("/", 1)[1]
     assert e2e_client.get("/v1/aliases/production").json()["model"] == model_id
 
     page.click("#signout")

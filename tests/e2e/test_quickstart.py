@@ -34,7 +34,7 @@ def quick_start_blocks() -> list[str]:
 
 def test_quick_start_blocks_start_the_service_the_way_the_tests_assume() -> None:
     blocks = quick_start_blocks()
-    assert len(blocks) == 3, "start, classification, other tasks"
+    assert len(blocks) == 4, "start, classification, other tasks, the CLI"
     start = blocks[0]
     assert "export TUNESERVE_API_KEY=" in start
     assert "TUNESERVE_BOOTSTRAP_ADMIN_KEY=$TUNESERVE_API_KEY .venv/bin/tuneserve up &" in start
@@ -71,3 +71,10 @@ def test_quick_start_runs_verbatim(e2e_service: Service) -> None:
     uploads = [a for a in answers if a.get("object") == "dataset"]
     assert sorted(u["task"] for u in uploads) == ["ner", "qa"], answers
     assert all(u["num_rows"] > 0 for u in uploads), uploads
+    # The CLI walk: its LoRA job followed to success (no terminal here: one line a tenth), both
+    # models listed, and the two sentences labelled as curl's answer labelled them.
+    cli = proc.stdout[proc.stdout.index("[queued]") :]
+    assert re.search(r"^job \S+ succeeded; .*model mdl_\w+", cli, re.M), cli
+    assert len(re.findall(r"^step \d+/\d+ .* loss .* ETA", cli, re.M)) >= 5, cli
+    assert len(re.findall(r"^mdl_\w+ +classification +(full|lora) ", cli, re.M)) >= 2, cli
+    assert re.search(r"a gorgeous, witty film\n  positive ", cli), cli

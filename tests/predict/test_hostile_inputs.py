@@ -304,7 +304,7 @@ def test_any_text_gets_an_answer_or_a_422_naming_the_input(
 FORM_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200) | st.sampled_from(
     ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "&amp; &lt;", " ", ""]
 )
-DASHBOARD_EXAMPLES = max(10, EXAMPLES // 5)
+DASHBOARD_EXAMPLES = max(10, EXAMPLES // 15)
 
 
 @pytest.mark.parametrize("task", ["classification", "ner", "qa"])
