@@ -147,7 +147,7 @@ def shared_data(*parts: str) -> Path:
 # these go first, since they are the longest.
 SERVICE_DIRS = ("tests/e2e/", "tests/faults/")
 # Every test without one of these marks is also marked `fast`: `pytest -m fast` while developing.
-SLOW_MARKS = ("e2e", "faults", "postgres", "long")
+SLOW_MARKS = ("e2e", "faults", "postgres", "long", "slow")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

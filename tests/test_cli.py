@@ -19,7 +19,10 @@ import pytest
 
 from app.core.embedded_redis import free_port, ping
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+pytestmark = [
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc"),
+    pytest.mark.slow,  # real process trees: in the default suite, not in `-m fast`
+]
 
 START_TIMEOUT = 90.0
 

@@ -35,6 +35,8 @@ from app.job.reaper import reap
 from tests.conftest import RecordingQueue, auth, create_api_key
 from worker.training.state import AttemptFence, FenceLost, JobCancelled, claim_job
 
+pytestmark = pytest.mark.slow  # a fuzzer: in the default suite, not in `-m fast`
+
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
 CSV = b"text,label\n" + b"".join(f"good {i},pos\nbad {i},neg\n".encode() for i in range(6))
 # HYPOTHESIS_SCALE=10 runs ten times the examples; the defaults keep this file well under 60 s.

@@ -39,7 +39,9 @@ from schemathesis.checks import (
 )
 
 from tests.conftest import RecordingQueue, auth, create_api_key
-from tests.tinyserved import serving_settings, train_served_models
+from tests.tinyserved import served_copy
+
+pytestmark = pytest.mark.slow  # a fuzzer: in the default suite, not in `-m fast`
 
 SHORT = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "10"))
 LONG = int(os.environ.get("SCHEMATHESIS_LONG_EXAMPLES", "200"))
@@ -76,11 +78,9 @@ class Tally:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    from app.db.migrate import upgrade
     from app.main import create_app
 
-    conf = serving_settings(tmp_path_factory.mktemp("schemathesis"))
-    upgrade(conf)
+    conf, served = served_copy(tmp_path_factory, "schemathesis")
     application = create_app(conf, queue=RecordingQueue())
     headers = {
         "admin": auth(create_api_key(conf)),
@@ -93,9 +93,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
             "/v1/jobs",
             json={"task": "classification", "base_model": BASE, "train_dataset": ds.json()["id"]},
         )
-        models = {
-            task: list(kinds.values()) for task, kinds in train_served_models(c, conf).items()
-        }
+        models = {task: list(kinds.values()) for task, kinds in served.items()}
     real_ids = {"dataset_id": ds.json()["id"], "job_id": job.json()["id"]}
     schema = schemathesis.openapi.from_asgi("/openapi.json", application)
     yield Api(schema, headers, real_ids, models)

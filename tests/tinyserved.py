@@ -5,9 +5,12 @@ worker's code run in-process, in a few seconds."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
@@ -25,9 +28,11 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 
 
-def serving_settings(root: Path, **overrides: Any) -> Settings:
-    """Settings on a fresh data dir under `root` that list the tiny BERT as `local/tiny-bert`."""
-    build_tiny_model_dir(root / "base-models" / "tiny-bert")
+def serving_settings(root: Path, *, build: bool = True, **overrides: Any) -> Settings:
+    """Settings on a fresh data dir under `root` that list the tiny BERT as `local/tiny-bert`
+    (written there unless `build` is False: a copy already holds it)."""
+    if build:
+        build_tiny_model_dir(root / "base-models" / "tiny-bert")
     values: dict[str, Any] = {
         "data_dir": root / "data",
         "redis_url": None,
@@ -84,3 +89,37 @@ def train_served_models(client: TestClient, settings: Settings) -> dict[str, dic
             models[task][kind] = read["model_id"]
             assert client.get(f"/v1/models/{read['model_id']}").json()["artifact"] == kind
     return models
+
+
+def served_copy(
+    tmp_path_factory: pytest.TempPathFactory, name: str
+) -> tuple[Settings, dict[str, dict[str, str]]]:
+    """A migrated data dir holding the models of `train_served_models`, and their ids.
+
+    They are trained once per test run, under a file lock in the run's temporary folder (shared by
+    the pytest-xdist workers), and each caller gets its own copy: the modules that need them
+    (schemathesis, hostile inputs) no longer train the same twelve models each."""
+    from filelock import FileLock
+
+    from app.db.migrate import upgrade
+    from app.main import create_app
+    from tests.conftest import RecordingQueue, auth, create_api_key
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    trained = shared / "tiny-served"
+    with FileLock(str(shared / "tiny-served.lock")):
+        if not (trained / "models.json").is_file():
+            shutil.rmtree(trained, ignore_errors=True)
+            conf = serving_settings(trained / "root")
+            upgrade(conf)
+            application = create_app(conf, queue=RecordingQueue())
+            try:
+                with TestClient(application, headers=auth(create_api_key(conf))) as client:
+                    models = train_served_models(client, conf)
+            finally:
+                application.state.engine.dispose()
+            (trained / "models.json").write_text(json.dumps(models))
+    root = tmp_path_factory.mktemp(name)
+    shutil.copytree(trained / "root", root, dirs_exist_ok=True)
+    return serving_settings(root, build=False), json.loads((trained / "models.json").read_text())

@@ -9,7 +9,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RecordingQueue, auth, create_api_key
-from tests.tinyserved import KINDS, serving_settings, train_served_models
+from tests.tinyserved import KINDS, served_copy
 
 # Generated requests per task (HOSTILE_EXAMPLES); each is a real model call or a 422.
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "150"))
@@ -33,17 +32,15 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from app.db.migrate import upgrade
     from app.main import create_app
 
-    conf = serving_settings(Path(tmp_path_factory.mktemp("hostile")))
-    upgrade(conf)
+    conf, models = served_copy(tmp_path_factory, "hostile")
     application = create_app(conf, queue=RecordingQueue())
     # raise_server_exceptions=False: a 500 shows as the 500 a client would get.
     with TestClient(
         application, headers=auth(create_api_key(conf)), raise_server_exceptions=False
     ) as client:
-        yield Served(client, train_served_models(client, conf))
+        yield Served(client, models)
     application.state.engine.dispose()
 
 
