@@ -158,9 +158,12 @@ def test_sigkill_after_a_checkpoint_resumes_from_it(svc: tuple[Service, str]) ->
     job_id = submit(service, dataset, hyperparameters=hp)
     wait_for(service.client, job_id, ("running",), JOB_TIMEOUT, service.data_dir, min_step=90)
     listed = service.client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
-    # Two complete checkpoints, or one while the next is written: the Trainer removes the oldest
-    # (checkpoints_kept: 2) before the new one's manifest makes it count.
-    assert [c["step"] for c in listed][-2:] in ([40, 80], [80, 120], [80], [120])
+    # The newest complete checkpoints, every 40 steps (two kept; one for the moment between the
+    # Trainer removing the oldest and the next one's manifest). How far past step 90 the job is
+    # when the test looks depends on the machine: progress is written once a poll interval.
+    steps = [c["step"] for c in listed][-2:]
+    assert steps and steps[-1] >= 80 and all(s % 40 == 0 for s in steps), steps
+    assert len(steps) == 1 or steps[1] - steps[0] == 40, steps
     assert all(c["size_bytes"] > 0 for c in listed)
     signal_pool(service, job_id, signal.SIGKILL, "pool process SIGKILL")
     messages = events(service, job_id)
