@@ -4,8 +4,9 @@ resolved hyperparameters and trainable-parameter counts (ordered as the methods 
 predictions that score what the job reported on the same validation rows (a head or adapter that
 was not saved, or loaded wrongly, would not).
 
-Classification runs each method with its default learning rate for 30 steps, enough for every
-method to beat the majority-class baseline by the service's margin: the job must say
+Classification runs each method with its default learning rate for 24 steps, enough for every
+method to beat the majority-class baseline by the service's margin (on 64 rows the baseline's 0.516
+needs 0.578; at 24 steps the lowest, prefix tuning, scored 0.656): the job must say
 `quality: "better_than_baseline"`. NER and QA run a few steps each on fewer validation rows than a
 verdict needs (they check the plumbing and say `too_few_validation_rows`; the per-task end-to-end
 tests and benchmarks/method_defaults.py check their quality). The default run takes every method
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.e2e
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
 # Optimizer steps per job: classification's must let every method learn (batch 16, 256 rows).
-STEPS = {"classification": 30, "ner": 6, "qa": 6}
+STEPS = {"classification": 24, "ner": 6, "qa": 6}
 # method spec, and whether it trains every weight ("all"), the head and some layers ("some"), or
 # little beside the head ("few").
 METHODS: list[tuple[dict[str, Any], str]] = [
