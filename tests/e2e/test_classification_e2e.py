@@ -26,7 +26,7 @@ from tests.e2e.service import CLI, Service, running_service, wait_for_job
 pytestmark = pytest.mark.e2e
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
-TRAIN_ROWS = 800  # full fine-tuning: 50 steps of 32; it scored 0.8+ on the 200 held-out rows
+TRAIN_ROWS = 800  # full fine-tuning: 50 steps of 32
 # LoRA runs train on fewer rows: 32 steps of its default rate clear its bar (0.65) comfortably.
 LORA_ROWS = 500
 HELD_OUT = 200
