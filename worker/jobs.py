@@ -13,10 +13,9 @@ from types import FrameType
 
 from app.core.config import Settings
 from app.core.errors import ServiceError
-from app.core.storage import remove_tree
 from app.db.models import JobStatus, Model, new_id
 from app.db.session import make_engine, make_sessionmaker, session_scope
-from app.job.checkpoints import job_dir
+from app.job.checkpoints import drop_job_files
 from worker.training.artifacts import WrittenModel, discard
 from worker.training.state import UNREACHABLE, AttemptFence, FenceLost, JobCancelled, claim_job
 
@@ -160,4 +159,4 @@ def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:
         if not registered:
             discard(settings, model_id)
         if ended:  # checkpoints serve only a later attempt of a job that has not ended
-            remove_tree(job_dir(settings, fence.job_id))
+            drop_job_files(settings, fence.job_id)

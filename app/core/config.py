@@ -107,6 +107,19 @@ class Settings(BaseSettings):
     # How long a worker keeps retrying its final writes while the database is unreachable.
     db_retry_seconds: float = 300.0
 
+    # Where datasets, model artifacts and checkpoints live: unset, the data directory itself
+    # (file://); or an S3-compatible store, s3://bucket/prefix, reached with the standard
+    # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.
+    storage_url: str | None = None
+    # This process's cache of trees fetched from an S3 store (default <data_dir>/cache): the least
+    # recently used go once it holds more than `cache_max_bytes`.
+    cache_dir: Path | None = None
+    cache_max_bytes: int = Field(default=20 * 1024**3, ge=0)
+    # How long a transient store failure is retried before the call fails (a worker's job then
+    # ends failed with error code storage_unavailable); an upload gives up sooner, answering 503.
+    storage_retry_seconds: float = Field(default=300.0, ge=0)
+    upload_storage_retry_seconds: float = Field(default=5.0, ge=0)
+
     @model_validator(mode="after")
     def _line_holds_a_cell(self) -> Settings:
         if self.max_line_bytes < self.max_text_chars:

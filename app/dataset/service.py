@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -22,7 +23,8 @@ from app.core.config import Settings
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.idempotency import IdempotentRequest
 from app.core.pagination import page_newest_first
-from app.core.storage import atomic_move_dir, remove_tree, resolve
+from app.core.storage import remove_tree
+from app.core.store import NotInStore, Store, get_store
 from app.dataset import isolation, parsing
 from app.dataset.schemas import DatasetCreate, DatasetFormat, DatasetRead
 from app.dataset.upload import ReceivedUpload, staging_dir
@@ -35,6 +37,7 @@ from app.ml.tasks.base import DatasetSummary
 if TYPE_CHECKING:
     import datasets
 
+log = logging.getLogger("tuneserve.dataset")
 DATA_FILE = "data.parquet"
 SOURCE_FILE = "source"
 
@@ -61,7 +64,8 @@ def create_dataset(
 
     dataset_id = new_id("ds")
     storage_path = f"datasets/{dataset_id}"
-    final = resolve(settings, storage_path)
+    # An upload holds a client: during a store outage it answers 503 soon rather than wait.
+    store = get_store(settings, patience_s=settings.upload_storage_retry_seconds)
     staging = Path(tempfile.mkdtemp(dir=staging_dir(settings), prefix=f"{dataset_id}-"))
     try:
         job = ParseJob(
@@ -81,9 +85,10 @@ def create_dataset(
         )
         # The original bytes, kept under a name we chose: same filesystem, so a rename.
         os.replace(upload.path, staging / SOURCE_FILE)
-        atomic_move_dir(staging, final)
+        store.publish(staging, storage_path)
     except BaseException:
         remove_tree(staging)
+        _forget(store, storage_path)  # whatever part reached the store stays invisible; tidy it
         raise
 
     summary = outcome.summary
@@ -111,7 +116,7 @@ def create_dataset(
         session.commit()
     except BaseException as exc:
         session.rollback()
-        remove_tree(final)
+        _forget(store, storage_path)
         if idempotency is not None and isinstance(exc, IntegrityError):
             # A concurrent request with this key committed first: answer what it answered.
             idempotency.replay_if_seen(session)
@@ -548,9 +553,16 @@ def delete_dataset(session: Session, *, settings: Settings, tenant: str, dataset
         # A job was submitted between the check and the commit; the foreign key said no.
         session.rollback()
         raise _in_use(dataset_id, []) from None
-    path = resolve(settings, row.storage_path)
-    if path.is_relative_to(settings.datasets_dir.resolve()):
-        remove_tree(path)
+    if row.storage_path.startswith("datasets/"):
+        get_store(settings).delete(row.storage_path)
+
+
+def _forget(store: Store, key: str) -> None:
+    """Remove a tree that never got a row (best effort: without its manifest it is invisible)."""
+    try:
+        store.delete(key)
+    except Exception:  # the store is down: the tree was never completed, nothing refers to it
+        log.warning("could not tidy %s from the store", key, exc_info=True)
 
 
 def _in_use(dataset_id: str, job_ids: list[str]) -> Conflict:
@@ -567,7 +579,10 @@ def load_rows(settings: Settings, dataset: Dataset) -> datasets.Dataset:
     import datasets as hf
     import pyarrow.parquet as pq
 
-    path = resolve(settings, dataset.storage_path) / DATA_FILE
-    if not path.is_file():
+    try:
+        path = get_store(settings).local(dataset.storage_path) / DATA_FILE
+    except NotInStore:
+        path = None
+    if path is None or not path.is_file():
         raise NotFound(f"the files of dataset '{dataset.id}' are missing", id=dataset.id)
     return hf.Dataset(pq.read_table(path))

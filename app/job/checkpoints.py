@@ -2,29 +2,47 @@
 
 A checkpoint directory counts only once its manifest exists and every file it lists has the
 listed size, so a directory torn by a crash mid-write is never resumed from (nor listed).
-Checkpoints live in <jobs>/<job id>/checkpoints across a job's attempts and go when it ends.
+The Trainer writes checkpoints into the worker's working directory for the job; each complete one
+is published to the store under jobs/<job id>/checkpoints/checkpoint-<step> (with a local store,
+the working directory is that tree: nothing is copied), so an attempt on another machine resumes
+from the newest. They go when the job ends.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-from datetime import UTC, datetime
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from app.core.config import Settings
-from app.core.storage import remove_tree
+from app.core.store import NotInStore, Store, get_store
+
+log = logging.getLogger("tuneserve.checkpoints")
+
+
+def job_key(job_id: str) -> str:
+    """A job's files in the store (its checkpoints), kept across attempts until the job ends."""
+    return f"jobs/{job_id}"
+
+
+def checkpoints_key(job_id: str) -> str:
+    return f"{job_key(job_id)}/checkpoints"
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
-    """A job's working files (its checkpoints), kept across attempts until the job ends."""
-    return settings.jobs_dir / job_id
+    """This process's working directory for a job (with a local store, its tree in the store)."""
+    return get_store(settings).workdir(job_key(job_id))
 
 
 def checkpoints_dir(settings: Settings, job_id: str) -> Path:
-    return job_dir(settings, job_id) / "checkpoints"
+    """Where the Trainer writes the job's checkpoints on this machine."""
+    return get_store(settings).workdir(checkpoints_key(job_id))
 
 
 MANIFEST = "tuneserve-checkpoint.json"
@@ -93,9 +111,74 @@ def latest_complete(root: Path) -> tuple[Path, dict[str, Any]] | None:
     keep = {path for path, _ in complete}
     for path in root.glob("checkpoint-*") if root.is_dir() else ():
         if path not in keep:
-            remove_tree(path)
+            shutil.rmtree(path, ignore_errors=True)
     return complete[-1] if complete else None
 
 
-def saved_at(path: Path) -> datetime:
-    return datetime.fromtimestamp((path / MANIFEST).stat().st_mtime, tz=UTC)
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    key: str
+    manifest: dict[str, Any]
+    saved_at: datetime
+    size_bytes: int
+
+
+def stored_checkpoints(store: Store, job_id: str) -> list[StoredCheckpoint]:
+    """The job's complete checkpoints in the store, oldest step first."""
+    found = []
+    for tree in store.trees(checkpoints_key(job_id)):
+        if not _NAME.match(tree.key.rsplit("/", 1)[-1]):
+            continue
+        try:
+            text = store.read_text(tree.key, MANIFEST)
+            manifest = json.loads(text)
+            listed = sum(int(n) for n in manifest["files"].values())
+        except (NotInStore, OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # still being written (a local store), or torn
+        # Every listed file at its size, nothing half-written beside them.
+        if not manifest["files"] or tree.size_bytes != listed + len(text.encode()):
+            continue
+        found.append(StoredCheckpoint(tree.key, manifest, tree.published_at, tree.size_bytes))
+    return sorted(found, key=lambda c: int(c.manifest["step"]))
+
+
+def publish(store: Store, job_id: str, path: Path) -> None:
+    """Publish a complete checkpoint; drop the store's copies of those the Trainer has rotated out
+    of the working directory (it keeps the newest few, and the best when it tracks one)."""
+    store.publish(path, f"{checkpoints_key(job_id)}/{path.name}", keep=True)
+    for old in stored_checkpoints(store, job_id):
+        if not (path.parent / old.key.rsplit("/", 1)[-1]).is_dir():
+            store.delete(old.key)
+
+
+def fetch_newest(store: Store, job_id: str, root: Path) -> None:
+    """Bring the store's newest complete checkpoint into `root` (this worker's working directory
+    for the job) unless it is there already: an attempt on another machine resumes from it."""
+    stored = stored_checkpoints(store, job_id)
+    if not stored:
+        return
+    newest = stored[-1]
+    target = root / newest.key.rsplit("/", 1)[-1]
+    if read_manifest(target) is not None:
+        return
+    source = store.local(newest.key)
+    if source.resolve() == target.resolve():
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    staged = root / f".incoming-{target.name}"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(source, staged, ignore=shutil.ignore_patterns(".tuneserve-tree.json"))
+    os.replace(staged, target)
+    log.info("job %s: fetched %s from the store", job_id, newest.key)
+
+
+def drop_job_files(settings: Settings, job_id: str) -> None:
+    """Remove an ended job's checkpoints: from the store and this process's working copy (best
+    effort: a store that is down keeps them until the job is deleted)."""
+    store = get_store(settings)
+    shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
+    try:
+        store.delete(job_key(job_id))
+    except Exception:
+        log.warning("could not remove job %s's checkpoints from the store", job_id, exc_info=True)

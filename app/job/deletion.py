@@ -10,10 +10,9 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import Conflict
-from app.core.storage import remove_tree
 from app.db.models import Job, JobEvent, JobMessage, JobStatus
 from app.db.session import rows_changed
-from app.job.checkpoints import job_dir
+from app.job.checkpoints import drop_job_files
 from app.job.service import get_job
 
 JOB_NOT_ENDED = "job_not_ended"
@@ -47,4 +46,4 @@ def delete_job(session: Session, *, settings: Settings, tenant: str, job_id: str
         session.expunge(job)
         raise _not_ended(get_job(session, tenant=tenant, job_id=job_id))
     session.commit()
-    remove_tree(job_dir(settings, job.id))
+    drop_job_files(settings, job.id)

@@ -14,6 +14,7 @@ from app.core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.core.idempotency import IdempotentRequest
 from app.core.pagination import MAX_LIMIT, page_newest_first
 from app.core.queue import JobQueue
+from app.core.store import get_store
 from app.core.validation import plain_errors
 from app.db.models import (
     Dataset,
@@ -27,7 +28,7 @@ from app.db.models import (
     utcnow,
 )
 from app.db.session import get_by_id, rows_changed
-from app.job.checkpoints import checkpoints_dir, complete_checkpoints, saved_at
+from app.job.checkpoints import stored_checkpoints
 from app.job.controls import check_controls, resolve_controls
 from app.job.datasets import (
     dataset_for,
@@ -356,11 +357,11 @@ def list_checkpoints(
     get_job(session, tenant=tenant, job_id=job_id)
     return [
         CheckpointRead(
-            step=int(manifest["step"]),
-            epoch=float(manifest["epoch"]),
-            metrics={k: float(v) for k, v in (manifest.get("metrics") or {}).items()},
-            size_bytes=sum(int(n) for n in manifest["files"].values()),
-            saved_at=saved_at(path),
+            step=int(c.manifest["step"]),
+            epoch=float(c.manifest["epoch"]),
+            metrics={k: float(v) for k, v in (c.manifest.get("metrics") or {}).items()},
+            size_bytes=sum(int(n) for n in c.manifest["files"].values()),
+            saved_at=c.saved_at,
         )
-        for path, manifest in complete_checkpoints(checkpoints_dir(settings, job_id))
+        for c in stored_checkpoints(get_store(settings), job_id)
     ]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from app.basemodel.schemas import BaseModelSource, ModelLineage, ResolvedBaseModel
 from app.core.config import Settings
 from app.core.errors import Unavailable
-from app.core.storage import resolve
+from app.core.store import NotInStore, get_store
 from app.ml.loading import load_model, load_model_for_training, read_model_metadata
 
 if TYPE_CHECKING:
@@ -58,10 +58,12 @@ def _which(model_id: str, wanted: str) -> str:
 
 
 def _model_dir(settings: Settings, model_id: str, storage_path: str, wanted: str) -> Path:
-    path = resolve(settings, storage_path)
-    if not path.is_relative_to(settings.data_dir.resolve()) or not path.is_dir():
-        raise _unavailable(f"{_which(model_id, wanted)} has no files on this server", model_id)
-    return path
+    try:
+        return get_store(settings).local(storage_path)
+    except (NotInStore, ValueError):
+        raise _unavailable(
+            f"{_which(model_id, wanted)} has no files in the store", model_id
+        ) from None
 
 
 def _metadata(path: Path, model_id: str, wanted: str) -> dict[str, Any]:

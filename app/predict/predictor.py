@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from app.core.config import Settings
 from app.core.errors import Unavailable
-from app.core.storage import resolve
+from app.core.store import NotInStore, get_store
 from app.db.models import Model
 from app.ml import device as devices
 from app.ml.lineage import load_base_model, resolve_recorded_base
@@ -247,10 +247,10 @@ def load_predictor(
     """Load a registered model for inference, as its artifact says: a model directory (full or
     merged at registration), or an adapter applied to its base model."""
     quiet_transformers()
-    path = resolve(settings, model_row.storage_path)
     try:
+        path = get_store(settings).local(model_row.storage_path)
         meta = read_model_metadata(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, NotInStore) as exc:
         raise Unavailable(
             f"model '{model_row.id}' has no readable files on this server", model=model_row.id
         ) from exc

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import Conflict
-from app.core.storage import remove_tree, resolve
+from app.core.store import get_store
 from app.db.models import Job, JobStatus, Model, ModelAlias
 from app.ml.lineage import MODEL_PREFIX
 from app.ml.quantize import QUANTIZED_ARTIFACTS
@@ -121,7 +121,6 @@ def delete_model(session: Session, *, settings: Settings, tenant: str, model_id:
         # An alias was pointed at it between the check and the commit; the foreign key said no.
         session.rollback()
         raise _in_use(model.id, *holders_of(session, model)) from None
-    path = resolve(settings, model.storage_path)
-    if path.is_relative_to(settings.models_dir.resolve()):
-        remove_tree(path)
+    if model.storage_path.startswith("models/"):
+        get_store(settings).delete(model.storage_path)
     return model

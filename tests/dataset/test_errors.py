@@ -228,7 +228,6 @@ def test_truncated_multipart_body(client):  # type: ignore[no-untyped-def]
 def test_failure_while_publishing_leaves_nothing(app, admin_key, monkeypatch):  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
-    from app.dataset import service
     from tests.conftest import auth
 
     def broken_commit(self: Session) -> None:
@@ -245,8 +244,19 @@ def test_failure_while_publishing_leaves_nothing(app, admin_key, monkeypatch):  
             assert {p.name for p in staging.iterdir()} == {"data.parquet", "source"}
             raise OSError("disk full")
 
-        monkeypatch.setattr(service, "atomic_move_dir", broken_move)
-        assert upload(client, b"text,label\na,b\n").status_code == 500
+        from app.core import store
+
+        monkeypatch.setattr(store, "atomic_move_dir", broken_move)
+        resp = upload(client, b"text,label\na,b\n")
+        # The store could not take it: unavailable for now, try again later.
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["error"]["code"] == "storage_unavailable"
+        assert int(resp.headers["Retry-After"]) > 0
+        monkeypatch.undo()
+        assert client.get("/v1/datasets").json()["data"] == []
+        data_dir = app.state.settings.data_dir
+        assert not any((data_dir / "datasets").glob("*"))
+        assert not [p for p in (data_dir / "tmp").rglob("*") if p.is_file()]
 
 
 def test_strict_must_be_a_boolean(client):  # type: ignore[no-untyped-def]

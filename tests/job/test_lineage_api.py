@@ -141,7 +141,7 @@ def test_parent_files_gone_method_and_depth_are_checked(  # type: ignore[no-unty
 ) -> None:
     gone = register(files=False)
     message = error(submit(client, f"model:{gone}", train_id), "base_model")
-    assert f"model '{gone}' has no files on this server" in message
+    assert f"model '{gone}' has no files in the store" in message
 
     parent = register()  # its config says 2 layers
     top = submit(

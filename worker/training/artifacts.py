@@ -1,9 +1,10 @@
-"""Model directories: written under a temporary name, hashed, described, then renamed into place."""
+"""Model directories: written locally, hashed, described, then published to the store."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,17 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from app.core.config import Settings
-from app.core.storage import atomic_move_dir, remove_tree
+from app.core.storage import remove_tree
+from app.core.store import get_store
 from app.ml.loading import METADATA_FILE
 
+log = logging.getLogger("tuneserve.artifacts")
 METADATA_VERSION = 1
 _LIBRARIES = ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "tuneserve")
 
 
 @dataclass(frozen=True)
 class WrittenModel:
-    path: Path
-    # Relative to the data directory, as recorded on the Model row.
+    # The store key, as recorded on the Model row.
     storage_path: str
     size_bytes: int
     files: dict[str, str]
@@ -47,26 +49,30 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def model_dir(settings: Settings, model_id: str) -> Path:
-    return settings.models_dir / model_id
+def model_key(model_id: str) -> str:
+    return f"models/{model_id}"
 
 
 def temp_dir(settings: Settings, model_id: str) -> Path:
-    return settings.models_dir / f".tmp-{model_id}"
+    """Where this worker builds a model's files before publishing them to the store."""
+    return get_store(settings).workdir(f"models/.tmp-{model_id}")
 
 
 def discard(settings: Settings, model_id: str) -> None:
-    """Remove a model directory and its temporary twin (an unregistered model leaves nothing)."""
+    """Remove a model's files and its temporary twin (an unregistered model leaves nothing)."""
     remove_tree(temp_dir(settings, model_id))
-    remove_tree(model_dir(settings, model_id))
+    try:
+        get_store(settings).delete(model_key(model_id))
+    except Exception:  # best effort: a tree no row names is never read
+        log.warning("could not remove the unregistered model %s from the store", model_id)
 
 
 def write_model_dir(
     settings: Settings, *, model_id: str, save: Callable[[Path], None], meta: dict[str, Any]
 ) -> WrittenModel:
-    """Save into models/.tmp-<id>, add tuneserve.json with file hashes, rename to models/<id>."""
+    """Save into a temporary directory, add tuneserve.json with file hashes, publish the whole
+    directory to the store as models/<id> (visible there only once complete)."""
     tmp = temp_dir(settings, model_id)
-    final = model_dir(settings, model_id)
     remove_tree(tmp)
     tmp.mkdir(parents=True)
     try:
@@ -76,10 +82,8 @@ def write_model_dir(
         }
         body = {"format_version": METADATA_VERSION, **meta, "files": files}
         (tmp / METADATA_FILE).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
-        size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-        atomic_move_dir(tmp, final)
+        size = get_store(settings).publish(tmp, model_key(model_id))
     except BaseException:
         remove_tree(tmp)
         raise
-    relative = final.relative_to(settings.data_dir).as_posix()
-    return WrittenModel(path=final, storage_path=relative, size_bytes=size, files=files)
+    return WrittenModel(storage_path=model_key(model_id), size_bytes=size, files=files)

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from app.job.checkpoints import write_manifest
+from app.core.store import Store
+from app.job.checkpoints import publish, write_manifest
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -17,10 +18,20 @@ if TYPE_CHECKING:
 
 
 class CheckpointCallback(TrainerCallback):
-    """After the Trainer saves a checkpoint: write its manifest, then tell the job's events."""
+    """After the Trainer saves a checkpoint: write its manifest, publish it to the store, then
+    tell the job's events."""
 
-    def __init__(self, fence: AttemptFence, *, elapsed: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        fence: AttemptFence,
+        *,
+        store: Store,
+        job_id: str,
+        elapsed: Callable[[], float] | None = None,
+    ) -> None:
         self.fence = fence
+        self.store = store
+        self.job_id = job_id
         # Seconds of training so far, recorded in the manifest for an attempt resuming from it.
         self.elapsed = elapsed
         self.last_metrics: dict[str, Any] = {}
@@ -47,6 +58,8 @@ class CheckpointCallback(TrainerCallback):
             metrics=self.last_metrics,
             elapsed_s=elapsed_s,
         )
+        # In the store before it is announced: an attempt elsewhere can resume from it.
+        publish(self.store, self.job_id, path)
         self.fence.log(
             f"checkpoint at step {state.global_step} (epoch {epoch:.2f})",
             checkpoint_step=state.global_step,

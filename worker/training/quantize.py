@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.config import Settings
 from app.core.errors import ServiceError
-from app.core.storage import resolve
+from app.core.store import get_store
 from app.db.models import Model
 from app.job.checkpoints import job_dir
 from app.ml import device as devices
@@ -88,7 +88,7 @@ def _prepare(settings: Settings, fence: AttemptFence) -> Prepared:
             f"method quantize needs base_model model:<id>, not '{inputs.base.id}'",
             code="invalid_input",
         )
-    parent_dir = resolve(settings, lineage.parent_storage_path)
+    parent_dir = get_store(settings).local(lineage.parent_storage_path)
     parent_meta = read_model_metadata(parent_dir)
     task = inputs.task
     setup = eval_setup(task, parent_meta, list(lineage.label_names))

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from app.basemodel.schemas import ResolvedBaseModel
 from app.core.config import Settings
+from app.core.store import get_store
 from app.db.models import Dataset, Job, Model
-from app.job.checkpoints import checkpoints_dir, latest_complete
+from app.job.checkpoints import checkpoints_dir, fetch_newest, latest_complete
 from app.job.schemas import (
     FullMethod,
     HeadOnlyMethod,
@@ -434,9 +435,13 @@ def train_job(
         options=inputs.task.options_model.model_validate(inputs.spec.task_options),
     )
     # Shared by the job's attempts: a later attempt resumes from what an earlier one saved.
+    store = get_store(settings)
     saved = checkpoints_dir(settings, inputs.job.id)
     trainer, callback, details = _build_trainer(settings, inputs, prepared, fence, output_dir=saved)
-    trainer.add_callback(CheckpointCallback(fence, elapsed=callback.timer.elapsed))
+    trainer.add_callback(
+        CheckpointCallback(fence, elapsed=callback.timer.elapsed, store=store, job_id=inputs.job.id)
+    )
+    fetch_newest(store, inputs.job.id, saved)
     resume = latest_complete(saved)
     if resume is not None:
         path, manifest = resume
