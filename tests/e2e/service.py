@@ -55,6 +55,8 @@ class Service:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, IO[bytes]] = field(default_factory=dict)
     worker_argv: list[str] = field(default_factory=list)
+    # Each process with its own data directory (sharing only the database, Redis and the store).
+    separate_dirs: bool = False
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         """Start (or restart) one named process, appending to <data_dir>/<name>.log."""
@@ -68,8 +70,20 @@ class Service:
             start_new_session=True,  # its own group, so a test can kill a worker with its pool
         )
 
-    def start_worker(self) -> None:
-        self.start("worker", self.worker_argv)
+    def start_worker(self, data_dir: Path | None = None) -> None:
+        """Start (or restart) the worker; `data_dir`: its own, as on another machine."""
+        env = (
+            self.env_for("worker")
+            if data_dir is None
+            else self.env | {"TUNESERVE_DATA_DIR": str(data_dir)}
+        )
+        self.start("worker", self.worker_argv, env)
+
+    def env_for(self, name: str) -> dict[str, str]:
+        """A process's environment: with separate data directories, its own under data_dir."""
+        if not self.separate_dirs:
+            return self.env
+        return self.env | {"TUNESERVE_DATA_DIR": str(self.data_dir / f"{name}-disk")}
 
     def worker_children(self) -> list[int]:
         """PIDs of the worker's pool processes."""
@@ -136,8 +150,11 @@ def running_service(
     extra_env: dict[str, str] | None = None,
     celery_app: str = "worker.celery_app",
     persistent_redis: bool = True,
+    separate_dirs: bool = False,
 ) -> Iterator[Service]:
-    """Start Redis, one worker process, the relay and the API; yield a keyed HTTP client."""
+    """Start Redis, one worker process, the relay and the API; yield a keyed HTTP client.
+    `separate_dirs`: each process gets its own data directory, as on machines of their own
+    (with a database server and an object store given in `database_url` and `extra_env`)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     redis = EmbeddedRedis(data_dir, persistent=persistent_redis)
     redis.start()
@@ -171,11 +188,15 @@ def running_service(
         "--concurrency", "1", "--queues", TRAINING_QUEUE, "--loglevel", "info",
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip
-    service = Service(client, redis.url, data_dir, env, admin_key, redis, worker_argv=worker_argv)
+    service = Service(
+        client, redis.url, data_dir, env, admin_key, redis,
+        worker_argv=worker_argv, separate_dirs=separate_dirs,
+    )  # fmt: skip
     try:
-        service.start("api", [*CLI, "api", "--port", str(port)], env | {"OMP_NUM_THREADS": "1"})
+        api_env = service.env_for("api") | {"OMP_NUM_THREADS": "1"}
+        service.start("api", [*CLI, "api", "--port", str(port)], api_env)
         service.start_worker()
-        service.start("relay", [*CLI, "relay"])
+        service.start("relay", [*CLI, "relay"], service.env_for("relay"))
         deadline = time.monotonic() + 90
         while True:
             try:

@@ -1,7 +1,8 @@
 """Upload real SST-2 rows, fine-tune all-MiniLM-L6-v2 through Redis and a real Celery worker
 process, and check that /predict clearly beats chance on held-out rows.
 
-Runs on SQLite (full fine-tuning and LoRA) and on a real PostgreSQL (LoRA).
+Runs on SQLite (full fine-tuning and LoRA); LoRA on a real PostgreSQL with an S3-compatible store
+is in test_workers_anywhere.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from app.core.queue import CeleryJobQueue
 from tests.conftest import shared_data
 from tests.e2e.conftest import needs_weights
-from tests.e2e.service import CLI, Service, running_service, wait_for_job
+from tests.e2e.service import CLI, Service, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -209,11 +210,3 @@ def cancel_running_job(svc: Service, client: httpx.Client, done: dict) -> None: 
     assert job["progress"]["step"] < job["progress"]["total"]
     assert len(client.get("/v1/models").json()["data"]) == models_before
     assert not list((svc.data_dir / "models").glob("*" + job_id[4:] + "*"))
-
-
-@pytest.mark.postgres
-def test_postgres_lora(tmp_path: Path, postgres_url: str) -> None:
-    data_dir = tmp_path / "data"
-    with running_service(data_dir, database_url=postgres_url) as svc:
-        lora = {"type": "lora", "r": 16}
-        train_and_check(svc.client, data_dir, lora, min_acc=0.65, rows=LORA_ROWS)
