@@ -4,8 +4,11 @@ the client commands (datasets, jobs, models, predict) that talk to a running ser
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -83,17 +86,25 @@ def api(
     )
 
 
-def worker_argv(concurrency: int, log_level: str = "info") -> list[str]:
-    """The Celery worker command line: prefork pool, the training queue only."""
-    from app.core.queue import TRAINING_QUEUE
+def default_worker_queues() -> str:
+    """The training queue, and the gpu queue on a machine with an NVIDIA GPU (found without
+    touching CUDA: the worker's parent process never does)."""
+    from app.core.queue import GPU_QUEUE, TRAINING_QUEUE
 
+    has_gpu = Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi")
+    return f"{TRAINING_QUEUE},{GPU_QUEUE}" if has_gpu else TRAINING_QUEUE
+
+
+def worker_argv(concurrency: int, log_level: str = "info", queues: str | None = None) -> list[str]:
+    """The Celery worker command line: prefork pool, the named queues (default: see
+    default_worker_queues)."""
     return [
         sys.executable, "-m", "celery",
         "--app", CELERY_APP,
         "worker",
         "--pool", "prefork",
         "--concurrency", str(concurrency),
-        "--queues", TRAINING_QUEUE,
+        "--queues", queues or default_worker_queues(),
         "--loglevel", log_level,
         # One worker per broker here; jobs are cancelled through the database, not revokes.
         "--without-gossip", "--without-mingle",
@@ -123,12 +134,26 @@ def relay(log_level: LogLevelOpt = "info", data_dir: DataDirOpt = None) -> None:
 
 @cli.command()
 def worker(
-    concurrency: ConcurrencyOpt = 1, log_level: LogLevelOpt = "info", data_dir: DataDirOpt = None
+    concurrency: ConcurrencyOpt = 1,
+    log_level: LogLevelOpt = "info",
+    data_dir: DataDirOpt = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TUNESERVE_WORKER_QUEUES",
+            help="Comma-separated queues to take jobs from (a job names one in "
+            '"resources": {"queue": ...}). Default: training, plus gpu where an NVIDIA GPU is.',
+        ),
+    ] = None,
 ) -> None:
     """Run the Celery training worker (replaces this process, so signals reach Celery directly)."""
     require_database(cli_settings(data_dir), server_may_be_down=True)
     export_data_dir(data_dir)  # Celery's worker reads its settings from the environment
-    argv = worker_argv(concurrency, log_level)
+    from app.job.schemas import QUEUE_NAME
+
+    if queues is not None and not all(re.fullmatch(QUEUE_NAME, q) for q in queues.split(",")):
+        raise typer.BadParameter(f"--queues {queues!r}: comma-separated names like gpu,training")
+    argv = worker_argv(concurrency, log_level, queues)
     os.execv(argv[0], argv)
 
 

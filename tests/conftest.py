@@ -27,11 +27,15 @@ class RecordingQueue:
 
     def __init__(self) -> None:
         self.enqueued: list[str] = []
+        self.queues: dict[str, str] = {}
 
-    def enqueue(self, job_id: str) -> None:
+    def enqueue(self, job_id: str, queue: str = "training") -> None:
         self.enqueued.append(job_id)
+        self.queues[job_id] = queue
 
-    def held_job_ids(self, *, delivered_within: float) -> set[str] | None:
+    def held_job_ids(
+        self, *, delivered_within: float, queues: tuple[str, ...] = ("training",)
+    ) -> set[str] | None:
         return set(self.enqueued)
 
 

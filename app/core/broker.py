@@ -40,14 +40,17 @@ def job_id_of(raw: bytes | str) -> str | None:
         return None
 
 
-def held_job_ids(redis_url: str, *, delivered_within: float) -> set[str] | None:
-    """Job ids with a waiting message, or one delivered less than `delivered_within` s ago."""
+def held_job_ids(
+    redis_url: str, *, delivered_within: float, queues: tuple[str, ...] = (TRAINING_QUEUE,)
+) -> set[str] | None:
+    """Job ids with a message waiting in `queues`, or one delivered less than
+    `delivered_within` s ago (from any queue)."""
     import redis
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         held: set[str] = set()
-        for key in queue_keys():
+        for key in (k for queue in queues for k in queue_keys(queue)):
             for raw in client.lrange(key, 0, -1):
                 if (job := job_id_of(raw)) is not None:
                     held.add(job)

@@ -5,15 +5,20 @@ from __future__ import annotations
 from typing import Protocol
 
 RUN_JOB_TASK = "tuneserve.run_job"
+# Jobs any worker can run go to the training queue; jobs that need a CUDA GPU (mixed precision)
+# to the gpu queue, which workers serve when they see one (`tuneserve worker --queues`).
 TRAINING_QUEUE = "training"
+GPU_QUEUE = "gpu"
 
 
 class JobQueue(Protocol):
-    def enqueue(self, job_id: str) -> None: ...
+    def enqueue(self, job_id: str, queue: str = TRAINING_QUEUE) -> None: ...
 
-    def held_job_ids(self, *, delivered_within: float) -> set[str] | None:
-        """Job ids the broker holds a message for (waiting, or delivered within the last
-        `delivered_within` seconds and not yet acknowledged); None when it cannot tell."""
+    def held_job_ids(
+        self, *, delivered_within: float, queues: tuple[str, ...] = (TRAINING_QUEUE,)
+    ) -> set[str] | None:
+        """Job ids the broker holds a message for in `queues` (waiting, or delivered within the
+        last `delivered_within` seconds and not yet acknowledged); None when it cannot tell."""
         ...
 
 
@@ -46,10 +51,12 @@ class CeleryJobQueue:
 
         self._redis_url = redis_url
 
-    def enqueue(self, job_id: str) -> None:
-        self._celery.send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)
+    def enqueue(self, job_id: str, queue: str = TRAINING_QUEUE) -> None:
+        self._celery.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
 
-    def held_job_ids(self, *, delivered_within: float) -> set[str] | None:
+    def held_job_ids(
+        self, *, delivered_within: float, queues: tuple[str, ...] = (TRAINING_QUEUE,)
+    ) -> set[str] | None:
         from app.core.broker import held_job_ids
 
-        return held_job_ids(self._redis_url, delivered_within=delivered_within)
+        return held_job_ids(self._redis_url, delivered_within=delivered_within, queues=queues)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.core.queue import JobQueue
+from app.core.queue import TRAINING_QUEUE, JobQueue
 from app.db.models import Job, JobMessage, JobStatus, utcnow
 
 log = logging.getLogger("tuneserve.relay")
 MAX_ERROR_CHARS = 500
+
+
+def job_queue(spec: dict[str, Any] | None) -> str:
+    """The queue a job's messages go to, as its stored spec says (older jobs: training)."""
+    resources = (spec or {}).get("resources") or {}
+    return str(resources.get("queue") or TRAINING_QUEUE)
 
 
 def publish_pending(
@@ -24,7 +31,7 @@ def publish_pending(
     Publishing twice is harmless: the worker's claim on the job row decides who runs it.
     """
     stmt = (
-        select(JobMessage.id, JobMessage.job_id, Job.status)
+        select(JobMessage.id, JobMessage.job_id, Job.status, Job.spec)
         .join(Job, Job.id == JobMessage.job_id)
         .where(JobMessage.sent_at.is_(None))
         .order_by(JobMessage.id)
@@ -33,10 +40,10 @@ def publish_pending(
     if job_id is not None:
         stmt = stmt.where(JobMessage.job_id == job_id)
     sent = 0
-    for message_id, message_job, status in session.execute(stmt).all():
+    for message_id, message_job, status, spec in session.execute(stmt).all():
         if status == JobStatus.QUEUED:
             try:
-                queue.enqueue(message_job)
+                queue.enqueue(message_job, job_queue(spec))
             except Exception as exc:  # broker unreachable: keep the message for the next round
                 log.warning("could not publish job %s: %s", message_job, exc)
                 session.execute(

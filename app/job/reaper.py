@@ -18,6 +18,7 @@ from app.core.config import Settings
 from app.core.queue import JobQueue
 from app.db.models import EventType, Job, JobEvent, JobMessage, JobStatus, utcnow
 from app.db.session import rows_changed
+from app.job.outbox import job_queue
 
 log = logging.getLogger("tuneserve.reaper")
 
@@ -112,20 +113,20 @@ def _republish_lost(
         .subquery()
     )
     unsent = select(JobMessage.job_id).where(JobMessage.sent_at.is_(None))
-    candidates = list(
-        session.scalars(
-            select(Job.id)
-            .join(last_sent, last_sent.c.job_id == Job.id)
-            .where(
-                Job.status == JobStatus.QUEUED,
-                last_sent.c.sent < now - grace,
-                Job.id.not_in(unsent),
-            )
+    rows = session.execute(
+        select(Job.id, Job.spec)
+        .join(last_sent, last_sent.c.job_id == Job.id)
+        .where(
+            Job.status == JobStatus.QUEUED,
+            last_sent.c.sent < now - grace,
+            Job.id.not_in(unsent),
         )
-    )
+    ).tuples()
+    candidates: dict[str, dict[str, Any] | None] = {job_id: spec for job_id, spec in rows}
     if not candidates:
         return
-    held = queue.held_job_ids(delivered_within=settings.heartbeat_timeout_seconds)
+    queues = tuple(sorted({job_queue(spec) for spec in candidates.values()}))
+    held = queue.held_job_ids(delivered_within=settings.heartbeat_timeout_seconds, queues=queues)
     if held is None:  # the broker cannot be read now; try again next round
         return
     for job_id in candidates:

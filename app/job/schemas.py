@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from app.core.queue import TRAINING_QUEUE
 from app.core.schemas import ParameterCounts
 from app.db.models import Job
 from app.ml.quality import BASELINE_DESCRIPTION, QUALITY_DESCRIPTION, Quality
@@ -363,6 +364,25 @@ class ResolvedHyperparameters(Hyperparameters):
     mixed_precision: Literal["no", "bf16", "fp16"]
 
 
+QUEUE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,39}$"
+
+
+class Resources(_Strict):
+    """Where and how a job runs."""
+
+    queue: str | None = Field(
+        default=None,
+        pattern=QUEUE_NAME,
+        description="The worker queue to run on (workers serve named queues: `tuneserve worker "
+        '--queues gpu,training`). Default: "gpu" for a job that needs a CUDA GPU (mixed '
+        'precision bf16 or fp16), "training" otherwise.',
+    )
+
+
+class ResolvedResources(BaseModel):
+    queue: str = TRAINING_QUEUE
+
+
 class JobCreate(_Strict):
     """Body of POST /v1/jobs."""
 
@@ -387,6 +407,7 @@ class JobCreate(_Strict):
         description="Options of the task itself (see the task's documentation); defaults filled.",
     )
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    resources: Resources = Field(default_factory=Resources)
 
 
 WARNINGS_DESCRIPTION = (
@@ -407,6 +428,7 @@ class JobSpec(BaseModel):
     hyperparameters: Hyperparameters
     task_options: dict[str, Any] = Field(default_factory=dict)
     seed: int
+    resources: ResolvedResources = Field(default_factory=ResolvedResources)
     # Found at submission and kept with the spec, so that every read of the job shows them.
     warnings: list[str] = Field(default_factory=list, description=WARNINGS_DESCRIPTION)
 
@@ -476,6 +498,9 @@ class JobRead(BaseModel):
     )
     task_options: dict[str, Any]
     seed: int
+    resources: dict[str, Any] = Field(
+        default_factory=dict, description="Where the job runs: its worker queue."
+    )
     warnings: list[str] = Field(default_factory=list, description=JOB_WARNINGS_DESCRIPTION)
     parameters: ParameterCounts | None = Field(
         default=None, description="Weights of the model as trained; known once training starts."
@@ -513,6 +538,7 @@ class JobRead(BaseModel):
             hyperparameters=job.resolved_hyperparameters or spec.get("hyperparameters", {}),
             task_options=spec.get("task_options", {}),
             seed=spec.get("seed", 0),
+            resources=spec.get("resources") or {"queue": TRAINING_QUEUE},
             warnings=[*(spec.get("warnings") or []), *(job.training_warnings or [])],
             parameters=ParameterCounts.model_validate(job.parameters) if job.parameters else None,
             status=job.status,

@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.core.idempotency import IdempotentRequest
 from app.core.pagination import MAX_LIMIT, page_newest_first
-from app.core.queue import JobQueue
+from app.core.queue import GPU_QUEUE, TRAINING_QUEUE, JobQueue
 from app.core.store import get_store
 from app.core.validation import plain_errors
 from app.db.models import (
@@ -48,6 +48,7 @@ from app.job.schemas import (
     JobSpec,
     LoraMethod,
     QuantizeMethod,
+    ResolvedResources,
 )
 from app.ml.tasks import DatasetSummary, TaskSpec, get_task
 from app.registry.lineage import check_parent_labels, resolve_job_base
@@ -99,11 +100,14 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
             field=problems[0].field,
             errors=[p.as_dict() for p in problems],
         ) from None
+    # A job that needs a CUDA GPU (the submit-time device check passed it) goes where GPUs are.
+    default_queue = GPU_QUEUE if hp.mixed_precision in ("bf16", "fp16") else TRAINING_QUEUE
     return JobSpec(
         method=method,
         hyperparameters=hp,
         task_options=options.model_dump(mode="json"),
         seed=spec.seed,
+        resources=ResolvedResources(queue=spec.resources.queue or default_queue),
     )
 
 

@@ -151,6 +151,7 @@ def running_service(
     celery_app: str = "worker.celery_app",
     persistent_redis: bool = True,
     separate_dirs: bool = False,
+    worker_queues: str | None = None,
 ) -> Iterator[Service]:
     """Start Redis, one worker process, the relay and the API; yield a keyed HTTP client.
     `separate_dirs`: each process gets its own data directory, as on machines of their own
@@ -185,7 +186,7 @@ def running_service(
 
     worker_argv = [
         sys.executable, "-m", "celery", "--app", celery_app, "worker", "--pool", "prefork",
-        "--concurrency", "1", "--queues", TRAINING_QUEUE, "--loglevel", "info",
+        "--concurrency", "1", "--queues", worker_queues or TRAINING_QUEUE, "--loglevel", "info",
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip
     service = Service(

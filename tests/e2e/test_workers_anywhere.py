@@ -47,7 +47,11 @@ def stack(
     with s3_server(tmp / "moto") as s3:
         env = RECOVERY | s3.env | {"TUNESERVE_STORAGE_URL": s3.url("prod")}
         with running_service(
-            tmp / "data", database_url=postgres_url, extra_env=env, separate_dirs=True
+            tmp / "data",
+            database_url=postgres_url,
+            extra_env=env,
+            separate_dirs=True,
+            worker_queues="training,cpu-pool",
         ) as service:
             yield service, s3
 
@@ -74,10 +78,14 @@ def test_a_worker_with_an_empty_disk_resumes_from_the_store(
         "train_dataset": train["id"],
         "validation_dataset": dev["id"],
         "hyperparameters": {"epochs": 2, "max_length": 64, "checkpoint_every": 6},
+        "resources": {"queue": "cpu-pool"},
     }
+    # Routed: a job for a queue no worker serves waits; this one goes to the cpu-pool queue.
+    unserved = client.post("/v1/jobs", json=spec | {"resources": {"queue": "nobody"}}).json()
     resp = client.post("/v1/jobs", json=spec)
     assert resp.status_code == 201, resp.text
     job_id = resp.json()["id"]
+    assert resp.json()["resources"] == {"queue": "cpu-pool"}
 
     # A checkpoint in the store, listed by the API from there; then the worker machine dies.
     wait_for(client, job_id, ("running",), 300, service.data_dir, min_step=8)
@@ -86,6 +94,7 @@ def test_a_worker_with_an_empty_disk_resumes_from_the_store(
     assert any(k.startswith(f"jobs/{job_id}/checkpoints/") for k in store_keys(s3, "jobs/"))
     service.kill_worker(signal.SIGKILL)
     empty = tmp_path / "new-machine"
+    service.worker_argv[service.worker_argv.index("training,cpu-pool")] = "cpu-pool"
     service.start_worker(data_dir=empty)
 
     job = wait_for_job(client, job_id, timeout=400, data_dir=service.data_dir)
@@ -95,6 +104,9 @@ def test_a_worker_with_an_empty_disk_resumes_from_the_store(
     assert resumed and "checkpoint-" in resumed[0], [e["message"] for e in events][-20:]
     mine = [m for m in client.get("/v1/models").json()["data"] if m["job_id"] == job_id]
     assert [m["id"] for m in mine] == [job["model_id"]]  # exactly one model
+    waiting = client.get(f"/v1/jobs/{unserved['id']}").json()
+    assert (waiting["status"], waiting["attempt"]) == ("queued", 0), waiting
+    assert client.post(f"/v1/jobs/{unserved['id']}/cancel").status_code == 200
     # Its files are in the store; the job's checkpoints are gone with the job.
     model_keys = store_keys(s3, f"models/{job['model_id']}/")
     assert f"models/{job['model_id']}/.tuneserve-tree.json" in model_keys
@@ -154,6 +166,7 @@ def test_while_the_store_is_down_uploads_say_503_and_jobs_fail_cleanly(
             "method": {"type": "lora"},
             "train_dataset": dataset["id"],
             "hyperparameters": {"epochs": 1, "max_length": 32},
+            "resources": {"queue": "cpu-pool"},  # the one the worker now serves
         }
         job_id = client.post("/v1/jobs", json=spec).json()["id"]
         job = wait_for_job(client, job_id, timeout=120, data_dir=service.data_dir)

@@ -160,7 +160,7 @@ def test_queue_down_keeps_the_job_and_the_relay_publishes_it_later(app, client, 
     from app.db.models import JobMessage
     from app.job.outbox import publish_pending
 
-    def broken(job_id: str) -> None:
+    def broken(job_id: str, queue_name: str = "training") -> None:
         raise ConnectionError("redis refused")
 
     working = queue.enqueue
@@ -350,6 +350,8 @@ def test_mixed_precision_needs_a_gpu_worker(client, settings, monkeypatch, train
     resp = submit_precision()
     assert resp.status_code == 201, resp.text
     assert resp.json()["hyperparameters"]["mixed_precision"] == precision
+    # It needs a GPU: it goes to the gpu queue, unless it names another.
+    assert resp.json()["resources"] == {"queue": "gpu"}
     settings.worker_device = "cpu"
     for fine in ("no", "auto"):
         hp = {"mixed_precision": fine}
@@ -462,3 +464,17 @@ def test_mergeable_adapters_take_merge_adapter(client, train_id, method_type):  
     merged = submit(client, train_dataset=train_id, method=method)
     assert merged.status_code == 201, merged.text
     assert merged.json()["method"]["merge_adapter"] is True
+
+
+def test_jobs_go_to_the_queue_they_name(client, queue, train_id):  # type: ignore[no-untyped-def]
+    plain = submit(client, train_dataset=train_id).json()
+    assert plain["resources"] == {"queue": "training"}
+    named = submit(client, train_dataset=train_id, resources={"queue": "big-gpus"}).json()
+    assert named["resources"] == {"queue": "big-gpus"}
+    assert queue.queues == {plain["id"]: "training", named["id"]: "big-gpus"}
+    for bad in ("", "GPU", "a b", "x" * 41, "../q"):
+        resp = submit(client, train_dataset=train_id, resources={"queue": bad})
+        assert resp.status_code == 422, bad
+        assert "resources.queue" in resp.json()["error"]["message"]
+    resp = submit(client, train_dataset=train_id, resources={"gpus": 2})
+    assert resp.status_code == 422 and "resources.gpus" in resp.json()["error"]["message"]

@@ -109,7 +109,9 @@ def test_broker_that_cannot_be_read_republishes_nothing(
     train_settings, db: Session, add_job: Callable[..., str]
 ) -> None:
     class Blind(RecordingQueue):
-        def held_job_ids(self, *, delivered_within: float) -> set[str] | None:
+        def held_job_ids(
+            self, *, delivered_within: float, queues: tuple[str, ...] = ()
+        ) -> set[str] | None:
             return None
 
     queue = Blind()
@@ -144,4 +146,8 @@ def test_broker_messages_are_read_back(tmp_path) -> None:  # type: ignore[no-unt
         queue.enqueue("job_a")
         queue.enqueue("job_b")
         assert queue.held_job_ids(delivered_within=60) == {"job_a", "job_b"}
+        queue.enqueue("job_c", "gpu")  # another queue: read only when asked for
+        assert queue.held_job_ids(delivered_within=60) == {"job_a", "job_b"}
+        both = ("training", "gpu")
+        assert queue.held_job_ids(delivered_within=60, queues=both) == {"job_a", "job_b", "job_c"}
     assert CeleryJobQueue(redis.url).held_job_ids(delivered_within=60) is None  # server gone
