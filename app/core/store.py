@@ -137,19 +137,15 @@ class LocalStore:
         if src.resolve() == final:
             return size
         try:
-            if keep:
+            if not keep and os.stat(src).st_dev == os.stat(self.root).st_dev:
+                atomic_move_dir(src, final)  # one rename
+            else:  # a copy beside the key, then the rename
                 staged = final.parent / f".tmp-{final.name}-{time.time_ns()}"
                 final.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(src, staged)
                 atomic_move_dir(staged, final)
-            elif os.stat(src).st_dev == os.stat(self.root).st_dev:
-                atomic_move_dir(src, final)
-            else:
-                staged = final.parent / f".tmp-{final.name}-{time.time_ns()}"
-                final.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(src, staged)
-                atomic_move_dir(staged, final)
-                remove_tree(src)
+                if not keep:
+                    remove_tree(src)
         except OSError as exc:
             raise StoreUnavailable(f"cannot write {key} to the store: {exc}", key=key) from exc
         return size

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -14,7 +13,7 @@ from typing import Any
 
 from app.core.config import Settings
 from app.core.storage import remove_tree
-from app.core.store import get_store
+from app.core.store import get_store, sha256_file
 from app.ml.loading import METADATA_FILE
 
 log = logging.getLogger("tuneserve.artifacts")
@@ -28,14 +27,6 @@ class WrittenModel:
     storage_path: str
     size_bytes: int
     files: dict[str, str]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:
