@@ -17,7 +17,14 @@ from app.db.models import JobStatus, Model, new_id
 from app.db.session import make_engine, make_sessionmaker, session_scope
 from app.job.checkpoints import drop_job_files
 from worker.training.artifacts import WrittenModel, discard
-from worker.training.state import UNREACHABLE, AttemptFence, FenceLost, JobCancelled, claim_job
+from worker.training.state import (
+    UNREACHABLE,
+    AttemptFence,
+    AttemptLost,
+    FenceLost,
+    JobCancelled,
+    claim_job,
+)
 
 log = logging.getLogger("tuneserve.worker")
 MAX_ERROR_CHARS = 4000
@@ -121,6 +128,11 @@ def produce_model(
         from worker.training.quantize import quantize_job
 
         return quantize_job(settings, fence, model_id=model_id)
+    processes = int((spec.get("resources") or {}).get("processes") or 1)
+    if processes > 1:
+        from worker.training.launch import train_processes
+
+        return train_processes(settings, fence, model_id=model_id, processes=processes)
     from worker.training.runner import train_job
 
     return train_job(settings, fence, model_id=model_id)
@@ -143,6 +155,13 @@ def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:
     except FenceLost as exc:
         log.warning("job %s: %s; abandoning this attempt", fence.job_id, exc)
         return None
+    except AttemptLost as exc:
+        log.warning("job %s: %s", fence.job_id, exc)
+        status = fence.retry(
+            str(exc), max_attempts=settings.max_attempts, code="training_process_lost"
+        )
+        ended = status is JobStatus.FAILED
+        return status
     except Exception as exc:
         log.exception("job %s failed", fence.job_id)
         code, message = error_code(exc), error_message(exc)

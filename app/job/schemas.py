@@ -365,6 +365,8 @@ class ResolvedHyperparameters(Hyperparameters):
 
 
 QUEUE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,39}$"
+# Data-parallel processes a job may ask for (one machine: at most its GPUs or cores).
+MAX_PROCESSES = 16
 
 
 class Resources(_Strict):
@@ -377,10 +379,20 @@ class Resources(_Strict):
         '--queues gpu,training`). Default: "gpu" for a job that needs a CUDA GPU (mixed '
         'precision bf16 or fp16), "training" otherwise.',
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="Data-parallel training processes on one worker machine (torchrun, DDP: gloo "
+        "on CPU, NCCL with one GPU per process). Each trains on its own shard of every epoch with "
+        "hyperparameters.batch_size rows a step, so a step trains processes x batch_size rows "
+        "(the job's resolved effective_batch_size). Training jobs only.",
+    )
 
 
 class ResolvedResources(BaseModel):
     queue: str = TRAINING_QUEUE
+    processes: int = 1
 
 
 class JobCreate(_Strict):
@@ -408,6 +420,15 @@ class JobCreate(_Strict):
     )
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
     resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="after")
+    def _processes_train(self) -> JobCreate:
+        if self.resources.processes > 1 and self.method.type == "quantize":
+            raise ValueError(
+                f"resources.processes: {self.resources.processes} processes train one job; a "
+                "quantize job does not train (leave processes at 1)"
+            )
+        return self
 
 
 WARNINGS_DESCRIPTION = (
@@ -499,7 +520,8 @@ class JobRead(BaseModel):
     task_options: dict[str, Any]
     seed: int
     resources: dict[str, Any] = Field(
-        default_factory=dict, description="Where the job runs: its worker queue."
+        default_factory=dict,
+        description="Where and how the job runs: its worker queue and training processes.",
     )
     warnings: list[str] = Field(default_factory=list, description=JOB_WARNINGS_DESCRIPTION)
     parameters: ParameterCounts | None = Field(
@@ -538,7 +560,7 @@ class JobRead(BaseModel):
             hyperparameters=job.resolved_hyperparameters or spec.get("hyperparameters", {}),
             task_options=spec.get("task_options", {}),
             seed=spec.get("seed", 0),
-            resources=spec.get("resources") or {"queue": TRAINING_QUEUE},
+            resources=ResolvedResources.model_validate(spec.get("resources") or {}).model_dump(),
             warnings=[*(spec.get("warnings") or []), *(job.training_warnings or [])],
             parameters=ParameterCounts.model_validate(job.parameters) if job.parameters else None,
             status=job.status,

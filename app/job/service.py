@@ -107,7 +107,9 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
         hyperparameters=hp,
         task_options=options.model_dump(mode="json"),
         seed=spec.seed,
-        resources=ResolvedResources(queue=spec.resources.queue or default_queue),
+        resources=ResolvedResources(
+            queue=spec.resources.queue or default_queue, processes=spec.resources.processes
+        ),
     )
 
 

@@ -96,6 +96,7 @@ def train_and_check(
     *,
     rows: int = TRAIN_ROWS,
     cli_dir: Path | None = None,
+    **extra: object,
 ) -> dict:  # type: ignore[type-arg]
     """Train, then check the job, the model and /predict. With `cli_dir`, the files are uploaded
     and the job submitted and followed with the `tuneserve` client commands instead."""
@@ -106,6 +107,7 @@ def train_and_check(
         "base_model": BASE,
         "method": method,
         "hyperparameters": {"epochs": 2, "max_length": 64},
+        **extra,
     }
     if cli_dir is not None:
         (cli_dir / "train.tsv").write_bytes(train_bytes)
@@ -157,7 +159,25 @@ def test_sqlite_full_and_lora(
     job = train_and_check(e2e_client, data_dir, {"type": "full"}, min_acc=0.72)
     # The LoRA run goes through the client commands, as a user at a terminal would run it.
     lora = {"type": "lora", "r": 16}
-    train_and_check(e2e_client, data_dir, lora, min_acc=0.65, rows=LORA_ROWS, cli_dir=tmp_path)
+    one = train_and_check(
+        e2e_client, data_dir, lora, min_acc=0.65, rows=LORA_ROWS, cli_dir=tmp_path
+    )
+    # The same rows on two data-parallel processes, each with half the batch.
+    hp = one["hyperparameters"]
+    two = train_and_check(
+        e2e_client,
+        data_dir,
+        lora,
+        min_acc=0.65,
+        rows=LORA_ROWS,
+        hyperparameters={"epochs": 2, "max_length": 64, "batch_size": hp["batch_size"] // 2},
+        resources={"processes": 2},
+    )
+    assert two["hyperparameters"]["processes"] == 2
+    assert two["hyperparameters"]["effective_batch_size"] == hp["batch_size"]
+    assert two["progress"]["total"] == one["progress"]["total"]
+    # Within noise: 10 of the 200 held-out rows (seeds of one process move it 2-3 points).
+    assert abs(two["metrics"]["accuracy"] - one["metrics"]["accuracy"]) <= 0.05, (one, two)
     duplicate_delivery_does_nothing(e2e_service, e2e_client, job)
     cancel_running_job(e2e_service, e2e_client, job)
 

@@ -2,9 +2,10 @@
 
 The API, the relay and the worker each run with a data directory of their own, as on separate
 machines; datasets, models and checkpoints live in a real S3-compatible server (moto's server
-mode). Real SST-2 rows train a LoRA adapter on all-MiniLM-L6-v2; the worker is killed after a
-checkpoint reached the store, and a worker with an empty disk resumes the job from it and
-registers one model, which the API (which never saw the worker's disk) serves. Then the store
+mode). Real SST-2 rows train a LoRA adapter on all-MiniLM-L6-v2 with two data-parallel
+processes; the worker is killed after a checkpoint reached the store (its training processes go
+with it), and a worker with an empty disk resumes the job from it and registers one model, which
+the API (which never saw the worker's disk) serves. Then the store
 goes down: an upload gets 503 and leaves nothing, and a job ends failed with storage_unavailable.
 """
 
@@ -22,6 +23,7 @@ from tests.e2e.conftest import needs_weights
 from tests.e2e.service import Service, running_service, wait_for, wait_for_job
 from tests.e2e.test_classification_e2e import HELD_OUT, LORA_ROWS, sst2_slice, upload
 from tests.s3server import S3Server, s3_server
+from tests.worker.test_distributed import alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -78,27 +80,38 @@ def test_a_worker_with_an_empty_disk_resumes_from_the_store(
         "train_dataset": train["id"],
         "validation_dataset": dev["id"],
         "hyperparameters": {"epochs": 2, "max_length": 64, "checkpoint_every": 6},
-        "resources": {"queue": "cpu-pool"},
+        "resources": {"queue": "cpu-pool", "processes": 2},
     }
     # Routed: a job for a queue no worker serves waits; this one goes to the cpu-pool queue.
     unserved = client.post("/v1/jobs", json=spec | {"resources": {"queue": "nobody"}}).json()
     resp = client.post("/v1/jobs", json=spec)
     assert resp.status_code == 201, resp.text
     job_id = resp.json()["id"]
-    assert resp.json()["resources"] == {"queue": "cpu-pool"}
+    assert resp.json()["resources"] == {"queue": "cpu-pool", "processes": 2}
 
     # A checkpoint in the store, listed by the API from there; then the worker machine dies.
     wait_for(client, job_id, ("running",), 300, service.data_dir, min_step=8)
     listed = client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
     assert listed and listed[-1]["step"] % 6 == 0, listed
     assert any(k.startswith(f"jobs/{job_id}/checkpoints/") for k in store_keys(s3, "jobs/"))
+    events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+    (pids,) = [e["data"]["pids"] for e in events if "pids" in (e.get("data") or {})]
     service.kill_worker(signal.SIGKILL)
+    # torchrun and its ranks do not outlive the worker that launched them.
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in pids), pids
     empty = tmp_path / "new-machine"
     service.worker_argv[service.worker_argv.index("training,cpu-pool")] = "cpu-pool"
     service.start_worker(data_dir=empty)
 
     job = wait_for_job(client, job_id, timeout=400, data_dir=service.data_dir)
     assert job["status"] == "succeeded" and job["attempt"] == 2, job
+    assert job["hyperparameters"]["processes"] == 2
+    assert (
+        job["hyperparameters"]["effective_batch_size"] == 2 * job["hyperparameters"]["batch_size"]
+    )
     events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
     resumed = [e["message"] for e in events if e["message"].startswith("resuming from")]
     assert resumed and "checkpoint-" in resumed[0], [e["message"] for e in events][-20:]

@@ -351,7 +351,7 @@ def test_mixed_precision_needs_a_gpu_worker(client, settings, monkeypatch, train
     assert resp.status_code == 201, resp.text
     assert resp.json()["hyperparameters"]["mixed_precision"] == precision
     # It needs a GPU: it goes to the gpu queue, unless it names another.
-    assert resp.json()["resources"] == {"queue": "gpu"}
+    assert resp.json()["resources"] == {"queue": "gpu", "processes": 1}
     settings.worker_device = "cpu"
     for fine in ("no", "auto"):
         hp = {"mixed_precision": fine}
@@ -468,9 +468,9 @@ def test_mergeable_adapters_take_merge_adapter(client, train_id, method_type):  
 
 def test_jobs_go_to_the_queue_they_name(client, queue, train_id):  # type: ignore[no-untyped-def]
     plain = submit(client, train_dataset=train_id).json()
-    assert plain["resources"] == {"queue": "training"}
+    assert plain["resources"] == {"queue": "training", "processes": 1}
     named = submit(client, train_dataset=train_id, resources={"queue": "big-gpus"}).json()
-    assert named["resources"] == {"queue": "big-gpus"}
+    assert named["resources"] == {"queue": "big-gpus", "processes": 1}
     assert queue.queues == {plain["id"]: "training", named["id"]: "big-gpus"}
     for bad in ("", "GPU", "a b", "x" * 41, "../q"):
         resp = submit(client, train_dataset=train_id, resources={"queue": bad})
@@ -478,3 +478,21 @@ def test_jobs_go_to_the_queue_they_name(client, queue, train_id):  # type: ignor
         assert "resources.queue" in resp.json()["error"]["message"]
     resp = submit(client, train_dataset=train_id, resources={"gpus": 2})
     assert resp.status_code == 422 and "resources.gpus" in resp.json()["error"]["message"]
+
+
+def test_processes_are_validated(client, train_id):  # type: ignore[no-untyped-def]
+    two = submit(client, train_dataset=train_id, resources={"processes": 2})
+    assert two.status_code == 201, two.text
+    assert two.json()["resources"] == {"queue": "training", "processes": 2}
+    for bad in (0, -1, 17, 2.5, "two"):
+        resp = submit(client, train_dataset=train_id, resources={"processes": bad})
+        assert resp.status_code == 422, bad
+        assert "resources.processes" in resp.json()["error"]["message"], resp.text
+    parent = two.json()["id"]  # any id: the spec is refused before the parent is looked up
+    resp = submit(
+        client,
+        base_model=f"model:{parent}",
+        method={"type": "quantize"},
+        resources={"processes": 2},
+    )
+    assert resp.status_code == 422 and "resources.processes" in resp.json()["error"]["message"]

@@ -189,6 +189,8 @@ class AutoInputs:
     device: torch.device
     # The most tokens the tokenizer and the position embeddings allow.
     length_limit: int
+    # Data-parallel processes training the job (on CPU they share the machine's memory).
+    processes: int = 1
 
 
 def resolve(
@@ -274,8 +276,11 @@ def resolve_for_training(
             max_length=length,
             precision=precision,
             device_type=given.device.type,
-            free_bytes=free_memory_bytes(given.device),
-            train_rows=given.train_rows,
+            # A GPU per process; on CPU the processes share the machine's memory.
+            free_bytes=free_memory_bytes(given.device)
+            // (1 if given.device.type == "cuda" else given.processes),
+            # Each process trains on its shard of the rows.
+            train_rows=given.train_rows // given.processes,
         )
 
     return resolve(hp, given, max_length=max_length, batch_size=batch_size)

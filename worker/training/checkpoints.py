@@ -46,6 +46,8 @@ class CheckpointCallback(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        if not state.is_world_process_zero:
+            return  # rank 0 alone marks, publishes and announces a data-parallel job's checkpoint
         path = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         if not path.is_dir():
             return

@@ -31,7 +31,9 @@ from worker.training.artifacts import WrittenModel, library_versions, write_mode
 from worker.training.checkpoints import CheckpointCallback
 from worker.training.freezing import freeze, set_dropout
 from worker.training.lora import count_parameters
+from worker.training.shards import ShardReport
 from worker.training.state import AttemptFence
+from worker.training.world import World
 
 if TYPE_CHECKING:
     import datasets
@@ -154,10 +156,15 @@ def effective_max_length(
     return min(limits)
 
 
-def _training_args(hp: ResolvedHyperparameters, *, seed: int, output_dir: Path, steps: int) -> Any:
+def _training_args(
+    hp: ResolvedHyperparameters, *, seed: int, output_dir: Path, steps: int, world: World
+) -> Any:
     from transformers import TrainingArguments
 
     device = devices.select_device()
+    distributed: dict[str, Any] = {}
+    if world.size > 1:
+        distributed["ddp_backend"] = "nccl" if device.type == "cuda" else "gloo"
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=hp.epochs,
@@ -199,6 +206,7 @@ def _training_args(hp: ResolvedHyperparameters, *, seed: int, output_dir: Path, 
         fp16=hp.mixed_precision == "fp16",
         # The Trainer smooths only batches with a `labels` key; tasks without one refuse it.
         label_smoothing_factor=hp.label_smoothing,
+        **distributed,
     )
 
 
@@ -218,9 +226,13 @@ def ordered_eval_trainer() -> type[Trainer]:
             super()._save_checkpoint(model, trial)
             # Before on_save, so the checkpoint's manifest lists the file.
             run_dir = Path(self._get_output_dir(trial=trial))
-            adapters.save_checkpoint_state(
-                self.model, run_dir / f"checkpoint-{self.state.global_step}"
-            )
+            if self.args.should_save:
+                adapters.save_checkpoint_state(
+                    self.model, run_dir / f"checkpoint-{self.state.global_step}"
+                )
+            # Every rank has written its part (each its own RNG state) before rank 0 lists the
+            # checkpoint's files and publishes it.
+            self.accelerator.wait_for_everyone()
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             if not adapters.load_checkpoint_state(self.model, Path(resume_from_checkpoint)):
@@ -236,6 +248,7 @@ def _build_trainer(
     fence: AttemptFence,
     *,
     output_dir: Path,
+    world: World,
 ) -> tuple[Trainer, JobProgressCallback, dict[str, Any]]:
     from transformers import PrinterCallback, set_seed
 
@@ -294,6 +307,7 @@ def _build_trainer(
             previous=inputs.job.resolved_hyperparameters,
             device=devices.select_device(),
             length_limit=length_limit,
+            processes=world.size,
         ),
         train=prepared.train,
         seed=spec.seed,
@@ -302,6 +316,8 @@ def _build_trainer(
         encoder=encoder,
         parameters=details["parameters"],
     )
+    # Free memory, read by the batch size rule, differs between ranks: rank 0's values hold.
+    hp = world.broadcast(hp)
     details["max_length"] = hp.max_length
     first_input = tokenizer.model_input_names[0]
     train = training_data.tokenize(
@@ -316,16 +332,20 @@ def _build_trainer(
 
     if hp.dropout is not None:
         set_dropout(model, hp.dropout)
-    steps_per_epoch = math.ceil(train.num_rows / (hp.batch_size * hp.gradient_accumulation_steps))
+    # A step trains batch_size x gradient_accumulation_steps rows on each process.
+    effective_batch = hp.batch_size * hp.gradient_accumulation_steps * world.size
+    steps_per_epoch = math.ceil(train.num_rows / effective_batch)
     steps = hp.max_steps or max(1, math.ceil(steps_per_epoch * hp.epochs))
     if isinstance(spec.method, adapters.PeftMethod):
         adapters.schedule(model, spec.method, total_steps=steps)
         details["adapter"] = adapters.resolved_adapter_config(model)
-    args = _training_args(hp, seed=spec.seed, output_dir=output_dir, steps=steps)
+    args = _training_args(hp, seed=spec.seed, output_dir=output_dir, steps=steps, world=world)
     resolved = {
         **hp.model_dump(mode="json"),
-        "torch_threads": devices.thread_count(settings.training_threads),
+        "torch_threads": torch_threads(settings, world),
         "device": args.device.type,
+        "processes": world.size,
+        "effective_batch_size": effective_batch,
     }
     details["hyperparameters"] = resolved
     details["resolved"] = hp
@@ -337,6 +357,8 @@ def _build_trainer(
             fence, poll_seconds=settings.cancel_poll_seconds, primary_metric=task.primary_metric
         )
     ]
+    if world.size > 1:
+        callbacks.append(ShardReport(fence, world, train_rows=train.num_rows))
     callbacks += stopping.callbacks(hp)
     callbacks += adapters.training_callbacks(model)
     trainer = ordered_eval_trainer()(
@@ -417,12 +439,28 @@ def _metadata(
     }
 
 
+def torch_threads(settings: Settings, world: World) -> int:
+    """Threads each training process computes with: the configured count shared among them."""
+    return max(1, devices.thread_count(settings.training_threads) // world.size)
+
+
 def train_job(
     settings: Settings, fence: AttemptFence, *, model_id: str
 ) -> tuple[Model, WrittenModel]:
-    """Train the claimed job and write models/<model_id>; returns the Model row, not inserted."""
+    """Train the claimed job in this process and write models/<model_id>; returns the Model row,
+    not inserted."""
+    trained = train_rank(settings, fence, model_id=model_id, world=World())
+    assert trained is not None
+    return trained
+
+
+def train_rank(
+    settings: Settings, fence: AttemptFence, *, model_id: str, world: World
+) -> tuple[Model, WrittenModel] | None:
+    """This process's part in training the job: every rank trains on its shard; rank 0 alone
+    writes the model and returns its row (the others None)."""
     quiet_transformers()
-    devices.set_torch_threads(devices.thread_count(settings.training_threads))
+    devices.set_torch_threads(torch_threads(settings, world))
     inputs = read_job_inputs(settings, fence)
     fence.raise_if_cancelled()
     prepared = _prepare_rows(settings, inputs, fence)
@@ -437,11 +475,15 @@ def train_job(
     # Shared by the job's attempts: a later attempt resumes from what an earlier one saved.
     store = get_store(settings)
     saved = checkpoints_dir(settings, inputs.job.id)
-    trainer, callback, details = _build_trainer(settings, inputs, prepared, fence, output_dir=saved)
+    trainer, callback, details = _build_trainer(
+        settings, inputs, prepared, fence, output_dir=saved, world=world
+    )
     trainer.add_callback(
         CheckpointCallback(fence, elapsed=callback.timer.elapsed, store=store, job_id=inputs.job.id)
     )
-    fetch_newest(store, inputs.job.id, saved)
+    if world.is_main:  # the ranks share this machine's disk
+        fetch_newest(store, inputs.job.id, saved)
+    world.barrier()
     resume = latest_complete(saved)
     if resume is not None:
         path, manifest = resume
@@ -452,7 +494,9 @@ def train_job(
             resumed_from_step=manifest["step"],
         )
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
-    metrics = _final_metrics(trainer, callback)
+    metrics = _final_metrics(trainer, callback)  # every rank evaluates its share
+    if not world.is_main:
+        return None
     fence.raise_if_cancelled()
     hp: ResolvedHyperparameters = details["resolved"]
     stopped = stopping.report(trainer, hp, fence)

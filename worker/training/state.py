@@ -54,6 +54,11 @@ class JobCancelled(Exception):
     """The client asked this job to stop."""
 
 
+class AttemptLost(Exception):
+    """The attempt cannot go on for a reason outside the job (a training process died): the job
+    goes back to the queue for another attempt, which resumes from its newest checkpoint."""
+
+
 def claim_job(session: Session, *, job_id: str, worker: str) -> int | None:
     """Take a queued job for this worker; the new attempt number, or None if it was not queued."""
     now = utcnow()
@@ -186,6 +191,17 @@ class AttemptFence:
             return False
         return True
 
+    def retry(self, reason: str, *, max_attempts: int, code: str) -> JobStatus | None:
+        """Re-queue the job for another attempt, or fail it with `code` once this was its last;
+        the status it ends in, or None if the row had moved on."""
+        if self.attempt < max_attempts:
+            return JobStatus.QUEUED if self.requeue(reason) else None
+        message = f"{reason}; all {max_attempts} attempts are used"
+        ended = self.finish(
+            JobStatus.FAILED, f"job failed: {message}", error_code=code, error_message=message
+        )
+        return JobStatus.FAILED if ended else None
+
     def training_started(
         self, *, hyperparameters: dict[str, Any], parameters: dict[str, int]
     ) -> None:
@@ -265,3 +281,35 @@ class AttemptFence:
             raise
         finally:
             session.close()
+
+
+class FollowerFence(AttemptFence):
+    """The fence of a training process other than rank 0: it reads the job but writes nothing
+    (rank 0 alone records events, progress and the model; the launching worker heartbeats)."""
+
+    def job(self) -> Job:
+        with session_scope(self.factory) as session:
+            job = session.get(Job, self.job_id)
+            if job is None or job.attempt != self.attempt or job.status != JobStatus.RUNNING:
+                raise FenceLost(f"job {self.job_id} attempt {self.attempt} is no longer running")
+            return job
+
+    def update(self, **values: Any) -> None:
+        return None
+
+    def log(self, message: str, **data: Any) -> None:
+        return None
+
+    def warning(self, message: str, **data: Any) -> None:
+        return None
+
+    def metrics_batch(self, events: list[tuple[str, dict[str, Any]]], **values: Any) -> bool:
+        return True
+
+    def progress(self, **values: Any) -> bool:
+        return False  # rank 0 and the launching worker watch for cancellation
+
+    def training_started(
+        self, *, hyperparameters: dict[str, Any], parameters: dict[str, int]
+    ) -> None:
+        return None
