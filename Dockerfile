@@ -1,4 +1,4 @@
-# One image for the api, worker and migrate services (see docker-compose.yml).
+# One image for the api, worker, relay and migrate services (see docker-compose.yml).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,8 +11,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # torch first, pinned, from the CPU-only index: an unpinned torch from PyPI is a multi-GB CUDA build.
+# A GPU worker's image takes a CUDA index instead (docker-compose.yml, worker-gpu).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY requirements/ requirements/
-RUN pip install --index-url https://download.pytorch.org/whl/cpu -r requirements/torch.txt
+RUN pip install --index-url "$TORCH_INDEX_URL" -r requirements/torch.txt
 
 # Dependencies change less often than code: install them from the lock (exact versions, sha256
 # hashes: the versions the tests passed with) before copying the code.

@@ -39,7 +39,8 @@ LogLevelOpt = Annotated[str, typer.Option(help="Log level.")]
 
 @cli.command()
 def migrate(data_dir: DataDirOpt = None) -> None:
-    """Create the database or bring it to the latest schema (TUNESERVE_DATABASE_URL, or SQLite)."""
+    """Create the database or bring it to the latest schema (TUNESERVE_DATABASE_URL, or SQLite),
+    and make the object store's bucket where TUNESERVE_STORAGE_URL names one that is missing."""
     from alembic.util.exc import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -57,6 +58,12 @@ def migrate(data_dir: DataDirOpt = None) -> None:
     except CommandError as exc:  # e.g. a database migrated by a newer Tuneserve
         raise fail(f"cannot migrate {display_url(url)}: {exc}") from None
     typer.echo(f"database at head: {display_url(url)}")
+    from app.core.store import StoreUnavailable, get_store
+
+    try:
+        typer.echo(get_store(settings).prepare())
+    except StoreUnavailable as exc:
+        raise fail(exc.message) from None
 
 
 @cli.command()

@@ -216,3 +216,17 @@ def test_tokenizer_lock_quick_run_ends_with_one_line_of_json() -> None:
     assert figures["lock_rps"] > 0 and figures["copies_rps"] > 0
     # Either way, the same answers; a copy of the tokenizer costs megabytes.
     assert figures["same_answers"] is True and figures["tokenizer_copy_bytes"] > 1_000_000
+
+
+def test_ddp_scaling_compares_one_and_two_processes() -> None:
+    done = run(
+        "--rows", "96", "--dev", "32", "--batch", "16",
+        script=REPO_ROOT / "benchmarks" / "ddp_scaling.py",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    one, two = figures["runs"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["effective_batch_size"] == two["effective_batch_size"] == 16
+    assert two["batch_size"] == 8 and one["steps"] == two["steps"]
+    assert set(figures["scaling"]) == {"1", "2"} and figures["scaling"]["1"] == 1.0

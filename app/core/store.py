@@ -69,6 +69,11 @@ class Tree:
 class Store(Protocol):
     url: str
 
+    def prepare(self) -> str:
+        """Make the store ready to hold trees (its folder, or its bucket where missing); what
+        was found or made, in words."""
+        ...
+
     def workdir(self, key: str) -> Path:
         """A local directory in which this process builds the tree it will publish under `key`
         (for a local store, the stored tree itself: publishing it is then free)."""
@@ -127,6 +132,10 @@ class LocalStore:
         if not path.is_relative_to(self.root):
             raise ValueError(f"not a store key: {key!r}")
         return path
+
+    def prepare(self) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return f"store at {self.url}"
 
     def workdir(self, key: str) -> Path:
         return self._path(key)
@@ -253,6 +262,29 @@ class S3Store:
                 log.warning("store: cannot %s (%s); retrying in %.1f s", what, exc, delay)
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, 15.0) * (0.8 + 0.4 * random.random())
+
+    def prepare(self) -> str:
+        def head() -> bool:
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+                return True
+            except Exception as exc:
+                if _missing(exc):
+                    return False
+                raise
+
+        if self._retry("reach its bucket", head):
+            return f"store at {self.url}: bucket {self.bucket} exists"
+        region = self.client.meta.region_name
+        where: dict[str, Any] = (
+            {"CreateBucketConfiguration": {"LocationConstraint": region}}
+            if region and region != "us-east-1"
+            else {}
+        )
+        self._retry(
+            "create its bucket", lambda: self.client.create_bucket(Bucket=self.bucket, **where)
+        )
+        return f"store at {self.url}: created bucket {self.bucket}"
 
     def workdir(self, key: str) -> Path:
         return self.work_root / _safe_key(key)

@@ -177,3 +177,36 @@ def test_the_default_store_is_the_data_directory(tmp_path: Path) -> None:
     assert isinstance(store, LocalStore) and store.root == tmp_path.resolve()
     with pytest.raises(NotInStore):
         store.local("models/none")
+
+
+def test_migrate_makes_the_bucket_the_storage_url_names(s3: S3Server, tmp_path: Path) -> None:
+    from tests.test_cli import _cli
+
+    url = f"s3://fresh-{time.time_ns()}/prod"
+    env = s3.env | {"TUNESERVE_STORAGE_URL": url}
+    first = _cli(tmp_path, "migrate", "--data-dir", str(tmp_path / "data"), **env)
+    assert first.returncode == 0, first.stderr
+    assert f"created bucket {url[5:].split('/')[0]}" in first.stdout
+    again = _cli(tmp_path, "migrate", "--data-dir", str(tmp_path / "data"), **env)
+    assert again.returncode == 0 and "exists" in again.stdout, again.stdout + again.stderr
+    # Usable at once: a tree round trips through the new bucket.
+    cache = FileCache(tmp_path / "cache", max_bytes=10**9, marker=TREE_MANIFEST)
+    store = S3Store(url, cache=cache, work_root=tmp_path / "work", patience_s=5)
+    store.publish(a_tree(tmp_path / "src", {"x": b"1"}), "datasets/ds_1")
+    assert [t.key for t in store.trees("datasets")] == ["datasets/ds_1"]
+
+
+def test_migrate_fails_plainly_when_the_store_stays_down(tmp_path: Path) -> None:
+    from tests.test_cli import _cli
+
+    env = {
+        "TUNESERVE_STORAGE_URL": "s3://nowhere/prod",
+        "TUNESERVE_STORAGE_RETRY_SECONDS": "1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_REGION": "us-east-1",
+    }
+    done = _cli(tmp_path, "migrate", "--data-dir", str(tmp_path / "data"), **env)
+    assert done.returncode != 0
+    assert "cannot reach its bucket" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -3,7 +3,6 @@ claiming worker in this test's process."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import threading
@@ -16,23 +15,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.db.models import EventType, JobEvent, JobStatus, Model
+from tests.predict.conftest import upload_rows
 from tests.tinymodel import sentiment_rows
 from tests.worker.conftest import TINY_MODEL_ID
 from worker.jobs import run_job
 from worker.training.state import JobCancelled
-
-
-def upload(client: TestClient, rows: dict[str, list[str]]) -> str:
-    body = "text,label\n" + "".join(
-        f"{t},{y}\n" for t, y in zip(rows["text"], rows["label"], strict=True)
-    )
-    resp = client.post(
-        "/v1/datasets",
-        data={"task": "classification"},
-        files={"file": ("rows.csv", io.BytesIO(body.encode()), "text/csv")},
-    )
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
 
 
 def submit(client: TestClient, train: str, *, processes: int, **hp: Any) -> str:
@@ -74,7 +61,7 @@ def api(train_settings, client: TestClient) -> TestClient:  # type: ignore[no-un
 
 @pytest.mark.slow  # starts torchrun and its ranks
 def test_two_processes_train_disjoint_shards_and_register_one_model(train_settings, api) -> None:  # type: ignore[no-untyped-def]
-    train = upload(api, sentiment_rows(200))
+    train = upload_rows(api, sentiment_rows(200))
     job_id = submit(api, train, processes=2)
     assert run_job(train_settings, job_id) == JobStatus.SUCCEEDED
 
@@ -146,7 +133,7 @@ def pids_of(found: list[JobEvent]) -> list[int]:
 def test_a_dead_rank_loses_the_attempt_the_next_resumes_and_cancel_stops_every_rank(
     train_settings, api, db
 ) -> None:  # type: ignore[no-untyped-def]
-    train = upload(api, sentiment_rows(200))
+    train = upload_rows(api, sentiment_rows(200))
     job_id = submit(api, train, processes=2, epochs=20, checkpoint_every=10)
     killed: list[int] = []
 

@@ -33,7 +33,7 @@ from worker.training.freezing import freeze, set_dropout
 from worker.training.lora import count_parameters
 from worker.training.shards import ShardReport
 from worker.training.state import AttemptFence
-from worker.training.world import World
+from worker.training.world import SINGLE, World
 
 if TYPE_CHECKING:
     import datasets
@@ -157,7 +157,12 @@ def effective_max_length(
 
 
 def _training_args(
-    hp: ResolvedHyperparameters, *, seed: int, output_dir: Path, steps: int, world: World
+    hp: ResolvedHyperparameters,
+    *,
+    seed: int,
+    output_dir: Path,
+    steps: int,
+    world: World = SINGLE,
 ) -> Any:
     from transformers import TrainingArguments
 
@@ -449,7 +454,7 @@ def train_job(
 ) -> tuple[Model, WrittenModel]:
     """Train the claimed job in this process and write models/<model_id>; returns the Model row,
     not inserted."""
-    trained = train_rank(settings, fence, model_id=model_id, world=World())
+    trained = train_rank(settings, fence, model_id=model_id, world=SINGLE)
     assert trained is not None
     return trained
 

@@ -79,3 +79,7 @@ class World:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+# The world of a job trained in one process.
+SINGLE = World()
