@@ -173,9 +173,18 @@ def test_sqlite_full_and_lora(
         hyperparameters={"epochs": 2, "max_length": 64, "batch_size": hp["batch_size"] // 2},
         resources={"processes": 2},
     )
-    assert two["hyperparameters"]["processes"] == 2
+    assert two["hyperparameters"]["processes"] == 2 and two["resources"]["processes"] == 2
     assert two["hyperparameters"]["effective_batch_size"] == hp["batch_size"]
     assert two["progress"]["total"] == one["progress"]["total"]
+    events = e2e_client.get(f"/v1/jobs/{two['id']}/events", params={"limit": 1000}).json()["data"]
+    (pids,) = [e["data"]["pids"] for e in events if "pids" in (e.get("data") or {})]
+    assert len(set(pids)) == 2
+    # Each process trains on its own half of the rows: together they see every row once, but
+    # the few the sampler repeats to give both a full last step.
+    (shards,) = [e["data"] for e in events if "shard_rows" in (e.get("data") or {})]
+    assert shards["distinct_rows"] == shards["train_rows"] == LORA_ROWS, shards
+    assert shards["shard_rows"][0] == shards["shard_rows"][1]
+    assert shards["repeated_rows"] < hp["batch_size"], shards
     # Within noise: 10 of the 200 held-out rows (seeds of one process move it 2-3 points).
     assert abs(two["metrics"]["accuracy"] - one["metrics"]["accuracy"]) <= 0.05, (one, two)
     duplicate_delivery_does_nothing(e2e_service, e2e_client, job)

@@ -11,8 +11,10 @@ needs 0.578; at 24 steps the lowest, prefix tuning, scored 0.656): the job must 
 verdict needs (they check the plumbing and say `too_few_validation_rows`; the per-task end-to-end
 tests and benchmarks/method_defaults.py check their quality). The default run takes every method
 for classification and a share of them for NER and QA, so that each method also meets a token-level
-or span task (the per-task end-to-end tests run full and LoRA for each); TUNESERVE_E2E_FULL=1 runs
-every method for every task.
+or span task (NER: AdaLoRA, IA3, prefix tuning, head only; QA: top layers, LoRA, and prefix
+tuning's 422; the per-task end-to-end tests run full fine-tuning, and LoRA for classification and
+NER); TUNESERVE_E2E_FULL=1 runs every method for every task. An adapter's directory must hold the
+task head beside it (modules_to_save).
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ METHODS: list[tuple[dict[str, Any], str]] = [
 # The methods each task runs in the default suite (all of them with TUNESERVE_E2E_FULL=1).
 DEFAULT_SHARE = {
     "classification": None,  # every method
-    "ner": {"adalora", "prefix_tuning", "head_only"},
-    "qa": {"full", "ia3", "prefix_tuning"},  # full with train_top_layers, ia3, the 422
+    "ner": {"adalora", "ia3", "prefix_tuning", "head_only"},
+    "qa": {"full", "lora", "prefix_tuning"},  # full with train_top_layers, plain LoRA, the 422
 }
+# The task head an adapter saves beside itself (peft's modules_to_save).
+HEAD = {"classification": "classifier", "ner": "classifier", "qa": "qa_outputs"}
 # What the model directory holds, by method.
 ARTIFACT = {"full": "full", "head_only": "full"}
 TASK_HP = {
@@ -194,6 +198,9 @@ def run_method(
     assert model["method"] == method["type"] and model["parameters"] == job["parameters"]
     artifact = "merged" if method.get("merge_adapter") else ARTIFACT.get(method["type"], "adapter")
     assert model["artifact"] == artifact
+    if artifact == "adapter":  # the head trained with the adapter is saved with it
+        saved = json.loads((data_dir / "models" / model["id"] / "adapter_config.json").read_text())
+        assert HEAD[task] in saved["modules_to_save"], saved["modules_to_save"]
 
     served = served_score(client, task, job["model_id"], slices)
     reported = job["metrics"][PRIMARY[task]]
@@ -220,8 +227,12 @@ def methods_for(task: str) -> list[tuple[dict[str, Any], str]]:
     if share is None or os.environ.get("TUNESERVE_E2E_FULL") == "1":
         return METHODS
     chosen = [(m, s) for m, s in METHODS if m["type"] in share]
-    if task == "qa":  # of the two "full" methods, the top layers one
-        chosen = [(m, s) for m, s in chosen if m["type"] != "full" or "train_top_layers" in m]
+    if task == "qa":  # of the two "full" methods the top layers one; of the LoRAs the plain one
+        chosen = [
+            (m, s)
+            for m, s in chosen
+            if (m["type"] != "full" or "train_top_layers" in m) and not m.get("merge_adapter")
+        ]
     return chosen
 
 

@@ -1,5 +1,7 @@
 """Data-parallel jobs (resources.processes): real torchrun processes over gloo on CPU, with the
-claiming worker in this test's process."""
+claiming worker in this test's process. (A two-process job through the whole service, its shards
+and its accuracy beside one process's, is in tests/e2e/test_classification_e2e.py; one resumed on
+another machine from the store in tests/e2e/test_workers_anywhere.py.)"""
 
 from __future__ import annotations
 
@@ -57,31 +59,6 @@ def event_data(client: TestClient, job_id: str, key: str) -> list[dict[str, Any]
 @pytest.fixture
 def api(train_settings, client: TestClient) -> TestClient:  # type: ignore[no-untyped-def]
     return client
-
-
-@pytest.mark.slow  # starts torchrun and its ranks
-def test_two_processes_train_disjoint_shards_and_register_one_model(train_settings, api) -> None:  # type: ignore[no-untyped-def]
-    train = upload_rows(api, sentiment_rows(200))
-    job_id = submit(api, train, processes=2)
-    assert run_job(train_settings, job_id) == JobStatus.SUCCEEDED
-
-    job = api.get(f"/v1/jobs/{job_id}").json()
-    assert job["resources"]["processes"] == 2
-    hp = job["hyperparameters"]
-    assert hp["processes"] == 2 and hp["effective_batch_size"] == 2 * 8
-    (shards,) = event_data(api, job_id, "shard_rows")
-    # 160 train rows (20% held out): each process a disjoint half; the sampler repeats rows only
-    # to give both processes a full last step.
-    assert shards["distinct_rows"] == shards["train_rows"] == 160
-    assert len(shards["shard_rows"]) == 2 and shards["shard_rows"][0] == shards["shard_rows"][1]
-    assert shards["repeated_rows"] < 2 * 8
-    (started,) = event_data(api, job_id, "pids")
-    assert len(set(started["pids"])) == 2 and os.getpid() not in started["pids"]
-    # 160 rows at 16 a step: 10 steps an epoch, not the 20 one process takes.
-    assert job["progress"]["step"] == job["progress"]["total"] == 20
-    model = api.get(f"/v1/models/{job['model_id']}").json()
-    assert model["metrics"]["accuracy"] > 0.9, model["metrics"]
-    assert api.get("/v1/models", params={"job_id": job_id}).json()["data"][0]["id"] == model["id"]
 
 
 def alive(pid: int) -> bool:
