@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -97,9 +95,9 @@ def default_worker_queues() -> str:
     """The training queue, and the gpu queue on a machine with an NVIDIA GPU (found without
     touching CUDA: the worker's parent process never does)."""
     from app.core.queue import GPU_QUEUE, TRAINING_QUEUE
+    from app.ml.device import nvidia_gpu_present
 
-    has_gpu = Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi")
-    return f"{TRAINING_QUEUE},{GPU_QUEUE}" if has_gpu else TRAINING_QUEUE
+    return f"{TRAINING_QUEUE},{GPU_QUEUE}" if nvidia_gpu_present() else TRAINING_QUEUE
 
 
 def worker_argv(concurrency: int, log_level: str = "info", queues: str | None = None) -> list[str]:

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
 
     # Training (worker side).
     training_threads: int | None = None
+    # Import the training libraries (torch, transformers, peft, datasets: about 6 s of CPU) once in
+    # the worker's parent process, so that each job's fresh child process forks with them loaded.
+    # "auto": where no NVIDIA GPU is found (CUDA must first start in a child, never before a fork).
+    worker_preload: Literal["auto", "yes", "no"] = "auto"
     # What the workers train on, as the API judges job specs (mixed precision needs a CUDA GPU).
     # "auto": what torch sees in the API process; set "cuda" for an API on a machine without the
     # workers' GPUs.

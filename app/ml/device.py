@@ -9,6 +9,15 @@ if TYPE_CHECKING:
     import torch
 
 
+def nvidia_gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU driver, found without importing torch or touching
+    CUDA (for processes that must not: the worker's parent)."""
+    from pathlib import Path
+    from shutil import which
+
+    return Path("/proc/driver/nvidia/version").exists() or which("nvidia-smi") is not None
+
+
 def select_device() -> torch.device:
     """The fastest device this process can use."""
     import torch

@@ -179,6 +179,7 @@ def test_the_default_store_is_the_data_directory(tmp_path: Path) -> None:
         store.local("models/none")
 
 
+@pytest.mark.slow  # the real CLI, twice
 def test_migrate_makes_the_bucket_the_storage_url_names(s3: S3Server, tmp_path: Path) -> None:
     from tests.test_cli import _cli
 
@@ -196,6 +197,7 @@ def test_migrate_makes_the_bucket_the_storage_url_names(s3: S3Server, tmp_path: 
     assert [t.key for t in store.trees("datasets")] == ["datasets/ds_1"]
 
 
+@pytest.mark.slow
 def test_migrate_fails_plainly_when_the_store_stays_down(tmp_path: Path) -> None:
     from tests.test_cli import _cli
 

@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 PROBE = """
 import sys
+
+import pytest
 import worker.celery_app as m
 assert "torch" not in sys.modules and "transformers" not in sys.modules, "heavy import"
 from app.core.queue import RUN_JOB_TASK
@@ -44,3 +48,32 @@ def test_create_celery_with_explicit_settings(settings) -> None:  # type: ignore
     assert app.conf.broker_url == "redis://127.0.0.1:2/0"
     assert app.conf.accept_content == ["json"]
     assert app.tasks[RUN_JOB_TASK].name == RUN_JOB_TASK
+
+
+PRELOAD = """
+import os, sys, threading
+from app.core.config import Settings
+import worker.celery_app as m
+loaded = m.preload_training(Settings(worker_preload=sys.argv[1]))
+import torch  # already there when preloaded
+print(len(loaded), "worker.training.runner" in sys.modules, torch.cuda.is_initialized(),
+      threading.active_count(), torch.get_num_threads() >= 1)
+"""
+
+
+@pytest.mark.slow  # imports the training stack twice
+def test_preload_imports_the_training_stack_and_runs_nothing() -> None:
+    def probe(mode: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", PRELOAD, mode],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    # Loaded for every job's fork: no CUDA state and no Python thread in the parent.
+    assert probe("yes") == ["8", "True", "False", "1", "True"]
+    assert probe("no") == ["0", "False", "False", "1", "True"]
