@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 
 from app.core.config import Settings, get_settings
 from app.core.queue import RUN_JOB_TASK, TRAINING_QUEUE, celery_config
@@ -98,8 +98,12 @@ def preload_training(settings: Settings) -> list[str]:
         importlib.import_module(name)
     from transformers import Trainer  # noqa: F401  (transformers imports its parts lazily)
 
-    log.info("training libraries preloaded in %.1f s", time.monotonic() - started)
+    PRELOADED["seconds"] = round(time.monotonic() - started, 1)
     return list(TRAINING_MODULES)
+
+
+# How long the preload took, logged once the worker's logging is set up (after worker_init).
+PRELOADED: dict[str, float] = {}
 
 
 def _preload_on_start(**_: Any) -> None:
@@ -107,7 +111,15 @@ def _preload_on_start(**_: Any) -> None:
     preload_training(get_settings())
 
 
+def _report_preload(**_: Any) -> None:
+    if "seconds" in PRELOADED:
+        log.info("training libraries preloaded in %.1f s", PRELOADED["seconds"])
+    else:
+        log.info("training libraries not preloaded (WORKER_PRELOAD, or an NVIDIA GPU)")
+
+
 worker_init.connect(_preload_on_start, weak=False)
+worker_ready.connect(_report_preload, weak=False)
 
 
 celery_app = create_celery()
