@@ -64,6 +64,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
+# How long the preload took, logged once the worker's logging is set up (after worker_init).
+PRELOADED: dict[str, float] = {}
 # What a job's child process imports: loaded once in the parent, shared by every fork.
 TRAINING_MODULES = (
     "torch",
@@ -100,10 +102,6 @@ def preload_training(settings: Settings) -> list[str]:
 
     PRELOADED["seconds"] = round(time.monotonic() - started, 1)
     return list(TRAINING_MODULES)
-
-
-# How long the preload took, logged once the worker's logging is set up (after worker_init).
-PRELOADED: dict[str, float] = {}
 
 
 def _preload_on_start(**_: Any) -> None:

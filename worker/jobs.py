@@ -16,6 +16,7 @@ from app.core.errors import ServiceError
 from app.db.models import JobStatus, Model, new_id
 from app.db.session import make_engine, make_sessionmaker, session_scope
 from app.job.checkpoints import drop_job_files
+from app.job.schemas import job_resources
 from worker.training.artifacts import WrittenModel, discard
 from worker.training.state import (
     UNREACHABLE,
@@ -128,7 +129,7 @@ def produce_model(
         from worker.training.quantize import quantize_job
 
         return quantize_job(settings, fence, model_id=model_id)
-    processes = int((spec.get("resources") or {}).get("processes") or 1)
+    processes = job_resources(spec).processes
     if processes > 1:
         from worker.training.launch import train_processes
 

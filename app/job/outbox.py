@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.core.queue import TRAINING_QUEUE, JobQueue
+from app.core.queue import JobQueue
 from app.db.models import Job, JobMessage, JobStatus, utcnow
+from app.job.schemas import job_resources
 
 log = logging.getLogger("tuneserve.relay")
 MAX_ERROR_CHARS = 500
@@ -17,8 +18,7 @@ MAX_ERROR_CHARS = 500
 
 def job_queue(spec: dict[str, Any] | None) -> str:
     """The queue a job's messages go to, as its stored spec says (older jobs: training)."""
-    resources = (spec or {}).get("resources") or {}
-    return str(resources.get("queue") or TRAINING_QUEUE)
+    return job_resources(spec).queue
 
 
 def publish_pending(

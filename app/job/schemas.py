@@ -395,6 +395,12 @@ class ResolvedResources(BaseModel):
     processes: int = 1
 
 
+def job_resources(spec: dict[str, Any] | None) -> ResolvedResources:
+    """Where and how a job runs, as its stored spec says (a job from before resources: the
+    defaults)."""
+    return ResolvedResources.model_validate((spec or {}).get("resources") or {})
+
+
 class JobCreate(_Strict):
     """Body of POST /v1/jobs."""
 
@@ -423,7 +429,7 @@ class JobCreate(_Strict):
 
     @model_validator(mode="after")
     def _processes_train(self) -> JobCreate:
-        if self.resources.processes > 1 and self.method.type == "quantize":
+        if self.resources.processes > 1 and isinstance(self.method, QuantizeMethod):
             raise ValueError(
                 f"resources.processes: {self.resources.processes} processes train one job; a "
                 "quantize job does not train (leave processes at 1)"
@@ -560,7 +566,7 @@ class JobRead(BaseModel):
             hyperparameters=job.resolved_hyperparameters or spec.get("hyperparameters", {}),
             task_options=spec.get("task_options", {}),
             seed=spec.get("seed", 0),
-            resources=ResolvedResources.model_validate(spec.get("resources") or {}).model_dump(),
+            resources=job_resources(spec).model_dump(),
             warnings=[*(spec.get("warnings") or []), *(job.training_warnings or [])],
             parameters=ParameterCounts.model_validate(job.parameters) if job.parameters else None,
             status=job.status,

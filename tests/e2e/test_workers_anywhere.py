@@ -23,7 +23,7 @@ from tests.e2e.conftest import needs_weights
 from tests.e2e.service import Service, running_service, wait_for, wait_for_job
 from tests.e2e.test_classification_e2e import HELD_OUT, LORA_ROWS, sst2_slice, upload
 from tests.s3server import S3Server, s3_server
-from tests.worker.test_distributed import alive
+from tests.worker.test_distributed import still_running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -98,10 +98,7 @@ def test_a_worker_with_an_empty_disk_resumes_from_the_store(
     (pids,) = [e["data"]["pids"] for e in events if "pids" in (e.get("data") or {})]
     service.kill_worker(signal.SIGKILL)
     # torchrun and its ranks do not outlive the worker that launched them.
-    deadline = time.monotonic() + 30
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(alive(pid) for pid in pids), pids
+    assert not still_running(pids), pids
     empty = tmp_path / "new-machine"
     service.worker_argv[service.worker_argv.index("training,cpu-pool")] = "cpu-pool"
     service.start_worker(data_dir=empty)

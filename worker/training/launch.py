@@ -83,19 +83,20 @@ def wait_watching(proc: subprocess.Popen[bytes], fence: AttemptFence, *, poll_s:
             fence.raise_if_cancelled()
 
 
+# One failed rank in torchrun's failure report: "rank : 1 (local_rank: 1)" then "exitcode : -9".
+RANK_EXIT = re.compile(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)")
+
+
 def failed_ranks(launcher_log: str) -> list[tuple[int, int]]:
     """(rank, exit status) of the ranks torchrun reports failed, the root cause first (a negative
     status is the signal that ended the rank)."""
-    report = launcher_log[launcher_log.rfind("Failures:") :] if "Failures:" in launcher_log else ""
-    found = [
-        (int(rank), int(code))
-        for rank, code in re.findall(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", report)
-    ]
-    root = report.find("Root Cause")
-    if root >= 0:
-        first = re.findall(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", report[root:])
-        found = [(int(first[0][0]), int(first[0][1])), *found] if first else found
-    return list(dict.fromkeys(found))
+    start = launcher_log.rfind("Failures:")
+    if start < 0:
+        return []
+    report = launcher_log[start:]
+    root = max(report.find("Root Cause"), 0)  # listed last; moved to the front
+    found = RANK_EXIT.findall(report[root:]) + RANK_EXIT.findall(report[:root])
+    return list(dict.fromkeys((int(rank), int(code)) for rank, code in found))
 
 
 def describe(failed: list[tuple[int, int]]) -> str:
