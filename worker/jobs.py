@@ -7,9 +7,10 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from app.core.config import Settings
 from app.core.errors import ServiceError
@@ -119,16 +120,38 @@ class Heartbeat:
                 log.warning("heartbeat not recorded, database unreachable: %s", type(exc).__name__)
 
 
+def _quantize(
+    settings: Settings, fence: AttemptFence, *, model_id: str
+) -> tuple[Model, WrittenModel]:
+    from worker.training.quantize import quantize_job
+
+    return quantize_job(settings, fence, model_id=model_id)
+
+
+def _export(
+    settings: Settings, fence: AttemptFence, *, model_id: str
+) -> tuple[Model, WrittenModel]:
+    from worker.training.export import export_job
+
+    return export_job(settings, fence, model_id=model_id)
+
+
+# Jobs that derive a model from a registered one instead of training, by method type.
+DERIVING_JOBS: dict[Any, Callable[..., tuple[Model, WrittenModel]]] = {
+    "quantize": _quantize,
+    "export": _export,
+}
+
+
 def produce_model(
     settings: Settings, fence: AttemptFence, *, model_id: str
 ) -> tuple[Model, WrittenModel]:
     """Train the claimed job, or for method quantize quantize its parent model and evaluate
     both; the model row to register and its written directory."""
     spec = fence.job().spec or {}
-    if (spec.get("method") or {}).get("type") == "quantize":
-        from worker.training.quantize import quantize_job
-
-        return quantize_job(settings, fence, model_id=model_id)
+    derive = DERIVING_JOBS.get((spec.get("method") or {}).get("type"))
+    if derive is not None:
+        return derive(settings, fence, model_id=model_id)
     processes = job_resources(spec).processes
     if processes > 1:
         from worker.training.launch import train_processes

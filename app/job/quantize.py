@@ -1,6 +1,7 @@
-"""Submitting a quantize job: its parent, the rows it is evaluated on, and the spec it stores.
+"""Submitting a quantize or export job: its parent, the rows it is evaluated on, and the spec it
+stores.
 
-A quantize job trains nothing. It is evaluated on exactly the rows its parent was evaluated on
+Such a job trains nothing. It is evaluated on exactly the rows its parent was evaluated on
 (the parent's validation dataset, or the parent's held-out split drawn again with the parent's
 seed and validation_split from the same train set), unless it names a validation_dataset, so the
 quantized model's metrics and the parent's can be read side by side.
@@ -26,25 +27,25 @@ from app.registry.lineage import check_parent_labels, resolve_job_base
 
 
 def check_no_training_fields(spec: JobCreate) -> None:
-    """Quantize takes no training hyperparameters, task options or seed: a field set to anything
-    but its default is refused (422 naming it) rather than silently ignored."""
+    """Quantize and export take no training hyperparameters, task options or seed: a field set
+    to anything but its default is refused (422 naming it) rather than silently ignored."""
+    kind = spec.method.type
     defaults = Hyperparameters()
     for name in Hyperparameters.model_fields:
         if getattr(spec.hyperparameters, name) != getattr(defaults, name):
             raise InvalidInput(
-                f"hyperparameters.{name}: method quantize trains nothing and takes no "
+                f"hyperparameters.{name}: method {kind} trains nothing and takes no "
                 "hyperparameters; leave it out",
                 field=f"hyperparameters.{name}",
             )
     if spec.task_options:
         raise InvalidInput(
-            "task_options: method quantize evaluates with its parent's task options; leave "
-            "them out",
+            f"task_options: method {kind} evaluates with its parent's task options; leave them out",
             field="task_options",
         )
     if spec.seed != JobCreate.model_fields["seed"].default:
         raise InvalidInput(
-            "seed: method quantize draws nothing at random (the parent's held-out validation "
+            f"seed: method {kind} draws nothing at random (the parent's held-out validation "
             "rows are drawn again with the parent's seed); leave it out",
             field="seed",
         )
@@ -55,10 +56,11 @@ def quantize_parent(
 ) -> tuple[Model, ResolvedBaseModel]:
     """The registered model a quantize job quantizes, and its weights as a base (InvalidInput
     naming base_model: a catalog id, an unknown model, another task, a quantized model...)."""
+    kind = spec.method.type
     model_id = parent_id(spec.base_model)
     if model_id is None:
         raise InvalidInput(
-            f"base_model: quantize needs base_model model:<id>, a registered model of yours; "
+            f"base_model: {kind} needs base_model model:<id>, a registered model of yours; "
             f"'{spec.base_model}' is a base model (fine-tune it first)",
             field="base_model",
         )
@@ -67,9 +69,18 @@ def quantize_parent(
     )
     parent = get_by_id(session, Model, model_id)
     assert parent is not None  # resolve_job_base found it
+    if parent.method == "prefix_tuning":
+        # A prefix is extra keys and values fed to every layer, not a change of weights: there
+        # is no plain model to merge it into.
+        raise InvalidInput(
+            f"base_model: '{spec.base_model}' was trained with prefix tuning, whose prefix "
+            f"cannot be merged into the weights; method {kind} needs a full, head_only, LoRA, "
+            "IA3 or AdaLoRA model",
+            field="base_model",
+        )
     if spec.train_dataset is not None and spec.train_dataset != parent.train_dataset_id:
         raise InvalidInput(
-            f"train_dataset: method quantize trains nothing; its job's train dataset is its "
+            f"train_dataset: method {kind} trains nothing; its job's train dataset is its "
             f"parent's ('{parent.train_dataset_id}'): leave it out",
             field="train_dataset",
         )
@@ -106,8 +117,8 @@ def quantize_spec(session: Session, *, spec: JobCreate, parent: Model, held_out:
 def quantize_inputs(
     session: Session, *, settings: Settings, tenant: str, spec: JobCreate, task: TaskSpec
 ) -> tuple[Dataset, Dataset | None, JobSpec]:
-    """A quantize job's datasets (its parent's train set; the parent's validation set unless it
-    names one) and stored spec (the parent's seed and split), every field checked."""
+    """A quantize or export job's datasets (its parent's train set; the parent's validation set
+    unless it names one) and stored spec (the parent's seed and split), every field checked."""
     check_no_training_fields(spec)
     parent, base = quantize_parent(session, settings=settings, tenant=tenant, spec=spec)
     # A dataset that a job (the parent's) uses cannot be deleted.

@@ -213,6 +213,28 @@ class QuantizeMethod(_Strict):
     )
 
 
+class ExportMethod(_Strict):
+    """Export a registered model (base_model "model:<id>") for ONNX Runtime; nothing trains.
+
+    The parent (adapters merged) is exported to ONNX, its graph optimized with ONNX Runtime's
+    transformer fusions, its weights quantized to int8 when asked; the export and the parent are
+    evaluated on the parent's validation rows (or on validation_dataset), and the export is
+    registered (artifact onnx or onnx_int8) with both results: `metrics` (the export) and
+    `parent_metrics`. It takes no training fields."""
+
+    type: Literal["export"]
+    format: Literal["onnx"] = Field(default="onnx", description="onnx: an ONNX graph (opset 17).")
+    quantization: Literal["none", "int8"] = Field(
+        default="none",
+        description="none: fp32 weights; int8: every MatMul's weights int8 (one scale per "
+        "tensor), activations quantized per batch at run time (ONNX Runtime's dynamic "
+        "quantization).",
+    )
+
+
+# Methods that derive a serving artifact from a registered model instead of training one.
+DerivedMethod = QuantizeMethod | ExportMethod
+
 Method = Annotated[
     FullMethod
     | LoraMethod
@@ -220,7 +242,8 @@ Method = Annotated[
     | AdaLoraMethod
     | PrefixTuningMethod
     | HeadOnlyMethod
-    | QuantizeMethod,
+    | QuantizeMethod
+    | ExportMethod,
     Field(discriminator="type"),
 ]
 
@@ -409,13 +432,13 @@ class JobCreate(_Strict):
         min_length=1,
         max_length=300,
         description='An id from /v1/base-models, or "model:<id>" to go on training a registered '
-        "model of the same task (its weights, head and labels) on new data, or to quantize it "
-        "(method quantize).",
+        "model of the same task (its weights, head and labels) on new data, or to quantize or "
+        "export it (methods quantize, export).",
     )
     train_dataset: str | None = Field(
         default=None,
-        description="The dataset to train on; required except for method quantize, whose job "
-        "uses its parent's (where the parent's held-out validation rows come from).",
+        description="The dataset to train on; required except for methods quantize and export, "
+        "whose job uses its parent's (where the parent's held-out validation rows come from).",
     )
     validation_dataset: str | None = None
     method: Method = Field(default_factory=FullMethod)
@@ -429,10 +452,10 @@ class JobCreate(_Strict):
 
     @model_validator(mode="after")
     def _processes_train(self) -> JobCreate:
-        if self.resources.processes > 1 and isinstance(self.method, QuantizeMethod):
+        if self.resources.processes > 1 and isinstance(self.method, DerivedMethod):
             raise ValueError(
                 f"resources.processes: {self.resources.processes} processes train one job; a "
-                "quantize job does not train (leave processes at 1)"
+                f"{self.method.type} job does not train (leave processes at 1)"
             )
         return self
 

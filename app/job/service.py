@@ -42,12 +42,12 @@ from app.job.schemas import (
     DEFAULT_LEARNING_RATE,
     AdaLoraMethod,
     CheckpointRead,
+    DerivedMethod,
     Hyperparameters,
     JobCreate,
     JobRead,
     JobSpec,
     LoraMethod,
-    QuantizeMethod,
     ResolvedResources,
 )
 from app.ml.tasks import DatasetSummary, TaskSpec, get_task
@@ -129,7 +129,7 @@ def submit_job(
     if idempotency is not None:
         idempotency.replay_if_seen(session)
     task = get_task(spec.task)
-    if isinstance(spec.method, QuantizeMethod):
+    if isinstance(spec.method, DerivedMethod):
         train, val, resolved = quantize_inputs(
             session, settings=settings, tenant=tenant, spec=spec, task=task
         )

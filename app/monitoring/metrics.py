@@ -49,8 +49,9 @@ class Metrics:
         )
         self.predict_requests = Counter(
             "tuneserve_predict_requests",
-            "Prediction requests by task, answering model and outcome (ok, client_error, error).",
-            ["task", "model", "outcome"],
+            "Prediction requests by task, answering model, its runtime and outcome (ok, "
+            "client_error, error).",
+            ["task", "model", "runtime", "outcome"],
             registry=r,
         )
         self.predict_inputs = Counter(
@@ -61,8 +62,9 @@ class Metrics:
         )
         self.predict_latency = Histogram(
             "tuneserve_predict_duration_seconds",
-            "Prediction time once the model is resolved (load, queue and model time), by model.",
-            ["task", "model"],
+            "Prediction time once the model is resolved (load, queue and model time), by model "
+            "and runtime.",
+            ["task", "model", "runtime"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

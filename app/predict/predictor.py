@@ -19,8 +19,10 @@ from app.ml import device as devices
 from app.ml.lineage import load_base_model, resolve_recorded_base
 from app.ml.loading import load_model, quiet_transformers, read_model_metadata
 from app.ml.quantize import INT8_DYNAMIC, load_int8_dynamic
+from app.ml.runtimes import ONNX, ONNX_INT8, runtime_of
 from app.ml.tasks import TaskSpec, get_task
-from app.predict.batcher import BatchedModel, Batcher, BatchOutput, ModelRunner
+from app.predict.batcher import Batcher
+from app.predict.runtime import ModelRunner, run_rows, torch_forward
 from app.predict.shared import AdapterRouting, ReadWriteLock, SharedBases, tensor_bytes
 from app.predict.tokenizers import TOKENIZERS, serialized
 
@@ -28,25 +30,29 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
+# Rows per forward and padded tokens per forward when a predictor runs without the batcher.
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_TOKENS = 8192
 
 
 @dataclass
 class Predictor:
-    """A model in eval mode with its tokenizer and labels. Callers serialize calls to predict."""
+    """A loaded model, its tokenizer and labels: the task's preprocess and postprocess around the
+    runner's forward. Without a batcher, callers serialize calls to predict."""
 
     model_id: str
     task: TaskSpec
-    model: torch.nn.Module
+    # The torch module the runner runs (None for an ONNX Runtime session).
+    model: Any
     tokenizer: PreTrainedTokenizerBase
     label_names: list[str]
     max_length: int
     threads: int
     options: BaseModel
+    runner: ModelRunner
     batch_size: int = DEFAULT_BATCH_SIZE
     # Bytes this predictor holds on its own (an adapter on a shared base: the adapter's).
     weight_bytes: int = 0
-    runner: ModelRunner | None = None
     # The adapter of a shared base that answers for this model (None: a model of its own).
     adapter: str | None = None
     # Called once, when the cache has dropped this predictor and no request still uses it.
@@ -60,35 +66,37 @@ class Predictor:
         # tokenizer files are the same): its calls run one at a time, whoever built this.
         self.tokenizer = serialized(self.tokenizer)
 
+    @property
+    def runtime(self) -> str:
+        return self.runner.runtime
+
     def predict(self, request: BaseModel, *, batcher: Batcher | None = None) -> list[Any]:
         """One result per input of a validated predict request, in input order.
 
-        With a batcher, the task's model calls join other requests' in the model thread;
-        without one, the caller runs the model itself (and must serialize calls).
+        With a batcher, the rows join other requests' in the model threads; without one, the
+        caller runs the forwards itself (and must serialize calls).
         """
-        import torch
-
-        model: Any = self.model
-        if batcher is not None and self.runner is not None:
-            model = BatchedModel(batcher, self.runner, self.adapter)
-        else:
-            # set_num_threads also sets the OpenMP team of the calling (threadpool) thread.
-            devices.set_torch_threads(self.threads)
-            if self.adapter is not None and self.runner is not None:
-                model = _DirectAdapterModel(self.runner, self.adapter)
         with self._state:
             self._users += 1
         try:
-            with torch.inference_mode():
-                return self.task.predict(
-                    model,
-                    self.tokenizer,
-                    request,
-                    label_names=self.label_names,
-                    max_length=self.max_length,
-                    batch_size=self.batch_size,
-                    options=self.options,
+            encoded = self.task.encode_inputs(
+                self.tokenizer, request, max_length=self.max_length, options=self.options
+            )
+            if batcher is not None:
+                outputs = batcher.submit(self.runner, encoded.rows, self.adapter)
+            else:
+                # set_num_threads also sets the OpenMP team of the calling (threadpool) thread.
+                devices.set_torch_threads(self.threads)
+                outputs = run_rows(
+                    self.runner,
+                    encoded.rows,
+                    [self.adapter] * len(encoded.rows),
+                    max_tokens=DEFAULT_BATCH_TOKENS,
+                    max_rows=self.batch_size,
                 )
+            return self.task.postprocess(
+                request, encoded, outputs, label_names=self.label_names, options=self.options
+            )
         finally:
             with self._state:
                 self._users -= 1
@@ -108,21 +116,6 @@ class Predictor:
         release, self.release = self.release, None
         if release is not None:
             release()
-
-
-class _DirectAdapterModel:
-    """A shared base's adapter called in the caller's thread (serving without the batcher)."""
-
-    def __init__(self, runner: ModelRunner, adapter: str) -> None:
-        self._runner = runner
-        self._adapter = adapter
-
-    def __call__(self, **inputs: torch.Tensor) -> BatchOutput:
-        rows = next(iter(inputs.values())).shape[0]
-        return BatchOutput(self._runner.forward(dict(inputs), [self._adapter] * rows))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._runner.module, name)
 
 
 def _load_adapter_model(
@@ -174,33 +167,38 @@ def shared_runner(
     """How model threads run a shared base: rows of any of its adapters in one forward, and
     forwards of several threads at once (the rows' adapters are per thread)."""
 
-    def forward(batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
+    def call(batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
         names = [a if a is not None else "__base__" for a in adapters]
         with lock.reading(), routing.rows(names):
             return peft_model(**batch)
 
     return ModelRunner(
-        module=peft_model,
         group=("shared", group),
         label=label,
+        runtime="torch",
         sequence_outputs=task.per_token_outputs,
         pad_values=_pad_values(tokenizer),
-        forward=forward,
+        forward=torch_forward(peft_model, call=call),
         mixed_adapters=True,
     )
 
 
 def plain_runner(
-    label: str, task: TaskSpec, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
+    label: str,
+    task: TaskSpec,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    runtime: str = "torch",
 ) -> ModelRunner:
-    """How the model thread runs a model of its own (no weights shared with another)."""
+    """How the model thread runs a torch model of its own (no weights shared with another)."""
     return ModelRunner(
-        module=model,
         group=("model", id(model)),
         label=label,
+        runtime=runtime,
         sequence_outputs=task.per_token_outputs,
         pad_values=_pad_values(tokenizer),
-        forward=lambda batch, _adapters: model(**batch),
+        forward=torch_forward(model, call=lambda batch, _adapters: model(**batch)),
     )
 
 
@@ -282,19 +280,79 @@ def load_predictor(
             release=release,
             **common,
         )
-    if model_row.artifact == "adapter":
-        model = _load_adapter_model(settings, task, path, meta, labels)
-    elif model_row.artifact == INT8_DYNAMIC:
-        # The parent's weights quantized again (no weights of its own); int8 kernels run on CPU.
-        model = load_int8_dynamic(settings, task, meta, labels)
-    else:
-        model = load_model(task, path)
-    model.eval()
-    if model_row.artifact != INT8_DYNAMIC:
-        model.to(devices.select_device())
+    loader = LOADERS.get(model_row.artifact, _load_full)
+    loaded = loader(ArtifactFiles(settings, model_row, task, path, meta, labels, tokenizer))
     return Predictor(
-        model=model,
-        weight_bytes=tensor_bytes(model),
-        runner=plain_runner(model_row.id, task, model, tokenizer),
+        model=loaded.model,
+        weight_bytes=loaded.weight_bytes,
+        runner=loaded.runner,
         **common,
     )
+
+
+@dataclass
+class ArtifactFiles:
+    """What a loader reads: the model's row and local files, its task, labels and tokenizer."""
+
+    settings: Settings
+    row: Model
+    task: TaskSpec
+    path: Path
+    meta: dict[str, Any]
+    labels: list[str]
+    tokenizer: PreTrainedTokenizerBase
+
+
+@dataclass
+class Loaded:
+    model: Any
+    runner: ModelRunner
+    weight_bytes: int
+
+
+def _torch_loaded(files: ArtifactFiles, model: torch.nn.Module, runtime: str) -> Loaded:
+    model.eval()
+    if runtime == "torch":  # int8 kernels run on the CPU
+        model.to(devices.select_device())
+    runner = plain_runner(files.row.id, files.task, model, files.tokenizer, runtime=runtime)
+    return Loaded(model, runner, tensor_bytes(model))
+
+
+def _load_full(files: ArtifactFiles) -> Loaded:
+    return _torch_loaded(files, load_model(files.task, files.path), "torch")
+
+
+def _load_adapter(files: ArtifactFiles) -> Loaded:
+    model = _load_adapter_model(files.settings, files.task, files.path, files.meta, files.labels)
+    return _torch_loaded(files, model, "torch")
+
+
+def _load_int8_dynamic(files: ArtifactFiles) -> Loaded:
+    # The parent's weights quantized again (no weights of its own).
+    model = load_int8_dynamic(files.settings, files.task, files.meta, files.labels)
+    return _torch_loaded(files, model, "torch_int8")
+
+
+def _load_onnx(files: ArtifactFiles) -> Loaded:
+    from app.predict.onnx import onnx_runner
+
+    runner, size = onnx_runner(
+        files.path,
+        label=files.row.id,
+        task=files.task,
+        pad_values=_pad_values(files.tokenizer),
+        runtime=runtime_of(files.row.artifact),
+        threads=devices.thread_count(files.settings.inference_threads),
+    )
+    return Loaded(None, runner, size)
+
+
+# How each artifact kind (Models.artifact) is loaded and which runtime runs it; a new runtime
+# is a loader and a line here (and its name in app/ml/runtimes.py).
+LOADERS: dict[str, Callable[[ArtifactFiles], Loaded]] = {
+    "full": _load_full,
+    "adapter": _load_adapter,
+    INT8_DYNAMIC: _load_int8_dynamic,
+    ONNX: _load_onnx,
+    ONNX_INT8: _load_onnx,
+}

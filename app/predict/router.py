@@ -18,6 +18,7 @@ from app.core.errors import InvalidInput, ServiceError
 from app.core.schemas import PROTECTED, error_responses
 from app.core.ttlcache import TTLCache
 from app.db.models import Model
+from app.ml.runtimes import runtime_of
 from app.ml.tasks import REGISTRY, TaskSpec
 from app.monitoring.metrics import Metrics
 from app.registry.service import require_task, resolve_model_ref
@@ -126,8 +127,9 @@ def _make_route(task: TaskSpec) -> Any:
             outcome = "client_error" if exc.status_code < 500 else "error"
             raise
         finally:
-            metrics.predict_requests.labels(task.name, model_row.id, outcome).inc()
-            metrics.predict_latency.labels(task.name, model_row.id).observe(
+            runtime = runtime_of(model_row.artifact)
+            metrics.predict_requests.labels(task.name, model_row.id, runtime, outcome).inc()
+            metrics.predict_latency.labels(task.name, model_row.id, runtime).observe(
                 time.perf_counter() - started
             )
         metrics.predict_inputs.labels(task.name, model_row.id).inc(len(inputs))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.predict.batcher import ModelRunner
+from app.predict.runtime import ModelRunner
 
 if TYPE_CHECKING:
     import torch

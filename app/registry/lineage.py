@@ -18,6 +18,7 @@ from app.db.models import Dataset, Model
 from app.db.session import get_by_id
 from app.ml.lineage import parent_id, resolve_model_base
 from app.ml.quantize import QUANTIZED_ARTIFACTS
+from app.ml.runtimes import ONNX_ARTIFACTS
 
 # Labels named in an error message, at most.
 SHOWN_LABELS = 20
@@ -52,6 +53,14 @@ def resolve_job_base(
             f"base_model '{base_model}' is an {parent.artifact} quantization of "
             f"'model:{parent.parent_model_id}': it can be neither trained nor quantized again; "
             f"use base_model 'model:{parent.parent_model_id}'",
+            field="base_model",
+        )
+    if parent.artifact in ONNX_ARTIFACTS:
+        # A graph for ONNX Runtime: no torch weights to train, quantize or export again.
+        raise InvalidInput(
+            f"base_model '{base_model}' is an {parent.artifact} export of "
+            f"'model:{parent.parent_model_id}': it can be neither trained, quantized nor "
+            f"exported again; use base_model 'model:{parent.parent_model_id}'",
             field="base_model",
         )
     try:

@@ -13,6 +13,7 @@ from app.core.deps import SessionDep, SettingsDep
 from app.core.schemas import PROTECTED, Page, ParameterCounts, error_responses
 from app.db.models import Model, ModelAlias
 from app.ml.quality import Quality
+from app.ml.runtimes import runtime_of
 from app.registry import aliases, deletion, service
 from app.registry.schemas import AliasPut, AliasRead, ModelRead
 
@@ -45,6 +46,7 @@ def to_read(model: Model, names: list[str] | None = None) -> ModelRead:
         parent_model=model.parent_model_id,
         method=model.method,
         artifact=model.artifact,  # type: ignore[arg-type]  # pydantic checks the value
+        runtime=runtime_of(model.artifact),  # type: ignore[arg-type]
         label_names=list(model.label_names),
         metrics=model.metrics or {},
         parent_metrics=model.parent_metrics,

@@ -23,10 +23,15 @@ class ModelRead(BaseModel):
         default=None, description="The registered model it was continued from, if any."
     )
     method: str
-    artifact: Literal["full", "adapter", "merged", "int8_dynamic"] = Field(
+    artifact: Literal["full", "adapter", "merged", "int8_dynamic", "onnx", "onnx_int8"] = Field(
         description="What the model directory holds: a full model, an adapter to apply to "
-        "base_model, an adapter merged into the base weights at registration, or "
-        "(int8_dynamic) no weights: parent_model's, quantized to int8 when loaded."
+        "base_model, an adapter merged into the base weights at registration, "
+        "(int8_dynamic) no weights: parent_model's, quantized to int8 when loaded, or an ONNX "
+        "graph of parent_model (onnx: fp32 weights; onnx_int8: int8 weights)."
+    )
+    runtime: Literal["torch", "torch_int8", "onnx", "onnx_int8"] = Field(
+        description="What serves it: torch (fp32), torch_int8 (dynamic int8 kernels on the "
+        "CPU), or ONNX Runtime (onnx, onnx_int8)."
     )
     label_names: list[str]
     metrics: dict[str, Any] = Field(
@@ -35,8 +40,8 @@ class ModelRead(BaseModel):
     )
     parent_metrics: dict[str, Any] | None = Field(
         default=None,
-        description="Quantized models only: parent_model (fp32) evaluated by the same job on "
-        "the same validation rows, to read beside `metrics`.",
+        description="Quantized and exported models only: parent_model (fp32 torch) evaluated by "
+        "the same job on the same validation rows, to read beside `metrics`.",
     )
     baseline_metrics: dict[str, Any] | None = Field(
         default=None,

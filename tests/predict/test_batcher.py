@@ -10,12 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from app.ml.tasks import get_task
-from app.predict.batcher import BatchedModel, Batcher, ModelRunner, plan_chunks
+from app.ml.tasks.serving import feature_rows
+from app.predict.batcher import Batcher
 from app.predict.predictor import plain_runner
+from app.predict.runtime import ModelRunner, RowOutputs, plan_chunks, torch_forward
 from tests.tinymodel import NEGATIVE, NEUTRAL, POSITIVE, build_tiny_model_dir
 
 WORDS = POSITIVE + NEGATIVE + NEUTRAL + ["zebra", "quixotic"]
@@ -32,6 +35,11 @@ def load(tiny_dir: Path, task: str) -> tuple[Any, Any]:
     labels = ["O", "B-PER", "I-PER"] if task == "ner" else ["neg", "pos"]
     model = load_model(get_task(task), tiny_dir, label_names=[] if task == "qa" else labels)
     return model, load_tokenizer(tiny_dir)
+
+
+def rows(tokenizer: Any, batch: list[str], pairs: list[str] | None = None) -> list[Any]:
+    """Feature rows as a task's encode_inputs gives them: unpadded token ids."""
+    return feature_rows(tokenizer(batch, pairs, truncation=True))
 
 
 def texts(seed: int, n: int) -> list[str]:
@@ -52,36 +60,57 @@ def test_concurrent_calls_get_their_own_answers(
 ) -> None:
     model, tokenizer = load(tiny_dir, task)
     runner = plain_runner("tiny", get_task(task), model, tokenizer)
-    batched = BatchedModel(batcher, runner)
     requests = [texts(seed, random.Random(seed).randint(1, 6)) for seed in range(48)]
 
-    def encode(batch: list[str]) -> Any:
-        if task == "qa":
-            pairs = list(reversed(batch))
-            return tokenizer(batch, pairs, padding=True, truncation=True, return_tensors="pt")
-        return tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+    def pairs(batch: list[str]) -> list[str] | None:
+        return list(reversed(batch)) if task == "qa" else None
 
     def alone(batch: list[str]) -> dict[str, torch.Tensor]:
+        enc = tokenizer(batch, pairs(batch), padding=True, truncation=True, return_tensors="pt")
         with torch.inference_mode():
-            out = model(**encode(batch))
+            out = model(**enc)
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
     expected = [alone(r) for r in requests]
     with ThreadPoolExecutor(16) as pool:
-        got = list(pool.map(lambda r: batched(**encode(r)), requests))
+        got = list(
+            pool.map(lambda r: batcher.submit(runner, rows(tokenizer, r, pairs(r)), None), requests)
+        )
     for want, have, batch in zip(expected, got, requests, strict=True):
-        assert set(have) == set(want)
-        for name, tensor in want.items():
-            assert have[name].shape == tensor.shape
-            if runner.sequence_outputs:
-                # Padding positions are not defined; the real tokens' outputs are.
-                mask = encode(batch)["attention_mask"].bool()
-                assert torch.allclose(have[name][mask], tensor[mask], atol=1e-5), name
-            else:
-                assert torch.allclose(have[name], tensor, atol=1e-5), name
-    assert hasattr(got[0], "logits" if task != "qa" else "start_logits")
-    # The proxy looks like the model to task code.
-    assert batched.config is model.config and batched.device == model.device
+        assert len(have) == len(batch)
+        lengths = [len(row["input_ids"]) for row in rows(tokenizer, batch, pairs(batch))]
+        for i, (row_out, n) in enumerate(zip(have, lengths, strict=True)):
+            assert set(row_out) == set(want)
+            for name, tensor in want.items():
+                # Token-level outputs come back without padding: one entry per real token.
+                reference = tensor[i, :n] if runner.sequence_outputs else tensor[i]
+                assert row_out[name].shape == tuple(reference.shape), name
+                assert np.allclose(row_out[name], reference.numpy(), atol=1e-5), name
+    assert "logits" in got[0][0] or "start_logits" in got[0][0]
+
+
+class Caller:
+    """Submits texts' feature rows through the batcher, as a Predictor does, for one runner."""
+
+    def __init__(
+        self, batcher: Batcher, tokenizer: Any, runner: ModelRunner, adapter: str | None = None
+    ) -> None:
+        self.batcher, self.tokenizer, self.runner, self.adapter = (
+            batcher,
+            tokenizer,
+            runner,
+            adapter,
+        )
+
+    def __call__(self, batch: list[str]) -> Outputs:
+        return Outputs(self.batcher.submit(self.runner, rows(self.tokenizer, batch), self.adapter))
+
+
+class Outputs(list[RowOutputs]):
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(rows, labels): the shape the padded batch's logits would have."""
+        return (len(self), *self[0]["logits"].shape)
 
 
 def wait_for_pending(batcher: Batcher, calls: int) -> None:
@@ -96,27 +125,27 @@ class Recording:
     """A runner's forward that records batch shapes and can hold the model thread."""
 
     def __init__(self, model: Any) -> None:
-        self.model = model
+        self.model = torch_forward(model, call=lambda batch, _adapters: model(**batch))
         self.shapes: list[tuple[int, int]] = []
         self.adapters: list[list[str | None]] = []
         self.hold = threading.Event()
         self.hold.set()
         self.entered = threading.Event()
 
-    def __call__(self, batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
+    def __call__(self, batch: dict[str, np.ndarray], adapters: list[str | None]) -> Any:
         self.entered.set()
         self.hold.wait(timeout=600)
         self.shapes.append(tuple(batch["input_ids"].shape))  # type: ignore[arg-type]
         self.adapters.append(adapters)
-        return self.model(**batch)
+        return self.model(batch, adapters)
 
 
 def runner_for(model: Any, tokenizer: Any, forward: Recording, **kw: Any) -> ModelRunner:
     base = plain_runner("tiny", get_task("classification"), model, tokenizer)
     return ModelRunner(
-        module=model,
         group=kw.pop("group", "g"),
         label="tiny",
+        runtime="torch",
         sequence_outputs=False,
         pad_values=base.pad_values,
         forward=forward,
@@ -129,13 +158,13 @@ def test_calls_queued_while_the_model_is_busy_run_as_one_batch(
 ) -> None:
     model, tokenizer = load(tiny_dir, "classification")
     forward = Recording(model)
-    batched = BatchedModel(batcher, runner_for(model, tokenizer, forward))
+    batched = Caller(batcher, tokenizer, runner_for(model, tokenizer, forward))
     forward.hold.clear()
     with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(lambda: batched(**tokenizer(["good film"], return_tensors="pt")))
+        first = pool.submit(lambda: batched(["good film"]))
         assert forward.entered.wait(timeout=30)  # the model thread is busy with `first`
         later = [
-            pool.submit(lambda t=t: batched(**tokenizer(t, padding=True, return_tensors="pt")))
+            pool.submit(lambda t=t: batched(t))
             for t in (["bad"], ["a very good plot", "dull"], ["the story was nice and warm"])
         ]
         wait_for_pending(batcher, 3)  # all three queued behind `first`
@@ -146,7 +175,7 @@ def test_calls_queued_while_the_model_is_busy_run_as_one_batch(
     # to the longest of them only.
     longest = len(tokenizer("the story was nice and warm")["input_ids"])
     assert forward.shapes == [(1, 4), (4, longest)]
-    assert [r.logits.shape[0] for r in results] == [1, 2, 1]
+    assert [len(r) for r in results] == [1, 2, 1]
 
 
 def test_token_budget_splits_a_batch_and_lone_calls_do_not_wait(tiny_dir: Path) -> None:
@@ -155,10 +184,10 @@ def test_token_budget_splits_a_batch_and_lone_calls_do_not_wait(tiny_dir: Path) 
     # A long wait that a lone call must never pay, and a budget of 64 padded tokens.
     batcher = Batcher(max_batch_tokens=64, max_wait_ms=30_000)
     try:
-        batched = BatchedModel(batcher, runner_for(model, tokenizer, forward))
+        batched = Caller(batcher, tokenizer, runner_for(model, tokenizer, forward))
         many = texts(3, 20)
-        out = batched(**tokenizer(many, padding=True, return_tensors="pt"))
-        assert out.logits.shape == (20, 2)
+        out = batched(many)
+        assert out.shape == (20, 2)
         assert len(forward.shapes) > 1
         assert all(rows * width <= 64 for rows, width in forward.shapes), forward.shapes
         # Sorted by length: the chunks' widths never decrease.
@@ -166,7 +195,7 @@ def test_token_budget_splits_a_batch_and_lone_calls_do_not_wait(tiny_dir: Path) 
         assert widths == sorted(widths)
         with ThreadPoolExecutor(1) as pool:
             for _ in range(3):  # each alone: answered long before the 30 s wait
-                call = pool.submit(lambda: batched(**tokenizer(["good"], return_tensors="pt")))
+                call = pool.submit(lambda: batched(["good"]))
                 call.result(timeout=10)
     finally:
         batcher.stop()
@@ -182,18 +211,15 @@ def test_a_failing_model_call_fails_every_call_in_its_batch(
 
     runner = runner_for(model, tokenizer, Recording(model))
     runner.forward = broken
-    batched = BatchedModel(batcher, runner)
+    batched = Caller(batcher, tokenizer, runner)
     with ThreadPoolExecutor(4) as pool:
-        calls = [
-            pool.submit(lambda: batched(**tokenizer(["good"], return_tensors="pt")))
-            for _ in range(4)
-        ]
+        calls = [pool.submit(lambda: batched(["good"])) for _ in range(4)]
         for call in calls:
             with pytest.raises(RuntimeError, match="simulated"):
                 call.result(timeout=30)
     # The model thread survives: a later call with a working model is answered.
-    ok = BatchedModel(batcher, plain_runner("t", get_task("classification"), model, tokenizer))
-    assert ok(**tokenizer(["good"], return_tensors="pt")).logits.shape == (1, 2)
+    ok = Caller(batcher, tokenizer, plain_runner("t", get_task("classification"), model, tokenizer))
+    assert ok(["good"]).shape == (1, 2)
 
 
 def brute_force_cost(lengths: list[int], max_tokens: int, max_rows: int, overhead: int) -> int:
@@ -250,20 +276,20 @@ def test_model_threads_run_other_models_while_one_is_busy(tiny_dir: Path) -> Non
     slow, fast = Recording(model), Recording(model)
     batcher = Batcher(max_wait_ms=0, workers=2)
     try:
-        held = BatchedModel(batcher, runner_for(model, tokenizer, slow, group="a"))
-        other = BatchedModel(batcher, runner_for(model, tokenizer, fast, group="b"))
-        same = BatchedModel(batcher, runner_for(model, tokenizer, Recording(model), group="a"))
+        held = Caller(batcher, tokenizer, runner_for(model, tokenizer, slow, group="a"))
+        other = Caller(batcher, tokenizer, runner_for(model, tokenizer, fast, group="b"))
+        same = Caller(batcher, tokenizer, runner_for(model, tokenizer, Recording(model), group="a"))
         slow.hold.clear()
         with ThreadPoolExecutor(4) as pool:
-            first = pool.submit(lambda: held(**tokenizer(["good"], return_tensors="pt")))
+            first = pool.submit(lambda: held(["good"]))
             assert slow.entered.wait(timeout=30)
             # The second thread answers another model, and the same model again, while the
             # first is still inside a forward (a plain model runs in several threads at once).
-            assert other(**tokenizer(["bad"], return_tensors="pt")).logits.shape == (1, 2)
-            assert same(**tokenizer(["dull"], return_tensors="pt")).logits.shape == (1, 2)
+            assert other(["bad"]).shape == (1, 2)
+            assert same(["dull"]).shape == (1, 2)
             assert not first.done()
             slow.hold.set()
-            assert first.result(timeout=30).logits.shape == (1, 2)
+            assert first.result(timeout=30).shape == (1, 2)
     finally:
         batcher.stop()
 
@@ -274,17 +300,17 @@ def test_a_shared_base_runs_in_one_thread_at_a_time(tiny_dir: Path) -> None:
     batcher = Batcher(max_wait_ms=0, workers=2)
     try:
         base = runner_for(model, tokenizer, shared, group="base", concurrent=False)
-        first_adapter = BatchedModel(batcher, base, "A")
-        second_adapter = BatchedModel(batcher, base, "B")
-        other = BatchedModel(batcher, runner_for(model, tokenizer, plain, group="other"))
+        first_adapter = Caller(batcher, tokenizer, base, "A")
+        second_adapter = Caller(batcher, tokenizer, base, "B")
+        other = Caller(batcher, tokenizer, runner_for(model, tokenizer, plain, group="other"))
         shared.hold.clear()
         with ThreadPoolExecutor(4) as pool:
-            first = pool.submit(lambda: first_adapter(**tokenizer(["good"], return_tensors="pt")))
+            first = pool.submit(lambda: first_adapter(["good"]))
             assert shared.entered.wait(timeout=30)
-            queued = pool.submit(lambda: second_adapter(**tokenizer(["bad"], return_tensors="pt")))
+            queued = pool.submit(lambda: second_adapter(["bad"]))
             wait_for_pending(batcher, 1)
             # The free thread leaves the base's call queued and answers another model.
-            assert other(**tokenizer(["dull"], return_tensors="pt")).logits.shape == (1, 2)
+            assert other(["dull"]).shape == (1, 2)
             assert len(batcher._pending) == 1 and not queued.done()
             shared.hold.set()
             first.result(timeout=30)
@@ -308,18 +334,18 @@ def test_a_lone_call_runs_in_its_own_thread_and_queued_calls_in_a_model_thread(
 
     batcher = Batcher(max_wait_ms=0, workers=1)
     try:
-        batched = BatchedModel(batcher, runner_for(model, tokenizer, forward))
-        batched.__dict__["_runner"].forward = where
+        batched = Caller(batcher, tokenizer, runner_for(model, tokenizer, forward))
+        batched.runner.forward = where
         # Nothing queued, the slot free: no hand-over to the model thread.
-        batched(**tokenizer(["good"], return_tensors="pt"))
+        batched(["good"])
         assert threads == [threading.current_thread().name]
         # The one slot busy (held inside a forward): the next call waits for a model thread.
         forward.entered.clear()
         forward.hold.clear()
         with ThreadPoolExecutor(2, thread_name_prefix="caller") as pool:
-            first = pool.submit(lambda: batched(**tokenizer(["bad"], return_tensors="pt")))
+            first = pool.submit(lambda: batched(["bad"]))
             assert forward.entered.wait(timeout=30)
-            second = pool.submit(lambda: batched(**tokenizer(["dull"], return_tensors="pt")))
+            second = pool.submit(lambda: batched(["dull"]))
             wait_for_pending(batcher, 1)
             forward.hold.set()
             first.result(timeout=30)

@@ -93,8 +93,9 @@ def test_models_cache_and_jobs(
 
     for model, n in ((models[0], 2), (models[1], 1)):
         labels = {"task": "classification", "model": model}
-        assert value(found, "tuneserve_predict_requests_total", outcome="ok", **labels) == n
         assert value(found, "tuneserve_predict_inputs_total", **labels) == 2 * n
+        labels["runtime"] = "torch"  # the runtime that answered (full models: torch)
+        assert value(found, "tuneserve_predict_requests_total", outcome="ok", **labels) == n
         assert value(found, "tuneserve_predict_duration_seconds_count", **labels) == n
     events = {
         e: value(found, "tuneserve_model_cache_events_total", event=e)

@@ -21,8 +21,9 @@ from app.ml.tasks import get_task
 from app.ml.tasks.classification import ClassificationPredictRequest, TextPair
 from app.ml.tasks.ner import NerPredictRequest
 from app.ml.tasks.qa import QAInput, QAPredictRequest
-from app.predict.batcher import BatchedModel, Batcher
+from app.predict.batcher import Batcher
 from app.predict.predictor import Predictor, plain_runner
+from app.predict.runtime import run_rows
 from app.predict.tokenizers import TokenizerPool
 from tests.predict.conftest import same_answers
 from tests.tinymodel import NEUTRAL, POSITIVE, build_tiny_model_dir
@@ -101,8 +102,8 @@ def run_concurrently(
 
 
 def test_concurrent_ner_requests_on_one_model(tiny_dir: Path, batcher: Batcher) -> None:
-    # One model: its two calls of the tokenizer (without padding to count sub-tokens, with
-    # padding to build batches) from 8 request threads.
+    # One model: its two calls of the tokenizer (one to count sub-tokens, one to encode the
+    # windows) from 8 request threads.
     ner = predictor(tiny_dir, "ner", load_tokenizer(tiny_dir))
     requests: list[tuple[str, BaseModel]] = [("ner", ner_request(n)) for n in range(1, 61)]
     random.Random(0).shuffle(requests)
@@ -117,26 +118,27 @@ def test_one_tokenizer_shared_by_every_task(tiny_dir: Path, batcher: Batcher) ->
     run_concurrently(predictors, mixed_requests(1), batcher)
 
 
-def test_task_predict_on_a_pooled_tokenizer(tiny_dir: Path, batcher: Batcher) -> None:
-    # A tokenizer from the pool is safe by itself, also for code that calls a task's predict
-    # without a Predictor: the pool hands out serialized tokenizers only.
+def test_task_pipeline_on_a_pooled_tokenizer(tiny_dir: Path, batcher: Batcher) -> None:
+    # A tokenizer from the pool is safe by itself, also for code that runs a task's
+    # encode_inputs and postprocess without a Predictor: the pool hands out serialized ones.
     tokenizer = TokenizerPool().get(tiny_dir)
     models = {}
     for name in LABELS:
         task = get_task(name)
         model = load_model(task, tiny_dir, label_names=LABELS[name]).eval()
-        models[name] = (task, model, plain_runner(name, task, model, tokenizer))
+        models[name] = (task, plain_runner(name, task, model, tokenizer))
 
     def predict(request: tuple[str, BaseModel], *, batched: bool) -> list[Any]:
-        task, model, runner = models[request[0]]
-        return task.predict(
-            BatchedModel(batcher, runner) if batched else model,
-            tokenizer,
-            request[1],
-            label_names=LABELS[request[0]],
-            max_length=64,
-            batch_size=32,
-            options=task.options_model(),
+        task, runner = models[request[0]]
+        options = task.options_model()
+        encoded = task.encode_inputs(tokenizer, request[1], max_length=64, options=options)
+        if batched:
+            outputs = batcher.submit(runner, encoded.rows, None)
+        else:
+            none: list[str | None] = [None] * len(encoded.rows)
+            outputs = run_rows(runner, encoded.rows, none, max_tokens=4096, max_rows=32)
+        return task.postprocess(
+            request[1], encoded, outputs, label_names=LABELS[request[0]], options=options
         )
 
     requests = mixed_requests(2)

@@ -70,6 +70,10 @@ class EvalProgress(TrainerCallback):
     def on_prediction_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        self.advance()
+
+    def advance(self) -> None:
+        """One more batch evaluated (by the Trainer, or by a loop of its own)."""
         self.done += 1
         if time.monotonic() - self.last_sync < self.poll_seconds:
             return

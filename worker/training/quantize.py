@@ -77,15 +77,16 @@ class Comparison:
         return round(self.parent.seconds / max(self.quantized.seconds, 1e-9), 3)
 
 
-def _prepare(settings: Settings, fence: AttemptFence) -> Prepared:
-    """Read the job and its parent, draw the validation rows, load the fp32 parent, tokenize."""
+def prepare(settings: Settings, fence: AttemptFence, *, target: str) -> Prepared:
+    """Read the job and its parent, draw the validation rows, load the fp32 parent, tokenize
+    (for a quantize or export job; `target` names what the parent becomes, for the log)."""
     threads = devices.thread_count(settings.training_threads)
     devices.set_torch_threads(threads)
     inputs = read_job_inputs(settings, fence)
     lineage = inputs.base.lineage
     if lineage is None:  # submission checks it; a row written by hand may not
         raise ServiceError(
-            f"method quantize needs base_model model:<id>, not '{inputs.base.id}'",
+            f"method {inputs.spec.method.type} needs base_model model:<id>, not '{inputs.base.id}'",
             code="invalid_input",
         )
     parent_dir = get_store(settings).local(lineage.parent_storage_path)
@@ -96,7 +97,8 @@ def _prepare(settings: Settings, fence: AttemptFence) -> Prepared:
     rows, train, kind = evaluation_rows(settings, inputs, parent_meta)
     source = "validation dataset" if kind == "given" else f"{kind} split of train set, as before"
     fence.log(
-        f"quantize {inputs.base.id} to {INT8_DYNAMIC}: {rows.num_rows} validation rows ({source})",
+        f"{inputs.spec.method.type} {inputs.base.id} to {target}: {rows.num_rows} validation "
+        f"rows ({source})",
         validation_rows=rows.num_rows,
         validation=kind,
     )
@@ -145,7 +147,7 @@ def _compare(settings: Settings, fence: AttemptFence, p: Prepared) -> Comparison
     primary = task.primary_metric
     parent = evaluate(p.fp32, **common)
     recorded = (p.parent_meta.get("metrics") or {}).get(primary)
-    _log_evaluation(fence, "fp32", parent, primary, {f"parent_recorded_{primary}": recorded})
+    log_evaluation(fence, "fp32", parent, primary, {f"parent_recorded_{primary}": recorded})
 
     started = time.perf_counter()
     int8 = quantize_int8_dynamic(p.fp32)
@@ -157,13 +159,13 @@ def _compare(settings: Settings, fence: AttemptFence, p: Prepared) -> Comparison
         quantize_seconds=quantize_seconds,
     )
     quantized = evaluate(int8, **common)
-    _log_evaluation(fence, "int8", quantized, primary, {})
+    log_evaluation(fence, "int8", quantized, primary, {})
     result = Comparison(parent, quantized, layers, quantize_seconds)
     summary = {
         "primary_metric": primary,
         "int8": quantized.metrics.get(primary),
         "fp32": parent.metrics.get(primary),
-        "delta": _deltas(quantized.metrics, parent.metrics),
+        "delta": metric_deltas(quantized.metrics, parent.metrics),
         "int8_samples_per_second": quantized.samples_per_second,
         "fp32_samples_per_second": parent.samples_per_second,
         "speedup": result.speedup,
@@ -171,14 +173,14 @@ def _compare(settings: Settings, fence: AttemptFence, p: Prepared) -> Comparison
         "torch_threads": p.threads,
     }
     fence.log(
-        f"int8 vs fp32: {primary} {_number(summary['int8'])} vs {_number(summary['fp32'])}; "
+        f"int8 vs fp32: {primary} {number(summary['int8'])} vs {number(summary['fp32'])}; "
         f"int8 evaluation at {result.speedup}x the fp32 speed",
         **summary,
     )
     return result
 
 
-def _deltas(int8: dict[str, Any], fp32: dict[str, Any]) -> dict[str, float]:
+def metric_deltas(int8: dict[str, Any], fp32: dict[str, Any]) -> dict[str, float]:
     """int8 minus fp32 for every scalar metric both report."""
     return {
         k: round(float(v) - float(fp32[k]), 6)
@@ -187,7 +189,7 @@ def _deltas(int8: dict[str, Any], fp32: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _log_evaluation(
+def log_evaluation(
     fence: AttemptFence, precision: str, ev: Evaluation, primary: str, extra: dict[str, Any]
 ) -> None:
     fence.metrics(
@@ -204,7 +206,7 @@ def _log_evaluation(
     )
 
 
-def _number(value: Any) -> str:
+def number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else str(value)
 
 
@@ -214,7 +216,7 @@ def quantize_job(
     """Quantize the claimed job's parent, evaluate both, write models/<model_id> (metadata and
     tokenizer only); returns the Model row, not inserted."""
     quiet_transformers()
-    p = _prepare(settings, fence)
+    p = prepare(settings, fence, target=INT8_DYNAMIC)
     parameters = {"trainable": 0, "total": count_parameters(p.fp32)[1]}
     resolved = {
         "scheme": INT8_DYNAMIC,

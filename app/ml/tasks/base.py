@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     import datasets
+    import numpy as np
     import pyarrow as pa
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
     from app.ml.tables import ParsedTable
 
@@ -61,6 +61,16 @@ def column_values(ds: datasets.Dataset, name: str) -> list[Any]:
     # datasets >= 4 returns a lazy Column whose iteration formats one row at a time (seconds for
     # 67k rows); a slice reads the whole column at once.
     return list(ds[name][:])
+
+
+@dataclass
+class Encoded:
+    """A predict request as model features: one unpadded row per model input (token ids and
+    their companions, by input name), and what the task's postprocess needs to map the rows'
+    outputs back to its inputs (e.g. which input and words each row holds)."""
+
+    rows: list[dict[str, list[int]]]
+    state: Any = None
 
 
 class NoOptions(BaseModel):
@@ -204,18 +214,32 @@ class TaskSpec(Protocol):
         the task's own metric functions (the keys of eval_metrics)."""
         ...
 
-    def predict(
+    # Serving follows the pipeline shape: the task turns a request into feature rows
+    # (encode_inputs) and each row's outputs into answers (postprocess); app/predict owns the
+    # batching, padding and forward in between.
+
+    def encode_inputs(
         self,
-        model: PreTrainedModel | torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         request: BaseModel,
         *,
-        label_names: Sequence[str],
         max_length: int,
-        batch_size: int,
+        options: BaseModel,
+    ) -> Encoded:
+        """A validated predict request's inputs as model feature rows (not padded)."""
+        ...
+
+    def postprocess(
+        self,
+        request: BaseModel,
+        encoded: Encoded,
+        outputs: Sequence[Mapping[str, np.ndarray]],
+        *,
+        label_names: Sequence[str],
         options: BaseModel,
     ) -> list[Any]:
-        """Run a validated predict request; one result per input, in input order."""
+        """One answer per input of the request, in input order, from each feature row's model
+        outputs (`outputs[i]` for `encoded.rows[i]`: e.g. `logits`, without padding)."""
         ...
 
 

@@ -11,14 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InvalidInput
 from app.core.text import RealText, UnicodeText
-from app.ml.batching import sorted_batches
 from app.ml.tasks.base import (
     AbsentLabels,
     DatasetSummary,
+    Encoded,
     Normalized,
     TaskDefaults,
     column_values,
 )
+from app.ml.tasks.serving import feature_rows, softmax
 
 if TYPE_CHECKING:
     import datasets
@@ -220,48 +221,50 @@ class ClassificationTask(TaskDefaults):
         metrics = classification_metrics(logits, gold, label_names)
         return {k: float(metrics[k]) for k in self.eval_metrics}
 
-    def predict(
+    def encode_inputs(
         self,
-        model: Any,
         tokenizer: PreTrainedTokenizerBase,
         request: BaseModel,
         *,
-        label_names: Sequence[str],
         max_length: int,
-        batch_size: int,
         options: BaseModel,
-    ) -> list[Any]:
-        import torch
-
+    ) -> Encoded:
         assert isinstance(request, ClassificationPredictRequest)
         items = [x if isinstance(x, TextPair) else TextPair(text=x) for x in request.inputs]
-        top_k = len(label_names) if request.top_k is None else min(request.top_k, len(label_names))
-        results: list[Any] = [None] * len(items)
-        # Pairs and single texts are encoded differently, so they never share a batch.
-        for idx in sorted_batches(
-            items,
-            batch_size=batch_size,
-            length=lambda x: len(x.text) + len(x.text_pair or ""),
-            kind=lambda x: x.text_pair is not None,
-        ):
-            pairs = [items[i].text_pair for i in idx]
-            enc = tokenizer(
-                [items[i].text for i in idx],
-                pairs if pairs[0] is not None else None,
+        rows: list[dict[str, list[int]]] = [{} for _ in items]
+        # Pairs and single texts are encoded in calls of their own (one row each either way).
+        for pairs in (False, True):
+            which = [i for i, x in enumerate(items) if (x.text_pair is not None) == pairs]
+            if not which:
+                continue
+            encoding = tokenizer(
+                [items[i].text for i in which],
+                [items[i].text_pair or "" for i in which] if pairs else None,
                 truncation=True,
                 max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            ).to(model.device)
-            with torch.inference_mode():
-                logits = model(**enc).logits.float()
-            scores, labels = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
-            for row, i in enumerate(idx):
-                results[i] = [
-                    LabelScore(label=label_names[int(j)], score=float(s))
-                    for s, j in zip(scores[row].tolist(), labels[row].tolist(), strict=True)
-                ]
-        return results
+            )
+            for i, row in zip(which, feature_rows(encoding), strict=True):
+                rows[i] = row
+        return Encoded(rows)
+
+    def postprocess(
+        self,
+        request: BaseModel,
+        encoded: Encoded,
+        outputs: Sequence[Mapping[str, np.ndarray]],
+        *,
+        label_names: Sequence[str],
+        options: BaseModel,
+    ) -> list[Any]:
+        assert isinstance(request, ClassificationPredictRequest)
+        top_k = len(label_names) if request.top_k is None else min(request.top_k, len(label_names))
+        probabilities = softmax(np.stack([out["logits"] for out in outputs]))
+        # Best first; equal scores keep the label order.
+        best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
+        return [
+            [LabelScore(label=label_names[int(j)], score=float(p[j])) for j in order]
+            for p, order in zip(probabilities, best, strict=True)
+        ]
 
 
 def _label_sort_key(label: str) -> tuple[int, float, str]:

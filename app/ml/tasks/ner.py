@@ -21,11 +21,18 @@ from app.ml.tasks import ner_data
 from app.ml.tasks.base import (
     AbsentLabels,
     DatasetSummary,
+    Encoded,
     Normalized,
     TaskDefaults,
     column_values,
 )
-from app.ml.tasks.ner_serving import TokenTag, group_entities, require_fast, tag_words
+from app.ml.tasks.ner_serving import (
+    TokenTag,
+    encode_windows,
+    group_entities,
+    require_fast,
+    tag_words,
+)
 from app.ml.tasks.ner_tags import (
     IGNORE,
     OUTSIDE,
@@ -312,27 +319,33 @@ class NerTask(TaskDefaults):
 
     # --- serving -------------------------------------------------------------------------------
 
-    def predict(
+    def encode_inputs(
         self,
-        model: Any,
         tokenizer: PreTrainedTokenizerBase,
         request: BaseModel,
         *,
-        label_names: Sequence[str],
         max_length: int,
-        batch_size: int,
+        options: BaseModel,
+    ) -> Encoded:
+        assert isinstance(request, NerPredictRequest)
+        split = [_words(item) for item in request.inputs]
+        rows, windows = encode_windows(
+            tokenizer, [words for words, _ in split], max_length=max_length
+        )
+        return Encoded(rows, state=(split, windows))
+
+    def postprocess(
+        self,
+        request: BaseModel,
+        encoded: Encoded,
+        outputs: Sequence[Mapping[str, np.ndarray]],
+        *,
+        label_names: Sequence[str],
         options: BaseModel,
     ) -> list[Any]:
         assert isinstance(request, NerPredictRequest)
-        split = [_words(item) for item in request.inputs]
-        tagged = tag_words(
-            model,
-            tokenizer,
-            [words for words, _ in split],
-            label_names=label_names,
-            max_length=max_length,
-            batch_size=batch_size,
-        )
+        split, windows = encoded.state
+        tagged = tag_words(windows, outputs, label_names=label_names)
         results: list[Any] = []
         for item, (words, offsets), preds in zip(request.inputs, split, tagged, strict=True):
             if isinstance(item, str) and offsets is not None:

@@ -3,14 +3,15 @@ exact character offsets."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from app.ml.batching import sorted_batches
 from app.ml.tasks.ner_tags import OUTSIDE, entity_spans, first_subtokens, word_windows
+from app.ml.tasks.serving import feature_rows, softmax
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -54,49 +55,54 @@ def _subtoken_counts(tokenizer: PreTrainedTokenizerBase, words: list[list[str]])
     return counts
 
 
-def tag_words(
-    model: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    words: list[list[str]],
-    *,
-    label_names: Sequence[str],
-    max_length: int,
-    batch_size: int,
-) -> list[list[WordTag | None]]:
-    """The predicted tag and its probability for every word of every input (None for a word that
-    has no sub-token). Long inputs are cut into windows of whole words that fit max_length."""
-    import torch
+@dataclass
+class Windows:
+    """NER feature rows: which input and words each row holds, and its tokens' word ids."""
 
+    words: list[list[str]]
+    # Per row: (input index, first word, end word) and the row's word id per token.
+    spans: list[tuple[int, int, int]]
+    word_ids: list[list[int | None]]
+
+
+def encode_windows(
+    tokenizer: PreTrainedTokenizerBase, words: list[list[str]], *, max_length: int
+) -> tuple[list[dict[str, list[int]]], Windows]:
+    """Feature rows for the words of every input: long inputs are cut into windows of whole
+    words that fit max_length, one row each."""
     require_fast(tokenizer)
     counts = _subtoken_counts(tokenizer, words)
     budget = max(1, max_length - tokenizer.num_special_tokens_to_add(pair=False))
-    windows = [(i, a, b) for i, c in enumerate(counts) for a, b in word_windows(c, budget)]
-    results: list[list[WordTag | None]] = [[None] * len(w) for w in words]
-    for idx in sorted_batches(
-        windows, batch_size=batch_size, length=lambda w: sum(counts[w[0]][w[1] : w[2]])
-    ):
-        batch = [windows[j] for j in idx]
-        enc = tokenizer(
-            [words[i][a:b] for i, a, b in batch],
-            is_split_into_words=True,
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        )
-        word_ids = [enc.word_ids(r) for r in range(len(batch))]
-        with torch.inference_mode():
-            logits = model(**enc.to(model.device)).logits.float()
-        scores, best = torch.softmax(logits, dim=-1).max(dim=-1)
-        scores_rows, best_rows = scores.tolist(), best.tolist()
-        for r, (i, a, _) in enumerate(batch):
-            for position, word in enumerate(first_subtokens(word_ids[r])):
-                if word >= 0:
-                    # Window-relative word index + the window's first word = index in the input.
-                    results[i][a + word] = (
-                        label_names[best_rows[r][position]],
-                        scores_rows[r][position],
-                    )
+    spans = [(i, a, b) for i, c in enumerate(counts) for a, b in word_windows(c, budget)]
+    if not spans:
+        return [], Windows(words, [], [])
+    enc = tokenizer(
+        [words[i][a:b] for i, a, b in spans],
+        is_split_into_words=True,
+        truncation=True,
+        max_length=max_length,
+    )
+    word_ids = [enc.word_ids(r) for r in range(len(spans))]
+    return feature_rows(enc), Windows(words, spans, word_ids)
+
+
+def tag_words(
+    windows: Windows,
+    outputs: Sequence[Mapping[str, np.ndarray]],
+    *,
+    label_names: Sequence[str],
+) -> list[list[WordTag | None]]:
+    """The predicted tag and its probability for every word of every input (None for a word that
+    has no sub-token), each word tagged at its first sub-token."""
+    results: list[list[WordTag | None]] = [[None] * len(w) for w in windows.words]
+    for r, (i, a, _) in enumerate(windows.spans):
+        probabilities = softmax(outputs[r]["logits"])
+        best = probabilities.argmax(axis=-1)
+        for position, word in enumerate(first_subtokens(windows.word_ids[r])):
+            if word >= 0:
+                # Window-relative word index + the window's first word = index in the input.
+                tag = int(best[position])
+                results[i][a + word] = (label_names[tag], float(probabilities[position, tag]))
     return results
 
 

@@ -23,9 +23,8 @@ from pydantic import (
 
 from app.core.errors import InvalidInput
 from app.core.text import RealText, UnicodeText
-from app.ml.batching import sorted_batches
 from app.ml.tasks import qa_data, qa_features
-from app.ml.tasks.base import DatasetSummary, Normalized, TaskDefaults
+from app.ml.tasks.base import DatasetSummary, Encoded, Normalized, TaskDefaults
 from app.ml.tasks.qa_baseline import baseline_answers
 from app.ml.tasks.qa_postprocess import (
     Answer,
@@ -34,6 +33,7 @@ from app.ml.tasks.qa_postprocess import (
     best_answers,
     squad_scores,
 )
+from app.ml.tasks.serving import feature_rows
 
 if TYPE_CHECKING:
     import datasets
@@ -340,64 +340,51 @@ class QATask(TaskDefaults):
         scores = squad_scores(texts, golds)
         return {k: float(scores[k]) for k in self.eval_metrics}
 
-    def predict(
+    def encode_inputs(
         self,
-        model: Any,
         tokenizer: PreTrainedTokenizerBase,
         request: BaseModel,
         *,
-        label_names: Sequence[str],
         max_length: int,
-        batch_size: int,
+        options: BaseModel,
+    ) -> Encoded:
+        assert isinstance(request, QAPredictRequest)
+        features = qa_features.encode(
+            tokenizer,
+            [x.question for x in request.inputs],
+            [x.context for x in request.inputs],
+            max_length=max_length,
+            doc_stride=_options(options).doc_stride,
+        )
+        names = [k for k in features.inputs if k in tokenizer.model_input_names]
+        return Encoded(feature_rows(features.inputs, names), state=features)
+
+    def postprocess(
+        self,
+        request: BaseModel,
+        encoded: Encoded,
+        outputs: Sequence[Mapping[str, np.ndarray]],
+        *,
+        label_names: Sequence[str],
         options: BaseModel,
     ) -> list[Any]:
         assert isinstance(request, QAPredictRequest)
-        opts = _options(options)
-        items = request.inputs
-        features = qa_features.encode(
-            tokenizer,
-            [x.question for x in items],
-            [x.context for x in items],
-            max_length=max_length,
-            doc_stride=opts.doc_stride,
-        )
-        logits = _feature_logits(model, tokenizer, features, batch_size=batch_size)
-        per_item: list[list[FeatureLogits]] = [[] for _ in items]
+        features: qa_features.Features = encoded.state
+        per_item: list[list[FeatureLogits]] = [[] for _ in request.inputs]
         for f, item in enumerate(features.example_index):
-            start, end = logits[f]
             per_item[item].append(
-                FeatureLogits(start, end, features.offsets[f], features.cls_index[f])
+                FeatureLogits(
+                    outputs[f]["start_logits"],
+                    outputs[f]["end_logits"],
+                    features.offsets[f],
+                    features.cls_index[f],
+                )
             )
-        post = opts.postprocess()
+        post = _options(options).postprocess()
         return [
             [_to_schema(a) for a in best_answers(x.context, feats, post, top_k=request.top_k)]
-            for x, feats in zip(items, per_item, strict=True)
+            for x, feats in zip(request.inputs, per_item, strict=True)
         ]
-
-
-def _feature_logits(
-    model: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    features: qa_features.Features,
-    *,
-    batch_size: int,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Start and end logits of every feature (unpadded), batching features of similar length."""
-    import torch
-
-    names = [k for k in features.inputs if k in tokenizer.model_input_names]
-    rows = [{k: features.inputs[k][f] for k in names} for f in range(len(features.example_index))]
-    out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(rows)
-    for idx in sorted_batches(rows, batch_size=batch_size, length=lambda r: len(r["input_ids"])):
-        batch = tokenizer.pad([rows[i] for i in idx], return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            result = model(**batch)
-        start = result.start_logits.float().cpu().numpy()
-        end = result.end_logits.float().cpu().numpy()
-        for row, i in enumerate(idx):
-            n = len(rows[i]["input_ids"])
-            out[i] = (start[row, :n], end[row, :n])
-    return out
 
 
 def _to_schema(answer: Answer) -> QAAnswer:
