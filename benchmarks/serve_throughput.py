@@ -19,6 +19,12 @@ one request per SST-2 dev sentence (dev.tsv's 872 sentences, cycled):
     job (`method: {"type": "quantize", "scheme": "int8_dynamic"}`), which measures its accuracy
     against the fp32 model's before registering it (--no-int8 leaves it out). Its predictions are
     not expected to equal the fp32 model's; how many top labels differ is printed.
+(e) service_onnx and service_onnx_int8: the same service and route with ONNX exports of the model
+    made by export jobs (`method: {"type": "export", "format": "onnx", "quantization": "none" |
+    "int8"}`), served by ONNX Runtime (--no-onnx leaves them out). Every dev sentence's scores for
+    every label are compared with the fp32 torch model's through the same service:
+    `onnx_top_label_diffs`, `onnx_max_score_diff`, and `onnx_int8_dev_accuracy_delta` (points of
+    dev accuracy against the fp32 model's).
 
 Load: a closed loop, written here on raw asyncio (uvloop when installed) HTTP/1.1 with one
 keep-alive connection per client: N clients each send their next request when the previous one is
@@ -34,7 +40,7 @@ and queue waits.
 Before the load, every dev sentence is sent once to each server (8 at a time, so the service
 batches them) and the top labels are compared: disagreements and the largest score difference.
 
-    python benchmarks/serve_throughput.py                   # 2,000 rows, 1 epoch: ~10 min
+    python benchmarks/serve_throughput.py                   # 2,000 rows, 1 epoch: ~20 min
     python benchmarks/serve_throughput.py --data-dir DIR    # keep (or reuse) the trained model
     python benchmarks/serve_throughput.py --quick           # smoke test: tiny slice, short phases
 
@@ -87,7 +93,20 @@ from benchmarks.train_throughput import base_env as train_base_env  # noqa: E402
 TUTORIAL = REPO / "benchmarks" / "serve_throughput_tutorial.py"
 LIBRARIES = ("torch", "transformers", "tokenizers", "fastapi", "uvicorn", "uvloop", "httptools")
 CONCURRENCY = (1, 8, 32)
-TARGETS = {"ratio_c32": 2.0, "p50_ratio_c1": 1.10}
+TARGETS = {
+    "ratio_c32": 3.0,
+    "p50_ratio_c1": 1.10,
+    "onnx_ratio_c32": 3.5,
+    "onnx_p50_ratio_c1": 0.6,
+    "onnx_int8_ratio_c32": 5.0,
+}
+# Figures whose size must stay within a bound: top labels that differ, score differences, and
+# the int8 export's dev accuracy against the fp32 parent's (points).
+EXACT_TARGETS = {
+    "onnx_top_label_diffs": 0,
+    "onnx_max_score_diff": 1e-4,
+    "onnx_int8_dev_accuracy_delta": 0.5,
+}
 CHECK_CONCURRENCY = 8
 # At concurrency 1: this many times the rounds, each this many times shorter.
 C1_SPLIT = 3
@@ -290,17 +309,36 @@ def run_job(
     return model
 
 
-def int8_model(client: httpx.Client, parent: dict[str, Any], data_dir: Path) -> dict[str, Any]:
-    """The int8 copy of `parent`: one already registered, or a quantize job's (which evaluates
-    both on the parent's validation rows before registering it)."""
+def derived_model(
+    client: httpx.Client,
+    parent: dict[str, Any],
+    data_dir: Path,
+    *,
+    method: dict[str, Any],
+    artifact: str,
+) -> dict[str, Any]:
+    """`parent` quantized or exported as `method` says: a model already registered with that
+    artifact, or a new job's (which evaluates both on the parent's validation rows before
+    registering it)."""
     resp = client.get("/v1/models", params={"task": "classification", "limit": 100})
     resp.raise_for_status()
     for model in resp.json()["data"]:
-        if model["parent_model"] == parent["id"] and model["artifact"] == INT8["scheme"]:
+        if model["parent_model"] == parent["id"] and model["artifact"] == artifact:
             found: dict[str, Any] = model
             return found
-    spec = {"task": "classification", "base_model": f"model:{parent['id']}", "method": INT8}
-    return run_job(client, spec, "the quantize job", data_dir)
+    spec = {"task": "classification", "base_model": f"model:{parent['id']}", "method": method}
+    return run_job(client, spec, f"the {method['type']} job ({artifact})", data_dir)
+
+
+# The service's arms beside fp32 torch: name -> (job method, artifact).
+DERIVED = {
+    "service_int8": (INT8, "int8_dynamic"),
+    "service_onnx": ({"type": "export", "format": "onnx", "quantization": "none"}, "onnx"),
+    "service_onnx_int8": (
+        {"type": "export", "format": "onnx", "quantization": "int8"},
+        "onnx_int8",
+    ),
+}
 
 
 METRIC_LINE = re.compile(r"^(tuneserve_[a-z_]+)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN)$")
@@ -585,6 +623,31 @@ def compare(
     }
 
 
+def compare_services(
+    bodies: list[bytes], reference: list[bytes], gold: list[str]
+) -> dict[str, Any]:
+    """Top labels and scores of one service arm against another's (the fp32 torch model),
+    sentence by sentence; the largest score difference is over every label of every sentence."""
+    disagreements, max_diff, right = 0, 0.0, [0, 0]
+    for body, ref, label in zip(bodies, reference, gold, strict=True):
+        got = json.loads(body)["predictions"][0]
+        want = json.loads(ref)["predictions"][0]
+        if got[0]["label"] != want[0]["label"]:
+            disagreements += 1
+        scores = {x["label"]: x["score"] for x in want}
+        max_diff = max([max_diff] + [abs(x["score"] - scores[x["label"]]) for x in got])
+        right[0] += got[0]["label"] == label
+        right[1] += want[0]["label"] == label
+    return {
+        "checked": len(gold),
+        "top_label_diffs": disagreements,
+        "max_score_diff": float(f"{max_diff:.3g}"),
+        "dev_accuracy": round(right[0] / len(gold), 4),
+        "reference_dev_accuracy": round(right[1] / len(gold), 4),
+        "dev_accuracy_delta_points": round((right[0] - right[1]) / len(gold) * 100, 2),
+    }
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in (*LIBRARIES, MODEL_PACKAGE):
@@ -629,6 +692,13 @@ def print_table(f: dict[str, Any], names: list[str]) -> None:
             f"{f['int8_ratio_c32']}x the tutorial's ({f['int8_over_fp32_c32']}x the fp32 "
             f"service's), p50 at 1 {f['int8_p50_ratio_c1']}x"
         )
+    for name, c in (f.get("derived_checks") or {}).items():
+        print(
+            f"{name}: {c['top_label_diffs']} of {c['checked']} top labels differ from the fp32 "
+            f"torch model's; largest score difference {c['max_score_diff']}; dev accuracy "
+            f"{c['dev_accuracy']} ({c['dev_accuracy_delta_points']:+} points)"
+        )
+    print("targets met: " + ", ".join(f"{k} {v}" for k, v in f["targets_met"].items()))
     threads = ", ".join(f"{name} {n}" for name, n in f["threads"].items())
     load = f["load_avg_1m"]
     print(
@@ -658,7 +728,8 @@ def main() -> int:
         action="store_true",
         help="leave out the tutorial with torch's default threads",
     )
-    ap.add_argument("--no-int8", action="store_true", help="leave out the int8 model")
+    ap.add_argument("--no-int8", action="store_true", help="leave out the torch int8 model")
+    ap.add_argument("--no-onnx", action="store_true", help="leave out the ONNX exports")
     ap.add_argument(
         "--quick",
         action="store_true",
@@ -714,23 +785,35 @@ def main() -> int:
             )
             service.threads = int(service.env["TUNESERVE_INFERENCE_THREADS"] or 0)
             servers = [service]
-            int8: dict[str, Any] | None = None
-            if not args.no_int8:
-                int8 = int8_model(client, model, data_dir)
-                int8_id = int8["id"]
+            derived: dict[str, dict[str, Any]] = {}
+            arms = [
+                name
+                for name in DERIVED
+                if not (args.no_int8 and name == "service_int8")
+                and not (args.no_onnx and name.startswith("service_onnx"))
+            ]
+            for name in arms:
+                method, artifact = DERIVED[name]
+                derived[name] = derived_model(
+                    client, model, data_dir, method=method, artifact=artifact
+                )
+                derived_id = derived[name]["id"]
                 servers.append(
                     Server(
-                        "service_int8",
+                        name,
                         port=port,
                         pid=api_pid,
                         path="/v1/predict/classification",
-                        body=lambda t: json.dumps({"model": int8_id, "inputs": [t]}).encode(),
+                        body=lambda t, i=derived_id: json.dumps(
+                            {"model": i, "inputs": [t], "top_k": None}
+                        ).encode(),
                         headers=f"Authorization: Bearer {key}\r\n",
                         env=service.env,
                         threads=service.threads,
                         scrape=lambda: scrape(client),
                     )
                 )
+            int8 = derived.get("service_int8")
             variants: list[tuple[str, int | None]] = [("tutorial", 1)]
             if not args.no_default_threads:
                 variants.append(("tutorial_default_threads", None))
@@ -760,7 +843,7 @@ def main() -> int:
                     )
                 )
                 for s in servers
-                if s.name in ("service", "tutorial", "service_int8")
+                if s.name in ("service", "tutorial", *DERIVED)
             }
             check = compare(bodies["service"], bodies["tutorial"], list(gold))
             int8_check = (
@@ -768,6 +851,28 @@ def main() -> int:
                 if "service_int8" in bodies
                 else None
             )
+            # Every derived arm against the fp32 torch model of the same service.
+            every_label = Server(
+                "service_every_label",
+                port=port,
+                pid=api_pid,
+                path="/v1/predict/classification",
+                body=lambda t: json.dumps(
+                    {"model": model["id"], "inputs": [t], "top_k": None}
+                ).encode(),
+                headers=f"Authorization: Bearer {key}\r\n",
+                env=service.env,
+            )
+            reference = run_async(
+                each_once(
+                    port,
+                    [every_label.request(t) for t in dev_texts],
+                    concurrency=CHECK_CONCURRENCY,
+                )
+            )
+            checks = {
+                name: compare_services(bodies[name], reference, list(gold)) for name in derived
+            }
 
             requests = {s.name: [s.request(t) for t in dev_texts] for s in servers}
             phases: dict[str, dict[int, list[Phase]]] = {s.name: {} for s in servers}
@@ -808,15 +913,48 @@ def main() -> int:
             "int8_p50_ratio_c1": round(int8_results["c1"]["p50_ms"] / theirs["c1"]["p50_ms"], 2),
             "int8_over_fp32_c32": round(int8_results["c32"]["rps"] / ours["c32"]["rps"], 2),
         }
-    figures["meets_targets"] = (
-        figures["ratio_c32"] >= TARGETS["ratio_c32"]
-        and figures["p50_ratio_c1"] <= TARGETS["p50_ratio_c1"]
-    )
+    if "service_onnx" in results:
+        onnx_results, onnx_check = results["service_onnx"], checks["service_onnx"]
+        figures |= {
+            "onnx_ratio_c32": round(onnx_results["c32"]["rps"] / theirs["c32"]["rps"], 2),
+            "onnx_p50_ratio_c1": round(onnx_results["c1"]["p50_ms"] / theirs["c1"]["p50_ms"], 2),
+            "onnx_top_label_diffs": onnx_check["top_label_diffs"],
+            "onnx_max_score_diff": onnx_check["max_score_diff"],
+        }
+    if "service_onnx_int8" in results:
+        q = results["service_onnx_int8"]
+        figures |= {
+            "onnx_int8_ratio_c32": round(q["c32"]["rps"] / theirs["c32"]["rps"], 2),
+            "onnx_int8_p50_ratio_c1": round(q["c1"]["p50_ms"] / theirs["c1"]["p50_ms"], 2),
+            "onnx_int8_dev_accuracy_delta": checks["service_onnx_int8"][
+                "dev_accuracy_delta_points"
+            ],
+        }
+    met = {
+        name: (figures[name] >= target if name.endswith("c32") else figures[name] <= target)
+        for name, target in TARGETS.items()
+        if name in figures
+    }
+    for name, most in EXACT_TARGETS.items():
+        if name in figures:
+            met[name] = abs(figures[name]) <= most
+    figures["targets_met"] = met
+    figures["meets_targets"] = all(met.values())
     figures |= {
         "targets": TARGETS,
         **results,
         "check": check,
         "int8_check": int8_check,
+        "derived_checks": checks,
+        "derived_models": {
+            name: {
+                "id": m["id"],
+                "artifact": m["artifact"],
+                "metrics": m["metrics"],
+                "parent_metrics": m["parent_metrics"],
+            }
+            for name, m in derived.items()
+        },
         "int8_model": None
         if int8 is None
         else {

@@ -146,6 +146,13 @@ SERVE_SCRIPT = REPO_ROOT / "benchmarks" / "serve_throughput.py"
 SERVE_KEYS = {
     "ratio_c32",
     "p50_ratio_c1",
+    "onnx_ratio_c32",
+    "onnx_p50_ratio_c1",
+    "onnx_top_label_diffs",
+    "onnx_max_score_diff",
+    "onnx_int8_ratio_c32",
+    "onnx_int8_dev_accuracy_delta",
+    "targets_met",
     "meets_targets",
     "service",
     "tutorial",
