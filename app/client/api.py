@@ -7,6 +7,7 @@ fault); an unreachable service is ApiError too, with a sentence that says where 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -145,6 +146,26 @@ class Client:
                 raise ApiError(f"no model or alias named '{ref}'", status=404) from None
             raise
         return self.get(f"/v1/models/{alias['model']}")
+
+    def download(self, path: str, target: Path) -> int:
+        """Stream a file answer into `target` (written beside it, then renamed); its size."""
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            with self.http.stream("GET", path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error(resp)
+                with partial.open("wb") as out:
+                    for chunk in resp.iter_bytes():
+                        out.write(chunk)
+            os.replace(partial, target)
+        except httpx.TransportError as exc:
+            raise ApiError(f"cannot reach the service at {self.api}: {exc}") from None
+        except OSError as exc:
+            raise ApiError(f"cannot write {target}: {exc.strerror or exc}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return target.stat().st_size
 
     def predict(self, task: str, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", f"/v1/predict/{task}", json=body)

@@ -32,7 +32,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the service's JSON 
 
 datasets_cli = typer.Typer(help="Upload and list datasets (client).", no_args_is_help=True)
 jobs_cli = typer.Typer(help="Submit, list, follow and cancel jobs (client).", no_args_is_help=True)
-models_cli = typer.Typer(help="List and show registered models (client).", no_args_is_help=True)
+models_cli = typer.Typer(
+    help="List, show and download registered models (client).", no_args_is_help=True
+)
 
 
 @contextmanager
@@ -322,6 +324,29 @@ def models_show(
     ]
     typer.echo(f"{row['id']}  {row['task']}  {row['method']}  on {row['base_model']}")
     out().print(table(["METRIC", "MODEL", "BASELINE"], rows))
+
+
+@models_cli.command("download")
+def models_download(
+    model: Annotated[str, typer.Argument(help="Model id or alias.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Where to write it (default: ./<model id>.tar.gz).",
+            dir_okay=False,
+        ),
+    ] = None,
+    api: ApiOpt = DEFAULT_API,
+    key: KeyOpt = None,
+) -> None:
+    """A model's files as a tar.gz that transformers, peft or ONNX Runtime load alone."""
+    with connect(api, key) as client:
+        model_id = client.resolve_model(model)["id"]
+        target = output or Path(f"{Path(model_id).name}.tar.gz")  # the server's id, as a name
+        size = client.download(f"/v1/models/{model_id}/download", target)
+    typer.echo(f"{target}  {size} bytes")
 
 
 # --- predict -----------------------------------------------------------------------------------

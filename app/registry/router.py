@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.deps import ModelReader, Trainer
 from app.core.deps import SessionDep, SettingsDep
-from app.core.schemas import PROTECTED, Page, ParameterCounts, error_responses
+from app.core.schemas import PROTECTED, ErrorResponse, Page, ParameterCounts, error_responses
 from app.db.models import Model, ModelAlias
 from app.ml.quality import Quality
 from app.ml.runtimes import runtime_of
-from app.registry import aliases, deletion, service
+from app.registry import aliases, deletion, download, service
 from app.registry.schemas import AliasPut, AliasRead, ModelRead
 
 router = APIRouter(prefix="/models", tags=["models"], responses=PROTECTED)
 alias_router = APIRouter(prefix="/aliases", tags=["models"], responses=PROTECTED)
+
+
+# Documented here rather than by a response class with a media type: FastAPI would give that media
+# type to the error responses too, which are JSON.
+ARCHIVE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A tar.gz of the model's files under one folder named after its id.",
+        "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    507: {"model": ErrorResponse, "description": "Not enough free disk space to pack the model."},
+}
 
 
 def _aliases_by_model(session: Session, models: list[Model]) -> dict[str, list[str]]:
@@ -94,6 +106,25 @@ def get_model(model_id: str, session: SessionDep, principal: ModelReader) -> Mod
     """A registered model: task, base, method, labels, metrics and provenance."""
     model = service.get_model(session, tenant=principal.tenant, model_id=model_id)
     return to_read(model, aliases.aliases_of(session, model))
+
+
+@router.get(
+    "/{model_id}/download",
+    response_class=StreamingResponse,
+    responses={**ARCHIVE_RESPONSE, **error_responses(404, 409)},
+)
+def download_model(
+    model_id: str, session: SessionDep, settings: SettingsDep, principal: ModelReader
+) -> StreamingResponse:
+    """The model's files as a tar.gz that transformers, peft or ONNX Runtime load alone."""
+    archive = download.archive_model(
+        session, settings=settings, tenant=principal.tenant, model_id=model_id
+    )
+    headers = {
+        "Content-Disposition": f'attachment; filename="{archive.filename}"',
+        "Content-Length": str(archive.size),
+    }
+    return StreamingResponse(archive.chunks(), media_type="application/gzip", headers=headers)
 
 
 @router.delete(

@@ -57,6 +57,7 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", "/v1/jobs/{job_id}"): frozenset({"train"}),
     ("GET", "/v1/models"): frozenset({"models:read"}),
     ("GET", "/v1/models/{model_id}"): frozenset({"models:read"}),
+    ("GET", "/v1/models/{model_id}/download"): frozenset({"models:read"}),
     ("DELETE", "/v1/models/{model_id}"): frozenset({"train"}),
     ("PUT", "/v1/models/{model_id}/aliases/{name}"): frozenset({"train"}),
     ("GET", "/v1/aliases"): frozenset({"models:read"}),
