@@ -25,7 +25,11 @@ KINDS: dict[str, dict[str, Any]] = {
     "adapter": {"type": "lora", "r": 4},
     "merged": {"type": "lora", "r": 4, "merge_adapter": True},
     "int8_dynamic": {"type": "quantize", "scheme": "int8_dynamic"},
+    "onnx": {"type": "export", "format": "onnx", "quantization": "none"},
+    "onnx_int8": {"type": "export", "format": "onnx", "quantization": "int8"},
 }
+# Kinds made from the full model rather than trained.
+DERIVED = frozenset({"quantize", "export"})
 
 
 def serving_settings(root: Path, *, build: bool = True, **overrides: Any) -> Settings:
@@ -53,7 +57,8 @@ def _jsonl(rows: dict[str, list[Any]]) -> bytes:
 
 def train_served_models(client: TestClient, settings: Settings) -> dict[str, dict[str, str]]:
     """Model ids by task, then by artifact kind: a full model, a LoRA adapter, a LoRA merged at
-    registration, and the full model quantized to int8; one epoch each on 40 rows."""
+    registration, the full model quantized to int8 and exported to ONNX (fp32 and int8); one
+    epoch each on 40 rows."""
     from worker.jobs import run_job
 
     rows = {
@@ -73,7 +78,7 @@ def train_served_models(client: TestClient, settings: Settings) -> dict[str, dic
         models[task] = {}
         for kind, method in KINDS.items():
             spec: dict[str, Any] = {"task": task, "method": method}
-            if method["type"] == "quantize":
+            if method["type"] in DERIVED:
                 spec["base_model"] = f"model:{models[task]['full']}"
             else:
                 spec |= {
