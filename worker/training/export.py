@@ -30,7 +30,14 @@ from worker.training import onnx_export
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
 from worker.training.evaluation import EvalProgress, Evaluation, eval_args, evaluate
 from worker.training.lora import count_parameters
-from worker.training.quantize import Prepared, log_evaluation, metric_deltas, number, prepare
+from worker.training.quantize import (
+    Prepared,
+    derived_row,
+    log_evaluation,
+    metric_deltas,
+    number,
+    prepare,
+)
 from worker.training.state import AttemptFence
 
 
@@ -200,26 +207,15 @@ def export_job(
         written = write_model_dir(settings, model_id=model_id, save=save, meta=meta)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    inputs = p.inputs
-    row = Model(
-        id=model_id,
-        tenant_id=inputs.job.tenant_id,
-        task=task.name,
-        base_model=inputs.base.id,
+    row = derived_row(
+        p,
+        model_id=model_id,
         method="export",
-        label_names=setup.label_names,
+        artifact=artifact,
         metrics=ev.metrics,
         parent_metrics=parent.metrics,
-        baseline_metrics=judgement.baseline_metrics,
-        quality=judgement.quality,
-        job_id=inputs.job.id,
-        train_dataset_id=inputs.train_row.id,
-        validation_dataset_id=inputs.validation_row.id if inputs.validation_row else None,
-        hyperparameters=p.parent_meta.get("hyperparameters") or {},
-        storage_path=written.storage_path,
-        size_bytes=written.size_bytes,
-        artifact=artifact,
-        parent_model_id=inputs.base.parent_model_id,
+        judgement=judgement,
+        written=written,
         parameters=parameters,
     )
     return row, written

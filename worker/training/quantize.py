@@ -249,16 +249,44 @@ def quantize_job(
         tokenizer.save_pretrained(str(directory))
 
     written = write_model_dir(settings, model_id=model_id, save=save, meta=meta)
+    row = derived_row(
+        p,
+        model_id=model_id,
+        method="quantize",
+        artifact=INT8_DYNAMIC,
+        metrics=result.quantized.metrics,
+        parent_metrics=result.parent.metrics,
+        judgement=judgement,
+        written=written,
+        parameters=parameters,
+    )
+    return row, written
+
+
+def derived_row(
+    p: Prepared,
+    *,
+    model_id: str,
+    method: str,
+    artifact: str,
+    metrics: dict[str, Any],
+    parent_metrics: dict[str, Any],
+    judgement: baselines.Judgement,
+    written: WrittenModel,
+    parameters: dict[str, int],
+) -> Model:
+    """The Model row of a model derived from the job's parent (quantized, exported), not
+    inserted: the parent's task, labels, datasets and hyperparameters, its own artifact."""
     inputs = p.inputs
-    row = Model(
+    return Model(
         id=model_id,
         tenant_id=inputs.job.tenant_id,
         task=inputs.task.name,
         base_model=inputs.base.id,
-        method="quantize",
+        method=method,
         label_names=p.setup.label_names,
-        metrics=result.quantized.metrics,
-        parent_metrics=result.parent.metrics,
+        metrics=metrics,
+        parent_metrics=parent_metrics,
         baseline_metrics=judgement.baseline_metrics,
         quality=judgement.quality,
         job_id=inputs.job.id,
@@ -268,11 +296,10 @@ def quantize_job(
         hyperparameters=p.parent_meta.get("hyperparameters") or {},
         storage_path=written.storage_path,
         size_bytes=written.size_bytes,
-        artifact=INT8_DYNAMIC,
+        artifact=artifact,
         parent_model_id=inputs.base.parent_model_id,
         parameters=parameters,
     )
-    return row, written
 
 
 def _metadata(
