@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from rich.console import Console
 from typer.testing import CliRunner
 
 from app.cli import cli
 from app.client.api import StreamEvent
 from app.client.follow import Follower
-from app.core.embedded_redis import free_port
+from tests.liveserver import uvicorn_thread
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
 CSV = "text,label\n" + "".join(f"good text {i},pos\nbad text {i},neg\n" for i in range(6))
@@ -28,18 +25,8 @@ CSV = "text,label\n" + "".join(f"good text {i},pos\nbad text {i},neg\n" for i in
 @pytest.fixture
 def live_api(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The test app served by uvicorn on a free port, in a thread."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_thread(app) as url:
+        yield url
 
 
 @pytest.fixture

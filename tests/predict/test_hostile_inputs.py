@@ -1,7 +1,7 @@
 """Hostile and odd /predict inputs against real tiny models of every task and artifact kind (full,
-LoRA adapter, merged LoRA, int8, ONNX fp32 and int8 under ONNX Runtime): each gets a 422 that names the input at fault (`inputs[3].text`)
-or a defined answer, never a 500. Examples first, then hypothesis over any Unicode text, lone
-UTF-16 surrogates included."""
+LoRA adapter, merged LoRA, int8, ONNX fp32 and int8 under ONNX Runtime): each gets a 422 that
+names the input at fault (`inputs[3].text`) or a defined answer, never a 500. Examples first, then
+hypothesis over any Unicode text, lone UTF-16 surrogates included."""
 
 from __future__ import annotations
 

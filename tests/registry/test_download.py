@@ -9,26 +9,23 @@ import json
 import re
 import shutil
 import tarfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.cli import cli
 from app.core.config import Settings
-from app.core.embedded_redis import free_port
 from app.core.store import TREE_MANIFEST
 from app.db.models import Model
 from app.registry.adapter_card import describe_base
 from app.registry.download import _stored_files, write_tar
 from tests.conftest import RecordingQueue, auth, create_api_key
+from tests.liveserver import uvicorn_thread
 from tests.tinyserved import served_copy
 
 TEXTS = ["a great superb film", "awful boring plot", "the movie was very dull and cold", "fun"]
@@ -251,18 +248,8 @@ def live_api(served: Served) -> Iterator[str]:
     from app.main import create_app
 
     application = create_app(served.settings, queue=RecordingQueue())
-    server = uvicorn.Server(
-        uvicorn.Config(application, host="127.0.0.1", port=free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_thread(application) as url:
+        yield url
     application.state.engine.dispose()
 
 

@@ -32,6 +32,7 @@ from worker.training.evaluation import EvalProgress, Evaluation, eval_args, eval
 from worker.training.lora import count_parameters
 from worker.training.quantize import (
     Prepared,
+    datasets_metadata,
     derived_row,
     log_evaluation,
     metric_deltas,
@@ -232,7 +233,7 @@ def _metadata(
     judgement: baselines.Judgement,
     parameters: dict[str, int],
 ) -> dict[str, Any]:
-    inputs, val_row = p.inputs, p.inputs.validation_row
+    inputs = p.inputs
     assert inputs.base.lineage is not None
     return {
         "model_id": model_id,
@@ -268,13 +269,7 @@ def _metadata(
             "device": "cpu",
             "threads": p.threads,
         },
-        "train_dataset": {"id": inputs.train_row.id, "sha256": inputs.train_row.sha256},
-        "validation_dataset": {
-            "id": val_row.id if val_row else None,
-            "sha256": val_row.sha256 if val_row else None,
-            "rows_used": p.rows.num_rows,
-            "kind": p.kind,
-        },
+        **datasets_metadata(p),
         "parameters": parameters,
         "versions": library_versions(),
     }

@@ -48,9 +48,9 @@ def export_graph(
 ) -> list[str]:
     """Write `model` as an ONNX graph at `path`; the graph's output names. `per_token`: the
     outputs have a token dimension (the task's per_token_outputs), dynamic like the inputs'."""
-    import torch
-
     import inspect
+
+    import torch
 
     # Eager attention: the pattern the optimizer fuses (numerically the same model).
     model.set_attn_implementation("eager")

@@ -312,7 +312,7 @@ def _metadata(
 ) -> dict[str, Any]:
     import torch
 
-    inputs, val_row = p.inputs, p.inputs.validation_row
+    inputs = p.inputs
     assert inputs.base.lineage is not None
     timing = {
         "seconds": result.parent.seconds,
@@ -361,6 +361,17 @@ def _metadata(
             "device": "cpu",
             "torch_threads": p.threads,
         },
+        **datasets_metadata(p),
+        "parameters": parameters,
+        "versions": library_versions(),
+    }
+
+
+def datasets_metadata(p: Prepared) -> dict[str, Any]:
+    """The train and validation datasets of a derived model's metadata: its parent's train set,
+    and the rows both were evaluated on."""
+    inputs, val_row = p.inputs, p.inputs.validation_row
+    return {
         "train_dataset": {"id": inputs.train_row.id, "sha256": inputs.train_row.sha256},
         "validation_dataset": {
             "id": val_row.id if val_row else None,
@@ -368,6 +379,4 @@ def _metadata(
             "rows_used": p.rows.num_rows,
             "kind": p.kind,
         },
-        "parameters": parameters,
-        "versions": library_versions(),
     }
