@@ -22,9 +22,10 @@ from app.ml.quantize import INT8_DYNAMIC, load_int8_dynamic
 from app.ml.runtimes import ONNX, ONNX_INT8, runtime_of
 from app.ml.tasks import TaskSpec, get_task
 from app.predict.batcher import Batcher
-from app.predict.runtime import ModelRunner, run_rows, torch_forward
+from app.predict.runtime import Forward, ModelRunner, run_rows, torch_forward
 from app.predict.shared import AdapterRouting, ReadWriteLock, SharedBases, tensor_bytes
 from app.predict.tokenizers import TOKENIZERS, serialized
+from app.predict.traced import traced_forward
 
 if TYPE_CHECKING:
     import torch
@@ -190,15 +191,17 @@ def plain_runner(
     tokenizer: PreTrainedTokenizerBase,
     *,
     runtime: str = "torch",
+    forward: Forward | None = None,
 ) -> ModelRunner:
-    """How the model thread runs a torch model of its own (no weights shared with another)."""
+    """How the model thread runs a torch model of its own (no weights shared with another):
+    `forward` (e.g. its TorchScript trace's), or the model itself."""
     return ModelRunner(
         group=("model", id(model)),
         label=label,
         runtime=runtime,
         sequence_outputs=task.per_token_outputs,
         pad_values=_pad_values(tokenizer),
-        forward=torch_forward(model, call=lambda batch, _adapters: model(**batch)),
+        forward=forward or torch_forward(model, call=lambda batch, _adapters: model(**batch)),
     )
 
 
@@ -312,9 +315,13 @@ class Loaded:
 
 def _torch_loaded(files: ArtifactFiles, model: torch.nn.Module, runtime: str) -> Loaded:
     model.eval()
-    if runtime == "torch":  # int8 kernels run on the CPU
+    forward = None
+    if runtime == "torch":  # int8 kernels run on the CPU, eagerly
         model.to(devices.select_device())
-    runner = plain_runner(files.row.id, files.task, model, files.tokenizer, runtime=runtime)
+        forward = traced_forward(model, files.tokenizer)
+    runner = plain_runner(
+        files.row.id, files.task, model, files.tokenizer, runtime=runtime, forward=forward
+    )
     return Loaded(model, runner, tensor_bytes(model))
 
 
