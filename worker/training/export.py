@@ -80,7 +80,6 @@ def _evaluate_graph(
     p: Prepared, graph: Path, compute_metrics: Any, progress: EvalProgress
 ) -> Evaluation:
     """ONNX Runtime's evaluation of the graph on the features the parent was evaluated on."""
-    import onnxruntime  # noqa: F401  (fail here, plainly, if the runtime is missing)
     from transformers.trainer_utils import EvalPrediction, denumpify_detensorize
     from transformers.utils.generic import find_labels
 
@@ -88,21 +87,18 @@ def _evaluate_graph(
     collator = training_data.make_collator(p.inputs.task, p.tokenizer)
     label_names: list[str] = find_labels(type(p.fp32))  # type: ignore[no-untyped-call]
 
-    def run() -> tuple[Any, Any]:
-        return onnx_export.onnx_predictions(
-            session,
-            p.features,
-            collator=collator,
-            batch_size=p.setup.batch_size,
-            label_names=label_names,
-            on_batch=progress.advance,
-        )
-
     # One batch first, untimed, as the parent's evaluation warms up.
     warm = collator([p.features[i] for i in range(min(p.setup.batch_size, len(p.features)))])
     session.run(None, {i.name: warm[i.name].numpy() for i in session.get_inputs()})
     started = time.perf_counter()
-    predictions, labels = run()
+    predictions, labels = onnx_export.onnx_predictions(
+        session,
+        p.features,
+        collator=collator,
+        batch_size=p.setup.batch_size,
+        label_names=label_names,
+        on_batch=progress.advance,
+    )
     metrics = compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels))
     seconds = time.perf_counter() - started
     return Evaluation(
