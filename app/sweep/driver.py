@@ -166,15 +166,21 @@ def _advance(
     stopping = sweep.status == SweepStatus.CANCELLING or _past_deadline(sweep, now or utcnow())
     if stopping:
         _cancel_trials(session, sweep=sweep)
+        tell_ended(session, study=study, sweep=sweep)  # the queued ones ended at once
     else:
         _ask(session, settings=settings, queue=queue, sweep=sweep, owner=owner, now=now)
-    running, total = _counts(session, sweep_id)
-    if running == 0 and (stopping or total >= sweep.max_trials):
+    running, recorded = _counts(session, sweep_id)
+    if running == 0 and (stopping or max(recorded, _asked(settings, sweep)) >= sweep.max_trials):
         _finish(session, sweep=sweep, now=now or utcnow())
 
 
+def _asked(settings: Settings, sweep: Sweep) -> int:
+    """Trials the study has asked for (recorded as trial rows or not)."""
+    return len(studies.load_study(settings, sweep).get_trials(deepcopy=False))
+
+
 def _counts(session: Session, sweep_id: str) -> tuple[int, int]:
-    """Trials running, and trials in all (what the study has asked, recorded or not)."""
+    """Trials running, and trials recorded in all."""
     states = session.scalars(select(SweepTrial.state).where(SweepTrial.sweep_id == sweep_id)).all()
     session.commit()
     return sum(s == TrialState.RUNNING for s in states), len(states)
@@ -230,7 +236,7 @@ def _ask(
     distributions = {s.name: s.distribution() for s in spaces}
     while True:
         running, _ = _counts(session, sweep.id)
-        asked = len(studies.load_study(settings, sweep).get_trials(deepcopy=False))
+        asked = _asked(settings, sweep)
         if running >= sweep.parallel or asked >= sweep.max_trials:
             return
         # Renew the lease before each trial: a driver that lost it stops here.

@@ -188,15 +188,18 @@ def job_create(spec: dict[str, Any]) -> JobCreate:
 
 def check_samples(spec: dict[str, Any], spaces: list[Space]) -> None:
     """Every space's bounds (or choices) and a value between them, each with the others at
-    their first, must make a job spec that POST /v1/jobs accepts."""
+    their first, must make a job spec that POST /v1/jobs accepts. A refusal of a sampled
+    value names its space's field and the value; any other names its own field."""
     first = {s.name: s.probes()[0][1] for s in spaces}
-    job_create(materialize(spec, spaces, first))
     for space in spaces:
         for label, value in space.probes():
             try:
                 job_create(materialize(spec, spaces, {**first, space.name: value}))
             except InvalidInput as exc:
-                reason = exc.message.removeprefix(f"{space.field}: ")
+                field = str(exc.details.get("field", ""))
+                if field != space.field and not field.startswith(f"{space.field}."):
+                    raise
+                reason = exc.message.removeprefix(f"{field}: ")
                 raise InvalidInput(
                     f"{space.field}: {label} of the {space.kind} space is refused: {reason}",
                     field=space.field,
