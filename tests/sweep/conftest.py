@@ -39,7 +39,7 @@ def upload_rows(client: TestClient, n: int, *, seed: int = 0) -> str:
 
 
 @pytest.fixture
-def datasets(client: TestClient, train_settings: Any) -> tuple[str, str]:
+def datasets(client: TestClient, train_settings: Any) -> tuple[str, str]:  # noqa: F811
     """(train, validation) dataset ids of the tiny sentiment rows."""
     return upload_rows(client, 32), upload_rows(client, 16, seed=1)
 
