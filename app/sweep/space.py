@@ -125,7 +125,8 @@ def _choice(path: Path, raw: Any) -> Space:
             raise _fail(path, f"choices are strings, numbers, booleans or null; got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise _fail(path, f"choices must be finite; got {value!r}")
-    if len({(type(v).__name__, v) for v in raw}) != len(raw):
+    # Equal values (1 and 1.0, or true and 1) would be one choice to Optuna.
+    if any(a == b for i, a in enumerate(raw) for b in raw[i + 1 :]):
         raise _fail(path, f"the choices repeat a value: {raw!r}")
     return Space(path, "choice", tuple(raw))
 
