@@ -145,8 +145,9 @@ def main() -> None:
         resp = client.post("/v1/sweeps", json=body)
         if resp.status_code != 201:
             raise SystemExit(f"the sweep was refused: {resp.status_code} {resp.text}")
-        print(f"sweep {resp.json()['id']}: {args.trials} trials, {args.parallel} at once", flush=True)
-        sweep = wait_for_sweep(client, resp.json()["id"])
+        sweep_id = resp.json()["id"]
+        print(f"sweep {sweep_id}: {args.trials} trials, {args.parallel} at once", flush=True)
+        sweep = wait_for_sweep(client, sweep_id)
         sweep_s = time.perf_counter() - start
 
     best = sweep["best"]
