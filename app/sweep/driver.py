@@ -93,7 +93,9 @@ def needs_advance(session: Session, *, sweep_id: str, now: datetime) -> bool:
         return True  # a trial to tell
     if sweep.status == SweepStatus.CANCELLING or _past_deadline(sweep, now):
         return True  # trials to cancel, or the end to make
-    return len(running) < sweep.parallel  # a trial to ask, or the end to make
+    if not running:
+        return True  # trials to ask, or the end to make
+    return len(running) < sweep.parallel and len(rows) < sweep.max_trials  # a trial to ask
 
 
 def _past_deadline(sweep: Sweep, now: datetime) -> bool:

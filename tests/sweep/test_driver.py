@@ -156,7 +156,7 @@ def test_concurrent_drivers_submit_no_trial_twice(backend: Backend) -> None:
         barrier = threading.Barrier(4)
         errors: list[BaseException] = []
 
-        def drive() -> None:
+        def drive(barrier: threading.Barrier, errors: list[BaseException]) -> None:
             from app.sweep.driver import advance_sweep
 
             engine = make_engine(backend.settings)
@@ -174,7 +174,7 @@ def test_concurrent_drivers_submit_no_trial_twice(backend: Backend) -> None:
             finally:
                 engine.dispose()
 
-        threads = [threading.Thread(target=drive) for _ in range(4)]
+        threads = [threading.Thread(target=drive, args=(barrier, errors)) for _ in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
