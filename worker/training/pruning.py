@@ -59,14 +59,19 @@ def sweep_pruning(
     from app.sweep import study as studies
     from app.sweep.trials import metric_key
 
-    study = studies.load_study(settings, sweep)
-    storage = studies.storage(settings)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(sweep.id), number
-    )
-    import optuna
+    try:
+        import optuna
 
-    trial = optuna.trial.Trial(study, trial_id)
+        study = studies.load_study(settings, sweep)
+        storage = studies.storage(settings)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(sweep.id), number
+        )
+        trial = optuna.trial.Trial(study, trial_id)
+    except Exception:  # noqa: BLE001  (the study's trouble never fails the training)
+        log.warning("job %s: its sweep's study cannot be read; not pruned", job.id, exc_info=True)
+        fence.warning(f"sweep {sweep.id}: its study could not be read; this trial is not pruned")
+        return None
     return _callback(trial, fence, metric=metric_key(sweep.metric), number=number)
 
 
