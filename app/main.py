@@ -208,6 +208,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     from app.predict.shared import SharedBases
     from app.registry.router import alias_router
     from app.registry.router import router as models_router
+    from app.sweep.router import router as sweeps_router
     from app.ui import install_ui
 
     settings = settings or get_settings()
@@ -285,6 +286,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         datasets_router,
         base_models_router,
         jobs_router,
+        sweeps_router,
         models_router,
         alias_router,
         build_predict_router(),

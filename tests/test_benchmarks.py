@@ -237,3 +237,22 @@ def test_ddp_scaling_compares_one_and_two_processes() -> None:
     assert one["effective_batch_size"] == two["effective_batch_size"] == 16
     assert two["batch_size"] == 8 and one["steps"] == two["steps"]
     assert set(figures["scaling"]) == {"1", "2"} and figures["scaling"]["1"] == 1.0
+
+
+def test_sweep_quick_run_ends_with_one_line_of_json() -> None:
+    """A real `tuneserve up` (relay and worker included): a two-trial sweep runs to its end."""
+    proc = run(
+        "--train-rows",
+        "64",
+        "--trials",
+        "2",
+        "--parallel",
+        "1",
+        "--no-default",
+        script=REPO_ROOT / "benchmarks" / "sweep_sst2.py",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["sweep_status"] in ("succeeded", "failed")
+    assert len(figures["trials"]) == 2 and figures["train_rows"] == 64
+    assert sum(figures["sweep_trials"].values()) == 2 and figures["sweep_trials"]["running"] == 0

@@ -567,6 +567,7 @@ class JobRead(BaseModel):
     quality: Quality | None = Field(default=None, description=QUALITY_DESCRIPTION)
     model_id: str | None
     error: JobError | None
+    sweep_id: str | None = Field(default=None, description="The sweep this job is a trial of.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -601,6 +602,7 @@ class JobRead(BaseModel):
             quality=Quality(job.quality) if job.quality else None,
             model_id=job.model_id,
             error=error,
+            sweep_id=job.sweep_id,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

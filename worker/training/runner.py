@@ -31,6 +31,7 @@ from worker.training.artifacts import WrittenModel, library_versions, write_mode
 from worker.training.checkpoints import CheckpointCallback
 from worker.training.freezing import freeze, set_dropout
 from worker.training.lora import count_parameters
+from worker.training.pruning import sweep_pruning
 from worker.training.shards import ShardReport
 from worker.training.state import AttemptFence
 from worker.training.world import SINGLE, World
@@ -486,6 +487,9 @@ def train_rank(
     trainer.add_callback(
         CheckpointCallback(fence, elapsed=callback.timer.elapsed, store=store, job_id=inputs.job.id)
     )
+    pruning = sweep_pruning(settings, fence, inputs.job, world)  # a sweep trial's evaluations
+    if pruning is not None:
+        trainer.add_callback(pruning)
     if world.is_main:  # the ranks share this machine's disk
         fetch_newest(store, inputs.job.id, saved)
     world.barrier()
