@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
@@ -113,6 +114,12 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
     )
 
 
+def default_learning_rate(task: TaskSpec, method: str, *, train_rows: int | None) -> float:
+    """The learning rate a job of `task` and `method` trains with when it names none."""
+    rate = task.default_hyperparameters(method, train_rows=train_rows).get("learning_rate")
+    return float(rate) if isinstance(rate, int | float) else DEFAULT_LEARNING_RATE[method]
+
+
 def submit_job(
     session: Session,
     *,
@@ -121,10 +128,12 @@ def submit_job(
     tenant: str,
     spec: JobCreate,
     idempotency: IdempotentRequest | None = None,
+    attach: Callable[[Session, Job], None] | None = None,
 ) -> Job:
     """Validate a job spec; commit the job with its queue message; then try to publish it.
 
     With `idempotency`, a key seen before replays its first response (raises Replay) instead.
+    `attach` adds rows that belong with the job (the OpenAI API's terms) to its transaction.
     """
     if idempotency is not None:
         idempotency.replay_if_seen(session)
@@ -166,6 +175,8 @@ def submit_job(
     # publishes it later, so an accepted job is never left without a message.
     session.add(JobMessage(job_id=job.id, reason="submitted"))
     session.flush()
+    if attach is not None:
+        attach(session, job)
     try:
         if idempotency is not None:
             idempotency.remember(session, status_code=201, body=JobRead.from_row(job))
