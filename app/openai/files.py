@@ -130,7 +130,9 @@ def list_files(
         return [], False  # only fine-tune files are kept
     stmt: Select[Any] = select(OpenAIFile).where(OpenAIFile.tenant_id == tenant)
     if after is not None:
-        mark = get_file(session, tenant=tenant, file_id=after, field="after")
+        mark = get_by_id(session, OpenAIFile, after)
+        if mark is None or mark.tenant_id != tenant:
+            raise BadRequest(f"after: no such file: '{after[:64]}'", field="after")
         stmt = _after(stmt, mark, ascending=ascending)
     order = (OpenAIFile.created_at, OpenAIFile.id)
     stmt = stmt.order_by(*(c.asc() if ascending else c.desc() for c in order))
