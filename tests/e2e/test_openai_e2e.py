@@ -1,8 +1,8 @@
 """The official `openai` SDK against the running service (real HTTP, Redis, a Celery worker):
 upload SST-2 rows in OpenAI's chat format, fine-tune all-MiniLM-L6-v2 with "auto" batch size and
 learning rate (3 epochs: "auto" would make 10 of 200 rows, minutes on a shared CPU; the in-process
-SDK tests check its translation), follow the job to `succeeded`, read its events and checkpoints, and serve
-`fine_tuned_model` through /v1/predict."""
+SDK tests check its translation), follow the job to `succeeded`, read its events and
+checkpoints, and serve `fine_tuned_model` through /v1/predict."""
 
 from __future__ import annotations
 
