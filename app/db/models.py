@@ -373,3 +373,58 @@ class SweepTrial(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OpenAIFile(Base):
+    """A file uploaded through the OpenAI-compatible API (/openai/v1/files): its bytes as sent,
+    kept in the store under `storage_path`; parsed into a dataset of a task when a job uses it."""
+
+    __tablename__ = "openai_files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="RESTRICT"), index=True
+    )
+    # The client's name for it: a label, never a path we open.
+    filename: Mapped[str] = mapped_column(String(200))
+    purpose: Mapped[str] = mapped_column(String(40))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_path: Mapped[str] = mapped_column(String(500))
+    # Task -> the dataset parsed from this file for that task (made by the first job that needed
+    # it, reused by later ones).
+    datasets: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OpenAIJob(Base):
+    """What a job submitted through the OpenAI-compatible API was asked with, in OpenAI's terms:
+    the files, the model as named, the hyperparameters as sent, the suffix and the metadata."""
+
+    __tablename__ = "openai_jobs"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(300))
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # {"asked": OpenAI's hyperparameters as sent, "default_learning_rate": what a multiplier of
+    # 1 stands for}.
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Up to 16 string pairs, as sent (and one row each in openai_job_metadata, to filter on).
+    job_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, nullable=True)
+
+
+class OpenAIJobMetadata(Base):
+    """One metadata pair of a job, so that listings filter on it (`metadata[k]=v`) with plain
+    comparisons on any database."""
+
+    __tablename__ = "openai_job_metadata"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("openai_jobs.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))
+
+    __table_args__ = (Index("ix_openai_job_metadata_key_value", "key", "value"),)

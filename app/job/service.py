@@ -114,6 +114,12 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
     )
 
 
+def default_learning_rate(task: TaskSpec, method: str, *, train_rows: int | None) -> float:
+    """The learning rate a job of `task` and `method` trains with when it names none."""
+    rate = task.default_hyperparameters(method, train_rows=train_rows).get("learning_rate")
+    return float(rate) if isinstance(rate, int | float) else DEFAULT_LEARNING_RATE[method]
+
+
 def submit_job(
     session: Session,
     *,
@@ -127,7 +133,8 @@ def submit_job(
     """Validate a job spec; commit the job with its queue message; then try to publish it.
 
     With `idempotency`, a key seen before replays its first response (raises Replay) instead.
-    `attach` adds rows that belong to the job (a sweep's trial) to the same transaction.
+    `attach` adds rows that belong to the job (a sweep's trial, the OpenAI API's terms) to the
+    same transaction.
     """
     if idempotency is not None:
         idempotency.replay_if_seen(session)
@@ -168,9 +175,9 @@ def submit_job(
     # The queue message is owed in the same transaction: if publishing fails below, the relay
     # publishes it later, so an accepted job is never left without a message.
     session.add(JobMessage(job_id=job.id, reason="submitted"))
+    session.flush()
     if attach is not None:
         attach(session, job)
-    session.flush()
     try:
         if idempotency is not None:
             idempotency.remember(session, status_code=201, body=JobRead.from_row(job))

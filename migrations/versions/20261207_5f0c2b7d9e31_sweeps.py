@@ -8,7 +8,7 @@ tests/test_migrations.py checks that the tables made here still match the instal
 
 Revision ID: 5f0c2b7d9e31
 Revises: a91f3c2d7e10
-Create Date: 2026-12-10 09:00:00
+Create Date: 2026-12-07 02:30:00
 """
 
 from collections.abc import Sequence
