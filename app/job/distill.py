@@ -164,8 +164,9 @@ def check_student(settings: Settings, *, spec: JobCreate, teacher: ResolvedBaseM
     try:
         base = resolve_base_model(settings, student)
     except InvalidInput as exc:
+        available = exc.details.get("available")
         raise InvalidInput(
-            f"method.student: {exc.message}", field="method.student", **exc.details
+            f"method.student: {exc.message}", field="method.student", available=available
         ) from None
     if not same_vocabulary(base.path_or_hub_id, teacher.path_or_hub_id):
         raise InvalidInput(
