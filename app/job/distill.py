@@ -168,7 +168,15 @@ def check_student(settings: Settings, *, spec: JobCreate, teacher: ResolvedBaseM
         raise InvalidInput(
             f"method.student: {exc.message}", field="method.student", available=available
         ) from None
-    if not same_vocabulary(base.path_or_hub_id, teacher.path_or_hub_id):
+    try:
+        same = same_vocabulary(base.path_or_hub_id, teacher.path_or_hub_id)
+    except (OSError, ValueError) as exc:  # a directory without a readable tokenizer
+        raise InvalidInput(
+            f"method.student: the tokenizers of '{student}' and of the teacher cannot both be "
+            f"read here ({type(exc).__name__}), so their vocabularies cannot be compared",
+            field="method.student",
+        ) from None
+    if not same:
         raise InvalidInput(
             f"method.student: '{student}' does not tokenize as the teacher does (another "
             "vocabulary), so their outputs cannot be compared token by token; pick a base model "

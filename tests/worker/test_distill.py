@@ -477,3 +477,35 @@ def test_a_stored_job_keeping_all_the_teachers_layers_fails_naming_the_field(
     assert failed is not None and failed.error_code == "invalid_input"
     assert "method.student.layers" in (failed.error_message or "")
     assert db.scalars(select(Model).where(Model.job_id == row.id)).first() is None
+
+
+def test_a_student_trains_in_two_data_parallel_processes(
+    settings4: Any, client: TestClient, db: Session
+) -> None:
+    # Each rank runs the teacher on its own shard's batches; the teacher's evaluation is shared
+    # and gathered like the student's.
+    validation = upload_rows(client, sentiment_rows(16, seed=1))
+    teacher_job = _job(
+        client,
+        settings4,
+        base_model=SMALL_BASE,
+        train_dataset=upload_rows(client, sentiment_rows(40, seed=0)),
+        validation_dataset=validation,
+        hyperparameters={"epochs": 6, "batch_size": 8, "learning_rate": 1e-2},
+    )
+    job = _job(
+        client,
+        settings4,
+        base_model=f"model:{teacher_job['model_id']}",
+        train_dataset=upload_rows(client, sentiment_rows(40, seed=2)),
+        validation_dataset=validation,
+        method={"type": "distill", "student": {"layers": 1}},
+        resources={"processes": 2},
+    )
+    assert job["hyperparameters"]["processes"] == 2
+    model = db.get(Model, job["model_id"])
+    assert model is not None and model.parent_metrics is not None
+    # (Its eval_loss is not compared: under N processes the Trainer multiplies evaluation
+    # losses by N for a model whose forward takes **kwargs, the student's as the teacher's.)
+    assert model.parent_metrics["accuracy"] == teacher_job["metrics"]["accuracy"]
+    assert _meta(settings4, {"id": model.id})["distillation"]["student"]["layers_kept"] == [1]
