@@ -11,6 +11,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from app.core.queue import TRAINING_QUEUE
 from app.core.schemas import ParameterCounts
 from app.db.models import Job
+from app.job.distill import DistillMethod
 from app.ml.quality import BASELINE_DESCRIPTION, QUALITY_DESCRIPTION, Quality
 
 # Learning rates that worked for all-MiniLM-sized encoders here (the task head trains with the
@@ -243,7 +244,8 @@ Method = Annotated[
     | PrefixTuningMethod
     | HeadOnlyMethod
     | QuantizeMethod
-    | ExportMethod,
+    | ExportMethod
+    | DistillMethod,
     Field(discriminator="type"),
 ]
 
@@ -432,8 +434,9 @@ class JobCreate(_Strict):
         min_length=1,
         max_length=300,
         description='An id from /v1/base-models, or "model:<id>" to go on training a registered '
-        "model of the same task (its weights, head and labels) on new data, or to quantize or "
-        "export it (methods quantize, export).",
+        "model of the same task (its weights, head and labels) on new data, to quantize or "
+        "export it (methods quantize, export), or to distil it into a student (method "
+        "distill: the teacher).",
     )
     train_dataset: str | None = Field(
         default=None,

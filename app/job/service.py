@@ -37,6 +37,7 @@ from app.job.datasets import (
     validation_dataset_for,
     validation_warnings,
 )
+from app.job.distill import DistillMethod, check_distill, defaults_method
 from app.job.outbox import publish_pending
 from app.job.quantize import quantize_inputs
 from app.job.schemas import (
@@ -71,13 +72,14 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
     task_defaults = {
         k: v
         for k, v in task.default_hyperparameters(
-            spec.method.type, train_rows=train.num_rows if train else None
+            defaults_method(spec.method), train_rows=train.num_rows if train else None
         ).items()
         if k not in hp.model_fields_set
     }
     hp = Hyperparameters.model_validate({**hp.model_dump(), **task_defaults})
     if hp.learning_rate is None:
-        hp = hp.model_copy(update={"learning_rate": DEFAULT_LEARNING_RATE[spec.method.type]})
+        rate = DEFAULT_LEARNING_RATE[defaults_method(spec.method)]
+        hp = hp.model_copy(update={"learning_rate": rate})
     # "auto" values stay as asked: the worker resolves them when training starts.
     hp = resolve_controls(hp, task)
     method = spec.method
@@ -88,6 +90,8 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
         # beat 2 * init_r at lr 1e-2 on SST-2 (0.767 / 0.76 against 0.737 / 0.76, two seeds) and
         # CoNLL (0.716 / 0.725 against 0.708 / 0.719); README "Method defaults".
         method = method.model_copy(update={"lora_alpha": ADALORA_ALPHA_PER_RANK * method.init_r})
+    if isinstance(method, DistillMethod):  # the job shows its teacher
+        method = method.model_copy(update={"teacher": spec.base_model})
     try:
         # The train set's summary lets a task resolve "auto" options from the data (QA's
         # version_2_with_negative: true when the train set has unanswerable questions).
@@ -202,9 +206,12 @@ def _training_inputs(
         raise InvalidInput(
             f"train_dataset: required for method '{spec.method.type}'", field="train_dataset"
         )
-    base = resolve_job_base(
-        session, settings=settings, tenant=tenant, task=task.name, base_model=spec.base_model
-    )
+    if isinstance(spec.method, DistillMethod):  # base_model is the teacher
+        base = check_distill(session, settings=settings, tenant=tenant, spec=spec)
+    else:
+        base = resolve_job_base(
+            session, settings=settings, tenant=tenant, task=task.name, base_model=spec.base_model
+        )
     _check_top_layers(spec, base.num_layers)
     _check_method(spec, task)
     train = dataset_for(

@@ -13,6 +13,7 @@ from app.core.config import Settings
 from app.core.store import get_store
 from app.db.models import Dataset, Job, Model
 from app.job.checkpoints import checkpoints_dir, fetch_newest, latest_complete
+from app.job.distill import DistillMethod, defaults_method
 from app.job.schemas import (
     FullMethod,
     HeadOnlyMethod,
@@ -24,7 +25,7 @@ from app.ml.lineage import base_metadata, load_starting_model
 from app.ml.loading import load_tokenizer, quiet_transformers
 from app.ml.tasks import TaskSpec, get_task
 from app.registry.lineage import continued_labels, resolve_job_base
-from worker.training import adapters, auto, stopping
+from worker.training import adapters, auto, distill, stopping
 from worker.training import baseline as baselines
 from worker.training import data as training_data
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
@@ -263,7 +264,20 @@ def _build_trainer(
     task, spec = inputs.task, inputs.spec
     set_seed(spec.seed)  # before the head is initialised
     tokenizer = load_tokenizer(inputs.base.path_or_hub_id)
-    model, new_weights = load_starting_model(task, inputs.base, label_names=prepared.label_names)
+    teacher: distill.Teacher | None = None
+    if isinstance(spec.method, DistillMethod):  # a student beside its teacher (base_model)
+        model, new_weights, teacher, distilled = distill.start(
+            settings,
+            fence,
+            task=task,
+            base=inputs.base,
+            method=spec.method,
+            label_names=prepared.label_names,
+        )
+    else:
+        model, new_weights = load_starting_model(
+            task, inputs.base, label_names=prepared.label_names
+        )
     config = model.config
     length_limit = effective_max_length(
         MAX_LENGTH_LIMIT,
@@ -308,7 +322,7 @@ def _build_trainer(
         spec.hyperparameters,
         auto.AutoInputs(
             task=task,
-            method=spec.method.type,
+            method=defaults_method(spec.method),
             train_rows=prepared.train.num_rows,
             previous=inputs.job.resolved_hyperparameters,
             device=devices.select_device(),
@@ -367,7 +381,11 @@ def _build_trainer(
         callbacks.append(ShardReport(fence, world, train_rows=train.num_rows))
     callbacks += stopping.callbacks(hp)
     callbacks += adapters.training_callbacks(model)
-    trainer = ordered_eval_trainer()(
+    trainer_class = ordered_eval_trainer()
+    if teacher is not None:  # its training steps add the teacher's soft targets
+        details |= {"teacher": teacher, "distillation": distilled}
+        trainer_class = distill.trainer_class(trainer_class, teacher)
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train,
@@ -441,6 +459,7 @@ def _metadata(
         },
         "parameters": details["parameters"],
         "training": training,
+        **({"distillation": details["distillation"]} if "distillation" in details else {}),
         "versions": library_versions(),
     }
 
@@ -504,6 +523,10 @@ def train_rank(
         )
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     metrics = _final_metrics(trainer, callback)  # every rank evaluates its share
+    teacher_metrics = None
+    if "teacher" in details:  # beside the student's, on the same rows
+        teacher_metrics = distill.teacher_metrics(trainer, details["teacher"], fence)
+        details["distillation"]["teacher_metrics"] = teacher_metrics
     if not world.is_main:
         return None
     fence.raise_if_cancelled()
@@ -557,6 +580,7 @@ def train_rank(
         method=inputs.spec.method.type,
         label_names=prepared.label_names,
         metrics=metrics,
+        parent_metrics=teacher_metrics,
         baseline_metrics=judgement.baseline_metrics,
         quality=judgement.quality,
         job_id=inputs.job.id,
