@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from app.core.config import Settings
 from app.core.errors import InvalidInput
-from app.job.schemas import DEFAULT_LEARNING_RATE, Hyperparameters
+from app.job.schemas import Hyperparameters
+from app.ml.methods import get_method
 from app.ml.tasks import TaskSpec
 
 # The validation loss, reported by every task; the only early-stopping metric lower is better.
@@ -15,7 +16,7 @@ UNSUPPORTED_PRECISION = "unsupported_precision"
 def default_learning_rate(task: TaskSpec, method: str) -> float:
     """An omitted or "auto" learning rate: the task's for the method, else the method's."""
     rate = task.default_hyperparameters(method).get("learning_rate")
-    return float(rate) if rate is not None else DEFAULT_LEARNING_RATE[method]
+    return float(rate) if rate is not None else get_method(method).default_learning_rate
 
 
 def early_stopping_metrics(task: TaskSpec) -> list[str]:

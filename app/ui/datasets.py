@@ -19,7 +19,8 @@ from app.dataset.router import FORM_FIELDS, dataset_create_from_form
 from app.dataset.schemas import DatasetRead
 from app.dataset.upload import receive_upload
 from app.db.models import Dataset
-from app.job.schemas import DEFAULT_LEARNING_RATE, Hyperparameters
+from app.job.schemas import Hyperparameters
+from app.ml.methods import METHODS
 from app.ml.tasks import REGISTRY
 from app.ui import views
 from app.ui.web import (
@@ -82,12 +83,12 @@ def job_defaults(task_name: str, rows: int) -> dict[str, dict[str, Any]]:
     task = REGISTRY[task_name]
     base = Hyperparameters().model_dump()
     result = {}
-    for method, rate in DEFAULT_LEARNING_RATE.items():
+    for method, spec in METHODS.items():
         if method in task.unsupported_methods:
             continue
         merged = {
             **base,
-            "learning_rate": rate,
+            "learning_rate": spec.default_learning_rate,
             **task.default_hyperparameters(method, train_rows=rows),
         }
         result[method] = {
