@@ -1,9 +1,10 @@
-"""The method and job kind registries: both sides agree, and a method added in this one file (its
-API side and its worker side, one registry line each) is accepted by the API, trained by the
-worker's code path and served by /predict."""
+"""The method and job kind registries: both sides agree, and a method or a job kind added in this
+one file (its API side and its worker side, one registry line each) is accepted by the API, run
+by the worker's code path and served by /predict."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -13,8 +14,13 @@ from fastapi.testclient import TestClient
 from pydantic import Field
 from safetensors.torch import load_file
 
-from app.db.models import JobStatus
+from app.core.store import get_store
+from app.db.models import JobStatus, Model
+from app.db.session import session_scope
 from app.job.kinds import JOB_KINDS, job_kind, method_options
+from app.job.kinds.derived import DerivingKind
+from app.ml.lineage import parent_id
+from app.ml.loading import METADATA_FILE, read_model_metadata
 from app.ml.methods import METHODS, MethodOptions, MethodSpec
 from app.ml.methods.base import FULL
 from tests.predict.conftest import upload_rows
@@ -22,8 +28,10 @@ from tests.tinymodel import sentiment_rows
 from tests.worker.conftest import TINY_MODEL_ID
 from worker.jobs import run_job
 from worker.kinds import JOB_RUNNERS
+from worker.training.artifacts import WrittenModel, write_model_dir
 from worker.training.heads import layer_index, trained_in_full
 from worker.training.methods import TRAINING_METHODS, TrainingMethod
+from worker.training.state import AttemptFence
 
 
 def test_every_method_and_job_kind_has_both_sides() -> None:
@@ -148,3 +156,103 @@ def test_a_method_registered_in_one_file_is_accepted_trained_and_served(
     assert predicted.status_code == 200, predicted.text
     labels = [p[0]["label"] for p in predicted.json()["predictions"]]
     assert len(labels) == 2 and set(labels) <= {"pos", "neg"}
+
+
+# A job kind, the way quantize and export are kinds (and distillation will be one): a `method`
+# of its own, its submission checks, and what the worker runs. This one registers a copy of a
+# registered model.
+
+
+class CopyMethod(MethodOptions):
+    """Register a copy of a registered model (base_model "model:<id>")."""
+
+    type: Literal["copy"]
+
+
+class Copy(DerivingKind):
+    name = "copy"
+    options_model = CopyMethod
+
+
+class CopyRunner:
+    name = "copy"
+
+    def run(
+        self, settings: Any, fence: AttemptFence, *, model_id: str
+    ) -> tuple[Model, WrittenModel]:
+        job = fence.job()
+        with session_scope(fence.factory) as session:
+            parent = session.get(Model, parent_id(job.base_model) or "")
+            assert parent is not None
+            session.expunge(parent)
+        source = get_store(settings).local(parent.storage_path)
+        meta = read_model_metadata(source)
+
+        def save(directory: Path) -> None:
+            for path in source.iterdir():
+                if path.name != METADATA_FILE:
+                    shutil.copy(path, directory / path.name)
+
+        kept = {k: v for k, v in meta.items() if k not in ("files", "format_version")}
+        copied = kept | {"model_id": model_id, "job_id": job.id, "method": {"type": "copy"}}
+        written = write_model_dir(settings, model_id=model_id, save=save, meta=copied)
+        row = Model(
+            id=model_id,
+            tenant_id=job.tenant_id,
+            task=parent.task,
+            base_model=job.base_model,
+            method="copy",
+            label_names=parent.label_names,
+            metrics=parent.metrics,
+            job_id=job.id,
+            train_dataset_id=parent.train_dataset_id,
+            validation_dataset_id=parent.validation_dataset_id,
+            storage_path=written.storage_path,
+            size_bytes=written.size_bytes,
+            artifact=parent.artifact,
+            parent_model_id=parent.id,
+        )
+        return row, written
+
+
+@pytest.fixture
+def copy_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kind registered on both sides, one line each."""
+    monkeypatch.setitem(JOB_KINDS, "copy", Copy())
+    monkeypatch.setitem(JOB_RUNNERS, "copy", CopyRunner())
+
+
+def test_a_job_kind_registered_in_one_file_is_accepted_run_and_served(
+    train_settings: Any, client: TestClient, copy_kind: None
+) -> None:
+    train = upload_rows(client, sentiment_rows(24))
+    body = {"task": "classification", "base_model": TINY_MODEL_ID, "train_dataset": train}
+    parent = client.post("/v1/jobs", json=body | {"hyperparameters": {"epochs": 1}}).json()
+    assert run_job(train_settings, parent["id"]) == JobStatus.SUCCEEDED
+    parent_model = client.get(f"/v1/jobs/{parent['id']}").json()["model_id"]
+
+    derived = {"task": "classification", "base_model": f"model:{parent_model}"}
+    # A kind that trains nothing takes no training fields and one process, as quantize does.
+    busy = derived | {"method": {"type": "copy"}, "resources": {"processes": 2}}
+    refused = client.post("/v1/jobs", json=busy)
+    assert refused.status_code == 422 and "a copy job does not train" in refused.text
+    seeded = client.post("/v1/jobs", json=derived | {"method": {"type": "copy"}, "seed": 1})
+    assert seeded.json()["error"]["details"]["field"] == "seed", seeded.text
+
+    resp = client.post("/v1/jobs", json=derived | {"method": {"type": "copy"}})
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    assert job["train_dataset"] == train and job["method"] == {"type": "copy"}
+    assert run_job(train_settings, job["id"]) == JobStatus.SUCCEEDED
+    copy = client.get(f"/v1/jobs/{job['id']}").json()["model_id"]
+    row = client.get(f"/v1/models/{copy}").json()
+    assert (row["method"], row["parent_model"]) == ("copy", parent_model)
+
+    texts = ["a great superb film", "awful boring plot", "the story"]
+    answers = [
+        client.post(
+            "/v1/predict/classification", json={"model": m, "inputs": texts, "top_k": None}
+        ).json()["predictions"]
+        for m in (parent_model, copy)
+    ]
+    assert answers[0] == answers[1]
