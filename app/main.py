@@ -201,6 +201,8 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         MetricsMiddleware,
     )
     from app.monitoring.router import router as metrics_router
+    from app.openai.errors import OpenAIErrors
+    from app.openai.router import router as openai_router
     from app.predict.batcher import Batcher
     from app.predict.cache import PredictorCache
     from app.predict.preload import preload
@@ -208,6 +210,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     from app.predict.shared import SharedBases
     from app.registry.router import alias_router
     from app.registry.router import router as models_router
+    from app.sweep.router import router as sweeps_router
     from app.ui import install_ui
 
     settings = settings or get_settings()
@@ -246,7 +249,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         BodyLimitMiddleware,
         limit=settings.max_request_bytes,
         max_depth=settings.max_json_depth,
-        exempt=("/v1/datasets", "/ui/datasets"),
+        exempt=("/v1/datasets", "/ui/datasets", "/openai/v1/files"),
     )
     metrics = Metrics()
     metrics.watch(JobsCollector(app.state.sessionmaker))
@@ -280,17 +283,21 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     # Outermost of ours: whatever raises inside (a route, a middleware) is answered here.
     app.add_middleware(UnhandledErrors)
+    # Around even that: every error of the OpenAI routes, the 500 too, in OpenAI's shape.
+    app.add_middleware(OpenAIErrors)
     for router in (
         keys_router,
         datasets_router,
         base_models_router,
         jobs_router,
+        sweeps_router,
         models_router,
         alias_router,
         build_predict_router(),
     ):
         app.include_router(router, prefix="/v1")
 
+    app.include_router(openai_router, prefix="/openai/v1")
     app.include_router(metrics_router)
     install_docs(app)
     install_ui(app)

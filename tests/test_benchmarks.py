@@ -1,6 +1,7 @@
 """Smoke tests of the benchmarks on a tiny SST-2 slice: train_throughput.py and
 serve_throughput.py (the real service against the tutorial baselines), quantized_accuracy.py (a
-fine-tune, then a quantize job), adapter_density.py (a few LoRA fine-tunes served from one
+fine-tune, then a quantize job), distill_sst2.py (a teacher and its 3-layer student, SST-2 and
+CoNLL-2003), adapter_density.py (a few LoRA fine-tunes served from one
 base), race_reproducer.py (concurrent NER requests on a service it starts) and tokenizer_lock.py.
 Opt-in (a minute or two of both CPU cores each): `pytest -m e2e tests/test_benchmarks.py`.
 No assertion on speed: the benchmarks print figures, they do not judge them."""
@@ -142,6 +143,23 @@ def test_adapter_density_quick_run_ends_with_one_line_of_json() -> None:
     assert figures["loaded_bytes_reported"] >= 4
 
 
+def test_distill_quick_run_ends_with_one_line_of_json() -> None:
+    shared_data("conll2003", "eng.train")
+    proc = run("--quick", script=REPO_ROOT / "benchmarks" / "distill_sst2.py")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["quick"] is True and figures["sst2"]["train_rows"] == 64
+    assert figures["sst2"]["method"]["student"] == {"layers": 3}
+    assert figures["teacher_rps_c32"] > 0 and figures["student_rps_c32"] > 0
+    # The student has fewer weights; the teacher's accuracy in the student's job is its own.
+    sst2 = figures["sst2"]
+    assert sst2["student_parameters"]["total"] < sst2["teacher_parameters"]["total"]
+    assert figures["teacher_accuracy_in_student_job"] == figures["teacher_dev_accuracy"]
+    assert figures["served_dev_accuracy"]["student"] == figures["student_dev_accuracy"]
+    assert figures["conll"]["teacher_f1"] == figures["conll"]["teacher_f1_in_student_job"]
+    assert set(figures["targets_met"]) == set(figures["targets"])
+
+
 SERVE_SCRIPT = REPO_ROOT / "benchmarks" / "serve_throughput.py"
 SERVE_KEYS = {
     "ratio_c32",
@@ -237,3 +255,22 @@ def test_ddp_scaling_compares_one_and_two_processes() -> None:
     assert one["effective_batch_size"] == two["effective_batch_size"] == 16
     assert two["batch_size"] == 8 and one["steps"] == two["steps"]
     assert set(figures["scaling"]) == {"1", "2"} and figures["scaling"]["1"] == 1.0
+
+
+def test_sweep_quick_run_ends_with_one_line_of_json() -> None:
+    """A real `tuneserve up` (relay and worker included): a two-trial sweep runs to its end."""
+    proc = run(
+        "--train-rows",
+        "64",
+        "--trials",
+        "2",
+        "--parallel",
+        "1",
+        "--no-default",
+        script=REPO_ROOT / "benchmarks" / "sweep_sst2.py",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["sweep_status"] in ("succeeded", "failed")
+    assert len(figures["trials"]) == 2 and figures["train_rows"] == 64
+    assert sum(figures["sweep_trials"].values()) == 2 and figures["sweep_trials"]["running"] == 0

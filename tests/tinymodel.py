@@ -1,4 +1,4 @@
-"""A tiny BERT built offline for tests: 2 layers, hidden 32, a WordPiece vocab written here."""
+"""A tiny BERT built offline for tests: 2 layers (or as asked), hidden 32, a WordPiece vocab."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
 VOCAB = SPECIAL_TOKENS + POSITIVE + NEGATIVE + NEUTRAL + LETTERS + [f"##{c}" for c in LETTERS]
 
 
-def build_tiny_model_dir(path: Path) -> Path:
+def build_tiny_model_dir(path: Path, *, layers: int = 2) -> Path:
     """Write a randomly initialised (seeded) tiny BertModel + fast tokenizer to `path`."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -30,7 +30,7 @@ def build_tiny_model_dir(path: Path) -> Path:
     config = BertConfig(
         vocab_size=len(VOCAB),
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,

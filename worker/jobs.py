@@ -19,6 +19,7 @@ from app.job.checkpoints import drop_job_files
 from app.ml.methods import DEFAULT_METHOD
 from worker.kinds import job_runner
 from worker.training.artifacts import WrittenModel, discard
+from worker.training.pruning import TrialPruned
 from worker.training.state import (
     UNREACHABLE,
     AttemptFence,
@@ -140,6 +141,10 @@ def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:
         registered = ended = True
         log.info("job %s succeeded: model %s", fence.job_id, model_id)
         return JobStatus.SUCCEEDED
+    except TrialPruned as exc:  # a sweep trial its pruner stopped: no model
+        log.info("job %s: %s", fence.job_id, exc)
+        ended = fence.finish(JobStatus.PRUNED, str(exc), metrics=exc.metrics)
+        return JobStatus.PRUNED
     except JobCancelled:
         log.info("job %s cancelled", fence.job_id)
         ended = fence.finish(JobStatus.CANCELLED, "job cancelled")

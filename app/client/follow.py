@@ -14,7 +14,7 @@ from app.client.api import Client, StreamEvent
 from app.core.humanize import duration
 
 # Exit statuses of `jobs follow`, by how the job ended.
-EXIT_STATUS = {"succeeded": 0, "failed": 1, "cancelled": 2, "deleted": 2}
+EXIT_STATUS = {"succeeded": 0, "failed": 1, "cancelled": 2, "pruned": 2, "deleted": 2}
 # Without a terminal, one progress line at the first step and at each tenth of training.
 LINE_EVERY_PERCENT = 10.0
 

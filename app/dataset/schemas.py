@@ -20,6 +20,7 @@ class DatasetFormat(StrEnum):
     # Read by the task that declares them in native_formats.
     CONLL = "conll"
     SQUAD = "squad"
+    CHAT = "chat"  # OpenAI's chat fine-tuning JSONL, read by classification
 
 
 class DatasetCreate(BaseModel):

@@ -60,10 +60,17 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A sweep trial stopped early by the sweep's pruner (app/sweep); it registers no model.
+    PRUNED = "pruned"
 
     @property
     def is_terminal(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+        return self in (
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+            JobStatus.PRUNED,
+        )
 
 
 class EventType(StrEnum):
@@ -170,6 +177,8 @@ class Job(Base):
     baseline_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     quality: Mapped[str | None] = mapped_column(String(40), nullable=True)
     training_warnings: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # The sweep this job is a trial of (app/sweep); not a foreign key, like models.job_id.
+    sweep_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
 
 
 class JobEvent(Base):
@@ -291,3 +300,131 @@ class UiSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class SweepStatus(StrEnum):
+    RUNNING = "running"
+    # Cancel was asked: its trials are being stopped; it ends `cancelled` once they have.
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (SweepStatus.SUCCEEDED, SweepStatus.FAILED, SweepStatus.CANCELLED)
+
+
+class Sweep(Base):
+    """A hyperparameter search: a job spec with search spaces, whose trials are ordinary jobs.
+
+    The Optuna study (named by the sweep id) lives in the same database, in Optuna's own tables;
+    these rows mirror what the API shows, so reading a sweep needs no Optuna.
+    """
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="RESTRICT"), index=True
+    )
+    task: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20), default=SweepStatus.RUNNING, index=True)
+    # The job spec as submitted, search spaces in place ({"loguniform": [a, b]}, ...).
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metric: Mapped[str] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(10))
+    max_trials: Mapped[int] = mapped_column(Integer)
+    parallel: Mapped[int] = mapped_column(Integer)
+    time_budget_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # {"type": "median", "startup_trials", "warmup_evaluations"}, or null: no pruning.
+    pruning: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # An alias pointed at the best trial's model when the sweep ends.
+    alias: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    best_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    best_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    best_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    best_model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # What the sweep went on despite (a trial that could not be submitted, an alias not moved).
+    notes: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # One driver at a time advances a sweep: it takes this lease with a conditional UPDATE.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SweepTrial(Base):
+    """One trial of a sweep: the Optuna trial `number`, its sampled parameters and its job."""
+
+    __tablename__ = "sweep_trials"
+
+    sweep_id: Mapped[str] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Not a foreign key: deleting an ended job leaves the trial's record.
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # running (its job queued or running), then succeeded, pruned, failed or cancelled.
+    state: Mapped[str] = mapped_column(String(20))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OpenAIFile(Base):
+    """A file uploaded through the OpenAI-compatible API (/openai/v1/files): its bytes as sent,
+    kept in the store under `storage_path`; parsed into a dataset of a task when a job uses it."""
+
+    __tablename__ = "openai_files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", ondelete="RESTRICT"), index=True
+    )
+    # The client's name for it: a label, never a path we open.
+    filename: Mapped[str] = mapped_column(String(200))
+    purpose: Mapped[str] = mapped_column(String(40))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_path: Mapped[str] = mapped_column(String(500))
+    # Task -> the dataset parsed from this file for that task (made by the first job that needed
+    # it, reused by later ones).
+    datasets: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OpenAIJob(Base):
+    """What a job submitted through the OpenAI-compatible API was asked with, in OpenAI's terms:
+    the files, the model as named, the hyperparameters as sent, the suffix and the metadata."""
+
+    __tablename__ = "openai_jobs"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(300))
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # {"asked": OpenAI's hyperparameters as sent, "default_learning_rate": what a multiplier of
+    # 1 stands for}.
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Up to 16 string pairs, as sent (and one row each in openai_job_metadata, to filter on).
+    job_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, nullable=True)
+
+
+class OpenAIJobMetadata(Base):
+    """One metadata pair of a job, so that listings filter on it (`metadata[k]=v`) with plain
+    comparisons on any database."""
+
+    __tablename__ = "openai_job_metadata"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("openai_jobs.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))
+
+    __table_args__ = (Index("ix_openai_job_metadata_key_value", "key", "value"),)

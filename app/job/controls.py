@@ -13,10 +13,14 @@ LOSS_METRIC = "loss"
 UNSUPPORTED_PRECISION = "unsupported_precision"
 
 
-def default_learning_rate(task: TaskSpec, method: str) -> float:
-    """An omitted or "auto" learning rate: the task's for the method, else the method's."""
-    rate = task.default_hyperparameters(method).get("learning_rate")
-    return float(rate) if rate is not None else get_method(method).default_learning_rate
+def default_learning_rate(task: TaskSpec, method: str, *, train_rows: int | None = None) -> float:
+    """An omitted or "auto" learning rate: the task's for the method (or for the method whose
+    defaults it takes), else the method's."""
+    spec = get_method(method)
+    rate = task.default_hyperparameters(spec.defaults_name(), train_rows=train_rows).get(
+        "learning_rate"
+    )
+    return float(rate) if isinstance(rate, int | float) else spec.default_learning_rate
 
 
 def early_stopping_metrics(task: TaskSpec) -> list[str]:

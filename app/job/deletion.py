@@ -1,4 +1,5 @@
-"""Deleting a job that has ended: its row, events and outbox messages, then its working files.
+"""Deleting a job that has ended: its row, events, outbox messages and OpenAI-API terms, then its
+working files.
 
 The model it registered stays (`models.job_id` is not a foreign key), and so do its datasets.
 """
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.errors import Conflict
-from app.db.models import Job, JobEvent, JobMessage, JobStatus
+from app.db.models import Job, JobEvent, JobMessage, JobStatus, OpenAIJob, OpenAIJobMetadata
 from app.db.session import rows_changed
 from app.job.checkpoints import drop_job_files
 from app.job.service import get_job
@@ -39,6 +40,8 @@ def delete_job(session: Session, *, settings: Settings, tenant: str, job_id: str
         raise _not_ended(job)
     session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
     session.execute(delete(JobMessage).where(JobMessage.job_id == job.id))
+    session.execute(delete(OpenAIJobMetadata).where(OpenAIJobMetadata.job_id == job.id))
+    session.execute(delete(OpenAIJob).where(OpenAIJob.job_id == job.id))
     # Conditional, like every write to a job: only an ended job goes.
     if not rows_changed(session, delete(Job).where(Job.id == job.id, Job.status.in_(ENDED))):
         # Deleted by a concurrent request meanwhile (NotFound), or not ended after all.

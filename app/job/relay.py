@@ -1,4 +1,5 @@
-"""The relay process: publish owed queue messages every second, run the reaper every few."""
+"""The relay process: publish owed queue messages every second, run the reaper every few, and
+advance the sweeps (app/sweep/driver.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from app.core.queue import JobQueue
 from app.db.session import make_engine, make_sessionmaker
 from app.job.outbox import publish_pending
 from app.job.reaper import reap
+from app.sweep.driver import SWEEP_INTERVAL_SECONDS, advance_sweeps
 
 log = logging.getLogger("tuneserve.relay")
 
@@ -21,7 +23,7 @@ def run_relay(settings: Settings, queue: JobQueue, stop: threading.Event) -> Non
     """Loop until `stop` is set; database or broker outages are logged and retried."""
     engine = make_engine(settings)
     factory = make_sessionmaker(engine)
-    next_reap = 0.0
+    next_reap = next_sweeps = 0.0
     # Heartbeats are judged only once the database has been reachable (to us, and so to the
     # workers) for a whole timeout; until then a stale heartbeat may just be the outage.
     reachable_since = time.monotonic()
@@ -41,6 +43,9 @@ def run_relay(settings: Settings, queue: JobQueue, stop: threading.Event) -> Non
                         )
                         if report.requeued or report.failed or report.republished:
                             log.info("reaper: %s", report)
+                    if time.monotonic() >= next_sweeps:  # tell ended trials, start new ones
+                        next_sweeps = time.monotonic() + SWEEP_INTERVAL_SECONDS
+                        advance_sweeps(session, settings=settings, queue=queue)
             except SQLAlchemyError as exc:
                 log.warning("relay: database unavailable (%s); retrying", type(exc).__name__)
                 reachable_since = time.monotonic() + settings.relay_interval_seconds

@@ -87,10 +87,11 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
     status: str | None = None,
+    sweep_id: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Page[JobRead]:
-    """List jobs, newest first."""
+    """List jobs, newest first; with `sweep_id`, that sweep's trials."""
     rows, cursor = service.list_jobs(
-        session, tenant=principal.tenant, limit=limit, after=after, status=status
+        session, tenant=principal.tenant, limit=limit, after=after, status=status, sweep_id=sweep_id
     )
     return Page[JobRead](data=[JobRead.from_row(j) for j in rows], next_cursor=cursor)
 

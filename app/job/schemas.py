@@ -287,8 +287,9 @@ class JobCreate(_Strict):
         min_length=1,
         max_length=300,
         description='An id from /v1/base-models, or "model:<id>" to go on training a registered '
-        "model of the same task (its weights, head and labels) on new data, or to quantize or "
-        "export it (methods quantize, export).",
+        "model of the same task (its weights, head and labels) on new data, to quantize or "
+        "export it (methods quantize, export), or to distil it into a student (method "
+        "distill: the teacher).",
     )
     train_dataset: str | None = Field(
         default=None,
@@ -422,6 +423,7 @@ class JobRead(BaseModel):
     quality: Quality | None = Field(default=None, description=QUALITY_DESCRIPTION)
     model_id: str | None
     error: JobError | None
+    sweep_id: str | None = Field(default=None, description="The sweep this job is a trial of.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -456,6 +458,7 @@ class JobRead(BaseModel):
             quality=Quality(job.quality) if job.quality else None,
             model_id=job.model_id,
             error=error,
+            sweep_id=job.sweep_id,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -46,10 +47,13 @@ def submit_job(
     tenant: str,
     spec: JobCreate,
     idempotency: IdempotentRequest | None = None,
+    attach: Callable[[Session, Job], None] | None = None,
 ) -> Job:
     """Validate a job spec; commit the job with its queue message; then try to publish it.
 
     With `idempotency`, a key seen before replays its first response (raises Replay) instead.
+    `attach` adds rows that belong to the job (a sweep's trial, the OpenAI API's terms) to the
+    same transaction.
     """
     if idempotency is not None:
         idempotency.replay_if_seen(session)
@@ -86,6 +90,8 @@ def submit_job(
     # publishes it later, so an accepted job is never left without a message.
     session.add(JobMessage(job_id=job.id, reason="submitted"))
     session.flush()
+    if attach is not None:
+        attach(session, job)
     try:
         if idempotency is not None:
             idempotency.remember(session, status_code=201, body=JobRead.from_row(job))
@@ -132,10 +138,20 @@ def get_job(session: Session, *, tenant: str, job_id: str) -> Job:
 
 
 def list_jobs(
-    session: Session, *, tenant: str, limit: int, after: str | None, status: str | None = None
+    session: Session,
+    *,
+    tenant: str,
+    limit: int,
+    after: str | None,
+    status: str | None = None,
+    sweep_id: str | None = None,
 ) -> tuple[list[Job], str | None]:
-    """The tenant's jobs, newest first."""
+    """The tenant's jobs, newest first (a sweep's trials only, with `sweep_id`)."""
     stmt = select(Job).where(Job.tenant_id == tenant)
+    if sweep_id is not None:
+        if "\x00" in sweep_id:  # no id holds one, and PostgreSQL cannot compare with one
+            return [], None
+        stmt = stmt.where(Job.sweep_id == sweep_id)
     if status is not None:
         if status not in set(JobStatus):
             raise InvalidInput(

@@ -16,7 +16,9 @@ when the last batch held several calls (the model is under load) does a thread w
 Several model threads (`workers`, one torch thread each by default) use several cores without
 one model call's threads waiting on each other: under load each takes the next batch while the
 others run theirs. A runner marked not `concurrent` runs in one thread at a time (its calls wait
-for it while the other threads take other models' calls).
+for it while the other threads take other models' calls). A runner that takes at most
+`max_rows` rows a run (ONNX int8: one, see app/ml/runtimes.py) gets only the calls that fit, with
+no wait, and the other model threads take the next ones.
 """
 
 from __future__ import annotations
@@ -176,20 +178,19 @@ class Batcher:
                 if head is None or self._running >= self.workers:
                     self._cond.wait()
                     continue
-                if self._last_batch_calls > 1 and self.max_wait > 0:
+                calls = [c for c in self._pending if self._joins(head, c)]
+                if head.runner.max_rows is not None:
+                    calls = _within_rows(calls, head.runner.max_rows)
+                elif self._last_batch_calls > 1 and self.max_wait > 0:
                     remaining = head.enqueued + self.max_wait - time.perf_counter()
-                    if remaining > 0 and self._group_tokens(head) < self.max_batch_tokens:
+                    if remaining > 0 and sum(c.tokens for c in calls) < self.max_batch_tokens:
                         self._cond.wait(remaining)
                         continue  # look again: another thread may have taken it
-                calls = [c for c in self._pending if self._joins(head, c)]
                 taken = set(map(id, calls))
                 self._pending = [c for c in self._pending if id(c) not in taken]
                 self._last_batch_calls = len(calls)
                 self._claim(head.runner)
                 return calls
-
-    def _group_tokens(self, head: _Call) -> int:
-        return sum(c.tokens for c in self._pending if self._joins(head, c))
 
     @staticmethod
     def _joins(head: _Call, call: _Call) -> bool:
@@ -230,3 +231,16 @@ class Batcher:
         for call in calls:
             call.future.set_result(outputs[start : start + len(call.rows)])
             start += len(call.rows)
+
+
+def _within_rows(calls: list[_Call], max_rows: int) -> list[_Call]:
+    """The first calls, in order, whose rows fit in `max_rows` (at least one call): a runner
+    that takes few rows a run leaves the rest to the other model threads rather than running
+    them all one after another in this one."""
+    taken, rows = [calls[0]], len(calls[0].rows)
+    for call in calls[1:]:
+        if rows + len(call.rows) > max_rows:
+            break
+        taken.append(call)
+        rows += len(call.rows)
+    return taken

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.ml.runtimes import ONNX_FILE
+from app.ml.runtimes import MAX_ROWS_PER_RUN, ONNX_FILE
 from app.predict.runtime import ModelRunner
 
 if TYPE_CHECKING:
@@ -57,5 +57,6 @@ def onnx_runner(
         sequence_outputs=task.per_token_outputs,
         pad_values=pad_values,
         forward=forward,
+        max_rows=MAX_ROWS_PER_RUN.get(runtime),
     )
     return runner, graph.stat().st_size

@@ -51,6 +51,8 @@ class ModelRunner:
     mixed_adapters: bool = False
     # Whether two model threads may run this group's forward at the same time.
     concurrent: bool = True
+    # The most rows one forward may take (None: the caller's limit); see MAX_ROWS_PER_RUN.
+    max_rows: int | None = None
 
 
 def plan_chunks(
@@ -120,6 +122,8 @@ def run_rows(
     order = sorted(range(len(rows)), key=lambda i: row_length(rows[i]))
     lengths = [row_length(rows[i]) for i in order]
     results: list[RowOutputs] = [{} for _ in rows]
+    if runner.max_rows is not None:
+        max_rows = min(max_rows, runner.max_rows)
     for start, end in plan_chunks(
         lengths, max_tokens=max_tokens, max_rows=max_rows, overhead=overhead
     ):

@@ -40,8 +40,9 @@ class ModelRead(BaseModel):
     )
     parent_metrics: dict[str, Any] | None = Field(
         default=None,
-        description="Quantized and exported models only: parent_model (fp32 torch) evaluated by "
-        "the same job on the same validation rows, to read beside `metrics`.",
+        description="Quantized, exported and distilled models only: parent_model (fp32 torch; "
+        "for a distilled model, its teacher) evaluated by the same job on the same validation "
+        "rows, to read beside `metrics`.",
     )
     baseline_metrics: dict[str, Any] | None = Field(
         default=None,

@@ -89,7 +89,7 @@ def job_defaults(task_name: str, rows: int) -> dict[str, dict[str, Any]]:
         merged = {
             **base,
             "learning_rate": spec.default_learning_rate,
-            **task.default_hyperparameters(method, train_rows=rows),
+            **task.default_hyperparameters(spec.defaults_name(), train_rows=rows),
         }
         result[method] = {
             k: merged.get(k) for k in ("epochs", "learning_rate", "batch_size", "max_length")

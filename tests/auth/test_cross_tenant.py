@@ -55,6 +55,10 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/jobs/{job_id}/checkpoints"): frozenset({"train", "jobs:read"}),
     ("POST", "/v1/jobs/{job_id}/cancel"): frozenset({"train"}),
     ("DELETE", "/v1/jobs/{job_id}"): frozenset({"train"}),
+    ("POST", "/v1/sweeps"): frozenset({"train"}),
+    ("GET", "/v1/sweeps"): frozenset({"train", "jobs:read"}),
+    ("GET", "/v1/sweeps/{sweep_id}"): frozenset({"train", "jobs:read"}),
+    ("POST", "/v1/sweeps/{sweep_id}/cancel"): frozenset({"train"}),
     ("GET", "/v1/models"): frozenset({"models:read"}),
     ("GET", "/v1/models/{model_id}"): frozenset({"models:read"}),
     ("GET", "/v1/models/{model_id}/download"): frozenset({"models:read"}),
@@ -96,6 +100,7 @@ class Ids:
     key_id: str
     models: dict[str, str] = field(default_factory=dict)
     alias: str = "no-such-alias"
+    sweep_id: str = "swp_none"
 
     def path(self, template: str) -> str:
         model_id = next(iter(self.models.values()), "mdl_none")
@@ -105,6 +110,7 @@ class Ids:
             key_id=self.key_id,
             model_id=model_id,
             name=self.alias,
+            sweep_id=self.sweep_id,
         )
 
 
@@ -119,6 +125,15 @@ def send(c: TestClient, method: str, path: str, ids: Ids, headers: dict[str, str
         body = {"scopes": ["predict"]}
     elif (method, path) == ("POST", "/v1/jobs"):
         body = {"task": "classification", "base_model": BASE, "train_dataset": ids.dataset_id}
+    elif (method, path) == ("POST", "/v1/sweeps"):
+        body = {
+            "task": "classification",
+            "base_model": BASE,
+            "train_dataset": ids.dataset_id,
+            "hyperparameters": {"learning_rate": {"loguniform": [1e-5, 1e-3]}},
+            "max_trials": 2,
+            "parallel": 1,
+        }
     elif path.startswith("/v1/predict/"):
         task = path.rsplit("/", 1)[1]
         assert task in PREDICT_INPUTS, f"add an example input for task '{task}' to this test"
@@ -170,6 +185,9 @@ def tenant_a(client: TestClient, app: FastAPI, admin_key: str) -> Ids:
     ids.alias = "a-production"
     resp = client.put(f"/v1/models/{ids.models['classification']}/aliases/{ids.alias}")
     assert resp.status_code == 200, resp.text
+    resp = send(client, "POST", "/v1/sweeps", ids, {})
+    assert resp.status_code == 201, resp.text
+    ids.sweep_id = resp.json()["id"]
     return ids
 
 
@@ -180,6 +198,7 @@ def a_ids_in(text: str, ids: Ids) -> list[str]:
         ids.key_id,
         *ids.models.values(),
         ids.alias,
+        ids.sweep_id,
         "secret log line",
     ]
     return [i for i in every if i in text]
@@ -239,6 +258,12 @@ def test_tenant_b_cannot_reach_tenant_a_on_any_route(  # type: ignore[no-untyped
                 assert answer.status_code == 422, answer.text
                 messages.append(answer.json()["error"]["message"].replace(model_id, "ID"))
             assert messages[0] == messages[1], messages
+        elif (method, path) == ("POST", "/v1/sweeps"):
+            # A's dataset named in a sweep is refused exactly as a missing one.
+            assert resp.status_code == 422, where
+            missing = send(anon, method, path, fresh, b)
+            own = resp.json()["error"]["message"].replace(tenant_a.dataset_id, "ID")
+            assert own == missing.json()["error"]["message"].replace(fresh.dataset_id, "ID")
         elif (method, path) in {("POST", "/v1/keys"), ("POST", "/v1/datasets")}:
             assert resp.status_code == 201, where  # B creates its own, in its own tenant
             assert a_ids_in(resp.text, tenant_a) == [], where
@@ -250,6 +275,7 @@ def test_tenant_b_cannot_reach_tenant_a_on_any_route(  # type: ignore[no-untyped
     assert client.get(f"/v1/datasets/{tenant_a.dataset_id}").status_code == 200
     job = client.get(f"/v1/jobs/{tenant_a.job_id}").json()
     assert job["status"] == "queued"
+    assert client.get(f"/v1/sweeps/{tenant_a.sweep_id}").json()["status"] == "running"
     assert client.get("/v1/keys").json()["data"][-1]["revoked_at"] is None
     assert len(client.get("/v1/models").json()["data"]) == len(REGISTRY)
     alias = client.get(f"/v1/aliases/{tenant_a.alias}").json()

@@ -178,6 +178,33 @@ def test_calls_queued_while_the_model_is_busy_run_as_one_batch(
     assert [len(r) for r in results] == [1, 2, 1]
 
 
+def test_a_runner_of_one_row_a_run_gets_each_row_alone_and_its_own_answers(
+    tiny_dir: Path,
+) -> None:
+    """ONNX int8's runner takes one row a run: queued calls are not gathered into one thread's
+    batch, and every row's answer is the one it gets alone."""
+    model, tokenizer = load(tiny_dir, "classification")
+    forward = Recording(model)
+    runner = runner_for(model, tokenizer, forward, max_rows=1)
+    batcher = Batcher(max_batch_tokens=4096, max_wait_ms=30_000, workers=2)
+    try:
+        batched = Caller(batcher, tokenizer, runner)
+        requests = [texts(seed, random.Random(seed).randint(1, 4)) for seed in range(24)]
+        alone = [[batched([t])[0]["logits"] for t in r] for r in requests]
+        forward.shapes.clear()
+        with ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(batched, requests))
+        assert all(rows == 1 for rows, _ in forward.shapes), forward.shapes
+        assert len(forward.shapes) == sum(map(len, requests))
+        for want, have in zip(alone, got, strict=True):
+            for w, h in zip(want, have, strict=True):
+                np.testing.assert_array_equal(h["logits"], w)
+        # One call's rows still run in the thread that took the call, a row a run.
+        assert batched(texts(5, 7)).shape == (7, 2)
+    finally:
+        batcher.stop()
+
+
 def test_token_budget_splits_a_batch_and_lone_calls_do_not_wait(tiny_dir: Path) -> None:
     model, tokenizer = load(tiny_dir, "classification")
     forward = Recording(model)

@@ -22,7 +22,7 @@ from app.job.checkpoints import job_dir
 from app.job.kinds.export import ExportMethod
 from app.ml.lineage import base_metadata
 from app.ml.loading import quiet_transformers
-from app.ml.runtimes import ONNX, ONNX_FILE, ONNX_INT8
+from app.ml.runtimes import MAX_ROWS_PER_RUN, ONNX, ONNX_FILE, ONNX_INT8
 from app.predict.onnx import onnx_session
 from worker.training import baseline as baselines
 from worker.training import data as training_data
@@ -77,9 +77,10 @@ def _export(p: Prepared, directory: Path, method: ExportMethod) -> dict[str, Any
 
 
 def _evaluate_graph(
-    p: Prepared, graph: Path, compute_metrics: Any, progress: EvalProgress
+    p: Prepared, graph: Path, compute_metrics: Any, progress: EvalProgress, *, batch_size: int
 ) -> Evaluation:
-    """ONNX Runtime's evaluation of the graph on the features the parent was evaluated on."""
+    """ONNX Runtime's evaluation of the graph on the features the parent was evaluated on, in
+    batches of `batch_size` rows (as /predict will run it)."""
     from transformers.trainer_utils import EvalPrediction, denumpify_detensorize
     from transformers.utils.generic import find_labels
 
@@ -88,14 +89,14 @@ def _evaluate_graph(
     label_names: list[str] = find_labels(type(p.fp32))  # type: ignore[no-untyped-call]
 
     # One batch first, untimed, as the parent's evaluation warms up.
-    warm = collator([p.features[i] for i in range(min(p.setup.batch_size, len(p.features)))])
+    warm = collator([p.features[i] for i in range(min(batch_size, len(p.features)))])
     session.run(None, {i.name: warm[i.name].numpy() for i in session.get_inputs()})
     started = time.perf_counter()
     predictions, labels = onnx_export.onnx_predictions(
         session,
         p.features,
         collator=collator,
-        batch_size=p.setup.batch_size,
+        batch_size=batch_size,
         label_names=label_names,
         on_batch=progress.advance,
     )
@@ -131,8 +132,11 @@ def export_job(
     }
     fence.training_started(hyperparameters=resolved, parameters=parameters)
     fence.log(f"export settings: {resolved}", **resolved)
+    # The graph runs as /predict will run it: ONNX int8 a row at a time (MAX_ROWS_PER_RUN).
+    graph_batch = min(setup.batch_size, MAX_ROWS_PER_RUN.get(artifact, setup.batch_size))
     batches = math.ceil(len(p.features) / setup.batch_size)
-    progress = EvalProgress(fence, total=2 * batches, poll_seconds=settings.cancel_poll_seconds)
+    batches += math.ceil(len(p.features) / graph_batch)
+    progress = EvalProgress(fence, total=batches, poll_seconds=settings.cancel_poll_seconds)
     compute_metrics = task.compute_metrics(
         setup.label_names, options=setup.options, eval_rows=p.rows, eval_features=p.features
     )
@@ -165,7 +169,7 @@ def export_job(
             **export,
         )
         graph = work / ONNX_FILE
-        ev = _evaluate_graph(p, graph, compute_metrics, progress)
+        ev = _evaluate_graph(p, graph, compute_metrics, progress, batch_size=graph_batch)
         log_evaluation(fence, artifact, ev, primary, {})
         speedup = round(parent.seconds / max(ev.seconds, 1e-9), 3)
         summary = {

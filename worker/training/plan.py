@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 from app.core.config import Settings
 from app.job.schemas import ResolvedHyperparameters
 from app.ml import device as devices
-from app.ml.lineage import load_starting_model
 from app.ml.loading import load_tokenizer
 from worker.training import adapters, auto, stopping
 from worker.training import data as training_data
 from worker.training.freezing import count_parameters, set_dropout
-from worker.training.methods import TrainingMethod, training_method
+from worker.training.methods import StartingModel, TrainingMethod, training_method
 from worker.training.shards import ShardReport
 from worker.training.state import AttemptFence
 from worker.training.world import SINGLE, World
@@ -39,6 +38,8 @@ class TrainingPlan:
     # Reports the job's progress; holds its timer and last evaluation.
     progress: JobProgressCallback
     method: TrainingMethod[Any]
+    # The model as the method started it, and what the method keeps beside it (a teacher).
+    starting: StartingModel
     # The task head's weight names (trained in full), recorded for a model continued from this.
     new_weights: list[str]
     # {"trainable": ..., "total": ...} weights of the model as it trains.
@@ -60,6 +61,7 @@ class _Prepared:
     config: Any
     tokenizer: PreTrainedTokenizerBase
     method: TrainingMethod[Any]
+    starting: StartingModel
     new_weights: list[str]
     parameters: dict[str, int]
     # The most tokens an example may have (the tokenizer's, the positions a prefix leaves).
@@ -197,7 +199,7 @@ def build_plan(
 
     task, spec = inputs.task, inputs.spec
     set_seed(spec.seed)  # before the head is initialised
-    start = _trainable_model(inputs, prepared.label_names, fence)
+    start = _trainable_model(settings, inputs, prepared.label_names, fence)
     options = task.options_model.model_validate(spec.task_options)
     label2id = {name: i for i, name in enumerate(prepared.label_names)}
 
@@ -248,6 +250,7 @@ def build_plan(
         trainer=trainer,
         progress=progress,
         method=start.method,
+        starting=start.starting,
         new_weights=start.new_weights,
         parameters=start.parameters,
         hyperparameters=hp,
@@ -256,12 +259,17 @@ def build_plan(
     )
 
 
-def _trainable_model(inputs: JobInputs, label_names: list[str], fence: AttemptFence) -> _Prepared:
+def _trainable_model(
+    settings: Settings, inputs: JobInputs, label_names: list[str], fence: AttemptFence
+) -> _Prepared:
     """The starting model with the job's method applied (an adapter, frozen layers)."""
     task, spec = inputs.task, inputs.spec
     tokenizer = load_tokenizer(inputs.base.path_or_hub_id)
-    model, new_weights = load_starting_model(task, inputs.base, label_names=label_names)
     method = training_method(spec.method.type)
+    starting = method.start(
+        settings, fence, task=task, base=inputs.base, options=spec.method, label_names=label_names
+    )
+    model, new_weights = starting.model, starting.new_weights
     config = model.config
     length_limit = effective_max_length(
         MAX_LENGTH_LIMIT, tokenizer, config, reserved=method.reserved_positions(spec.method, config)
@@ -283,6 +291,7 @@ def _trainable_model(inputs: JobInputs, label_names: list[str], fence: AttemptFe
         config=config,
         tokenizer=tokenizer,
         method=method,
+        starting=starting,
         new_weights=new_weights,
         parameters=parameters,
         length_limit=length_limit,
@@ -367,7 +376,8 @@ def _trainer(
         callbacks.append(ShardReport(fence, world, train_rows=train.num_rows))
     callbacks += stopping.callbacks(hp)
     callbacks += start.method.callbacks(start.model)
-    trainer = ordered_eval_trainer()(
+    trainer_class = start.method.trainer_class(ordered_eval_trainer(), start.starting)
+    trainer = trainer_class(
         model=start.model,
         args=args,
         train_dataset=train,

@@ -25,6 +25,7 @@ from worker.training import stopping
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
 from worker.training.checkpoints import CheckpointCallback
 from worker.training.plan import TrainingPlan, build_plan, torch_threads
+from worker.training.pruning import sweep_pruning
 from worker.training.state import AttemptFence
 from worker.training.world import SINGLE, World
 
@@ -184,6 +185,8 @@ def _metadata(
         },
         "parameters": plan.parameters,
         "training": training,
+        # The method's own record (distill: the teacher, the student, their losses and metrics).
+        **plan.starting.metadata,
         "versions": library_versions(),
     }
 
@@ -224,6 +227,9 @@ def train_rank(
     trainer.add_callback(
         CheckpointCallback(fence, elapsed=callback.timer.elapsed, store=store, job_id=inputs.job.id)
     )
+    pruning = sweep_pruning(settings, fence, inputs.job, world)  # a sweep trial's evaluations
+    if pruning is not None:
+        trainer.add_callback(pruning)
     if world.is_main:  # the ranks share this machine's disk
         fetch_newest(store, inputs.job.id, saved)
     world.barrier()
@@ -238,6 +244,8 @@ def train_rank(
         )
     result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     metrics = _final_metrics(trainer, callback)  # every rank evaluates its share
+    # A model read beside the trained one (distill: the teacher), on the same rows.
+    parent_metrics = plan.method.parent_metrics(trainer, plan.starting, fence)
     if not world.is_main:
         return None
     fence.raise_if_cancelled()
@@ -294,6 +302,7 @@ def train_rank(
         method=inputs.spec.method.type,
         label_names=prepared.label_names,
         metrics=metrics,
+        parent_metrics=parent_metrics,
         baseline_metrics=judgement.baseline_metrics,
         quality=judgement.quality,
         job_id=inputs.job.id,

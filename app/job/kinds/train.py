@@ -18,7 +18,7 @@ from app.job.kinds.base import SubmitInputs
 from app.job.schemas import Hyperparameters, JobCreate, JobSpec, ResolvedResources
 from app.ml.methods import METHODS, MethodOptions, SubmitContext, get_method
 from app.ml.tasks import DatasetSummary, TaskSpec
-from app.registry.lineage import check_parent_labels, resolve_job_base
+from app.registry.lineage import check_parent_labels
 
 # Fewest rows a split train set needs so both halves see every label at least once.
 MIN_TRAIN_ROWS = 4
@@ -38,8 +38,9 @@ class Train:
             raise InvalidInput(
                 f"train_dataset: required for method '{spec.method.type}'", field="train_dataset"
             )
-        base = resolve_job_base(
-            session, settings=settings, tenant=tenant, task=task.name, base_model=spec.base_model
+        # The job's base_model as its method reads it (distill: the teacher).
+        base = get_method(spec.method.type).starting_model(
+            session, settings=settings, tenant=tenant, spec=spec
         )
         _check_method(spec, task, num_layers=base.num_layers)
         train = dataset_for(
@@ -91,7 +92,7 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
     task_defaults = {
         k: v
         for k, v in task.default_hyperparameters(
-            method.name, train_rows=train.num_rows if train else None
+            method.defaults_name(), train_rows=train.num_rows if train else None
         ).items()
         if k not in hp.model_fields_set
     }
@@ -116,7 +117,7 @@ def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None =
     # A job that needs a CUDA GPU (the submit-time device check passed it) goes where GPUs are.
     default_queue = GPU_QUEUE if hp.mixed_precision in ("bf16", "fp16") else TRAINING_QUEUE
     return JobSpec(
-        method=method.fill_defaults(spec.method),
+        method=method.fill_defaults(spec.method, base_model=spec.base_model),
         hyperparameters=hp,
         task_options=options.model_dump(mode="json"),
         seed=spec.seed,

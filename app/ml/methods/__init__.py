@@ -11,6 +11,7 @@ from typing import Any
 from app.core.errors import InvalidInput
 from app.ml.methods.adalora import AdaLora
 from app.ml.methods.base import MethodOptions, MethodSpec, SubmitContext
+from app.ml.methods.distill import Distill
 from app.ml.methods.full import Full
 from app.ml.methods.head_only import HeadOnly
 from app.ml.methods.ia3 import Ia3
@@ -27,6 +28,7 @@ METHODS: dict[str, MethodSpec[Any]] = {
         AdaLora(),
         PrefixTuning(),
         HeadOnly(),
+        Distill(),
     )
 }
 # The method of a job spec that names none.

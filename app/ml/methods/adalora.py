@@ -95,7 +95,7 @@ class AdaLora(MethodSpec[AdaLoraMethod]):
     # 1e-3 (before the pooler trained) 0.49, 1e-2 0.737, 3e-2 0.710
     default_learning_rate = 1e-2
 
-    def fill_defaults(self, options: AdaLoraMethod) -> AdaLoraMethod:
+    def fill_defaults(self, options: AdaLoraMethod, *, base_model: str) -> AdaLoraMethod:
         if options.lora_alpha is None:
             # AdaLoRA starts its singular values at zero and learns slowly from there: 4 * init_r
             # beat 2 * init_r at lr 1e-2 on SST-2 (0.767 / 0.76 against 0.737 / 0.76, two seeds)

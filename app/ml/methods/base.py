@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from app.job.schemas import Hyperparameters
+    from sqlalchemy.orm import Session
+
+    from app.basemodel.schemas import ResolvedBaseModel
+    from app.core.config import Settings
+    from app.job.schemas import Hyperparameters, JobCreate
     from app.ml.tasks import TaskSpec
 
 # Model.artifact of a trained model: a whole model directory, a peft adapter alone, or an adapter
@@ -66,9 +70,28 @@ class MethodSpec(Generic[OptionsT]):
     # Why a model of this method cannot be folded into plain weights (which quantize and export
     # need of their parent); None where it can.
     not_mergeable: str | None = None
+    # The method whose defaults (the task's hyperparameters for it, the learning rate) a job
+    # takes; None: its own (distill trains every weight of its student, as full does).
+    defaults_of: str | None = None
 
-    def fill_defaults(self, options: OptionsT) -> OptionsT:
-        """The options with defaults that depend on other options filled, as they are stored."""
+    def defaults_name(self) -> str:
+        """The method name the task's default hyperparameters are looked up by."""
+        return self.defaults_of or self.name
+
+    def starting_model(
+        self, session: Session, *, settings: Settings, tenant: str, spec: JobCreate
+    ) -> ResolvedBaseModel:
+        """The model a job starts from, resolved and checked at submission (InvalidInput naming
+        the field): the job's base_model (a catalog id, or a registered model to go on from)."""
+        from app.registry.lineage import resolve_job_base
+
+        return resolve_job_base(
+            session, settings=settings, tenant=tenant, task=spec.task, base_model=spec.base_model
+        )
+
+    def fill_defaults(self, options: OptionsT, *, base_model: str) -> OptionsT:
+        """The options with defaults that depend on other fields filled, as they are stored
+        (`base_model`: the job's, as given)."""
         return options
 
     def check(self, options: OptionsT, context: SubmitContext) -> None:

@@ -33,7 +33,7 @@ class Lora(MethodSpec[LoraMethod]):
     # peft mixes the rows of several LoRA adapters of one base in one forward.
     shares_base = True
 
-    def fill_defaults(self, options: LoraMethod) -> LoraMethod:
+    def fill_defaults(self, options: LoraMethod, *, base_model: str) -> LoraMethod:
         if options.lora_alpha is None:
             return options.model_copy(update={"lora_alpha": 2.0 * options.r})
         return options

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InvalidInput
 from app.core.text import RealText, UnicodeText
+from app.ml.tables import ParsedTable
 from app.ml.tasks.base import (
     AbsentLabels,
     DatasetSummary,
@@ -19,6 +21,7 @@ from app.ml.tasks.base import (
     TaskDefaults,
     column_values,
 )
+from app.ml.tasks.classification_chat import CHAT, read_chat, sniff_chat
 from app.ml.tasks.serving import feature_rows, softmax
 
 if TYPE_CHECKING:
@@ -93,6 +96,16 @@ class ClassificationTask(TaskDefaults):
     eval_metrics: tuple[str, ...] = ("accuracy", "macro_f1")
     supports_label_smoothing: bool = True
     predict_request: type[BaseModel] = ClassificationPredictRequest
+    # OpenAI's chat fine-tuning JSONL: the user turn is the text, the assistant turn the label.
+    native_formats: tuple[str, ...] = (CHAT,)
+
+    def sniff_format(self, head: str, *, filename: str | None) -> str | None:
+        return CHAT if sniff_chat(head) else None
+
+    def read_native(self, path: Path, fmt: str, *, max_rows: int) -> ParsedTable:
+        if fmt != CHAT:
+            raise NotImplementedError(f"no native format '{fmt}'")
+        return read_chat(path, max_rows=max_rows)
 
     def normalize(self, ds: datasets.Dataset, *, strict: bool = False) -> Normalized:
         import datasets as hf

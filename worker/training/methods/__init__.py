@@ -7,7 +7,8 @@ from typing import Any
 
 from app.core.errors import InvalidInput
 from worker.training.methods.adalora import AdaLoraTraining
-from worker.training.methods.base import TrainingMethod
+from worker.training.methods.base import StartingModel, TrainingMethod
+from worker.training.methods.distill import DistillTraining
 from worker.training.methods.full import FullTraining
 from worker.training.methods.head_only import HeadOnlyTraining
 from worker.training.methods.ia3 import Ia3Training
@@ -23,6 +24,7 @@ TRAINING_METHODS: dict[str, TrainingMethod[Any]] = {
         AdaLoraTraining(),
         PrefixTuningTraining(),
         HeadOnlyTraining(),
+        DistillTraining(),
     )
 }
 
@@ -39,4 +41,4 @@ def training_method(name: str) -> TrainingMethod[Any]:
         ) from None
 
 
-__all__ = ["TRAINING_METHODS", "TrainingMethod", "training_method"]
+__all__ = ["TRAINING_METHODS", "StartingModel", "TrainingMethod", "training_method"]

@@ -8,15 +8,32 @@ how it was applied, and saves the trained model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic
 
 from app.ml.methods.base import MERGED, OptionsT
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, TrainerCallback
+    from transformers import PreTrainedModel, Trainer, TrainerCallback
 
+    from app.basemodel.schemas import ResolvedBaseModel
+    from app.core.config import Settings
     from app.ml.tasks import TaskSpec
+    from worker.training.state import AttemptFence
+
+
+@dataclass
+class StartingModel:
+    """The model a job starts training from, and what its method keeps beside it for the job."""
+
+    model: PreTrainedModel
+    # The task head's weight names (new, or a continued model's), which train in full.
+    new_weights: list[str]
+    # What the method keeps for the rest of the job (distill: the frozen teacher).
+    state: Any = None
+    # Entries the method adds to the model's metadata (distill: "distillation").
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainingMethod(Generic[OptionsT]):
@@ -24,6 +41,23 @@ class TrainingMethod(Generic[OptionsT]):
     model as it is. The registry (worker/training/methods/__init__.py) holds one per method."""
 
     name: str
+
+    def start(
+        self,
+        settings: Settings,
+        fence: AttemptFence,
+        *,
+        task: TaskSpec,
+        base: ResolvedBaseModel,
+        options: OptionsT,
+        label_names: list[str],
+    ) -> StartingModel:
+        """The model the job starts from, before `prepare`: the job's base (a catalog model with
+        a new head, or a registered model going on) with the job's labels."""
+        from app.ml.lineage import load_starting_model
+
+        model, new_weights = load_starting_model(task, base, label_names=label_names)
+        return StartingModel(model, new_weights)
 
     def prepare(
         self,
@@ -53,6 +87,18 @@ class TrainingMethod(Generic[OptionsT]):
     def callbacks(self, model: Any) -> list[TrainerCallback]:
         """Trainer callbacks the prepared model needs while it trains."""
         return []
+
+    def trainer_class(self, trainer: type[Trainer], starting: StartingModel) -> type[Trainer]:
+        """The Trainer class the job trains with: `trainer`, or one whose training steps the
+        method changes (distill adds the teacher's soft targets to the loss)."""
+        return trainer
+
+    def parent_metrics(
+        self, trainer: Trainer, starting: StartingModel, fence: AttemptFence
+    ) -> dict[str, Any] | None:
+        """Called on every rank after training: the metrics, on the same validation rows, of the
+        model the trained one is read beside (the model row's parent_metrics), or None."""
+        return None
 
     def save(self, model: Any, tokenizer: Any, directory: Path, *, artifact: str) -> None:
         """Write the trained model and its tokenizer into `directory`, as `artifact` says (the

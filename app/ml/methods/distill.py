@@ -1,0 +1,209 @@
+"""Distillation (method distill): its options, the checks of a distill job at submission, and its
+MethodSpec (the worker's side: worker/training/methods/distill.py).
+
+The teacher is a registered model, named as the job's base_model "model:<id>" (as quantize and
+export name the model they work from); `method.teacher` may repeat it. The student is either
+`{"layers": k}`, the teacher itself with k of its transformer layers kept (evenly spaced, task
+head and all), or a catalog base model with a fresh head. It learns the teacher's labels in the
+teacher's order from the train set's gold labels and the teacher's softened outputs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.basemodel.schemas import ResolvedBaseModel
+from app.basemodel.service import resolve_base_model
+from app.core.config import Settings
+from app.core.errors import InvalidInput
+from app.db.models import Model
+from app.db.session import get_by_id
+from app.ml.lineage import parent_id
+from app.ml.loading import load_tokenizer
+from app.ml.methods.base import MethodOptions, MethodSpec
+from app.ml.methods.full import Full
+from app.registry.lineage import resolve_job_base
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.job.schemas import JobCreate
+
+
+class StudentLayers(BaseModel):
+    """A student made of the teacher with fewer layers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layers: int = Field(
+        ge=1,
+        le=1000,
+        description="Transformer layers the student keeps of the teacher's (fewer than it has), "
+        "evenly spaced from the first to the last, as DistilBERT and transformers' distillation "
+        "example took 6 of BERT's 12 (0, 2, 4, 7, 9, 11); the embeddings, whatever sits above "
+        "the layers and the task head are the teacher's.",
+    )
+
+
+class DistillMethod(MethodOptions):
+    """Knowledge distillation: a student trains on the gold labels and on the teacher's outputs
+    softened by `temperature`: loss = alpha * CE(gold) + (1 - alpha) * T^2 * KL(teacher_T ||
+    student_T), per labelled token for NER, over start and end positions for QA. The teacher is
+    base_model ("model:<id>", a full or adapter model of the job's task); every weight of the
+    student trains, with full fine-tuning's default hyperparameters."""
+
+    type: Literal["distill"]
+    teacher: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=300,
+        description='The teacher, "model:<id>": the job\'s base_model, which it may only '
+        "repeat; filled in from it when omitted.",
+    )
+    student: Annotated[str, Field(min_length=1, max_length=300)] | StudentLayers = Field(
+        description='{"layers": k}: the teacher with k of its layers kept (its weights, head '
+        "and tokenizer); or the id of a base model (/v1/base-models) whose vocabulary is the "
+        "teacher's, which starts with a fresh head.",
+    )
+    temperature: float = Field(
+        default=2.0,
+        gt=0,
+        le=100,
+        description="Softens both models' outputs before they are compared (T); the KL term is "
+        "scaled by T^2 so that its gradients keep their size.",
+    )
+    alpha: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Weight of the gold labels' loss; 1 - alpha weighs the teacher's.",
+    )
+
+
+class Distill(MethodSpec[DistillMethod]):
+    name = "distill"
+    options_model = DistillMethod
+    # Every weight of the student trains, as under full fine-tuning: a distill job takes full's
+    # default hyperparameters (learning rate, batch size, QA epochs).
+    defaults_of = Full.name
+    default_learning_rate = Full.default_learning_rate
+
+    def starting_model(
+        self, session: Session, *, settings: Settings, tenant: str, spec: JobCreate
+    ) -> ResolvedBaseModel:
+        # base_model is the teacher; the student starts from it or from a catalog base.
+        return check_distill(session, settings=settings, tenant=tenant, spec=spec)
+
+    def fill_defaults(self, options: DistillMethod, *, base_model: str) -> DistillMethod:
+        # The job shows its teacher.
+        return options.model_copy(update={"teacher": base_model})
+
+
+def _teacher_field(spec: JobCreate) -> str:
+    assert isinstance(spec.method, DistillMethod)
+    return "method.teacher" if spec.method.teacher is not None else "base_model"
+
+
+def check_teacher(
+    session: Session, *, settings: Settings, tenant: str, spec: JobCreate
+) -> ResolvedBaseModel:
+    """The teacher of a distill job as a base (InvalidInput naming base_model or method.teacher:
+    not a registered model, unknown, of another task, one that cannot be merged)."""
+    method = spec.method
+    assert isinstance(method, DistillMethod)
+    if method.teacher is not None and method.teacher != spec.base_model:
+        raise InvalidInput(
+            f"method.teacher: '{method.teacher}' is not the job's base_model "
+            f"'{spec.base_model}'; the teacher is the base_model (leave method.teacher out)",
+            field="method.teacher",
+        )
+    field = _teacher_field(spec)
+    model_id = parent_id(spec.base_model)
+    if model_id is None:
+        raise InvalidInput(
+            f'{field}: distill needs the teacher as base_model "model:<id>", a registered '
+            f"model of yours; '{spec.base_model}' is a base model (fine-tune it first)",
+            field=field,
+        )
+    row = get_by_id(session, Model, model_id)
+    if row is None or row.tenant_id != tenant:
+        # Another tenant's model answers as a missing one: ids do not leak across tenants.
+        raise InvalidInput(
+            f"{field}: unknown teacher '{spec.base_model}': no registered model '{model_id}'",
+            field=field,
+        )
+    if row.task != spec.task:
+        raise InvalidInput(
+            f"{field}: the teacher '{spec.base_model}' is a '{row.task}' model; a "
+            f"'{spec.task}' student cannot learn from it",
+            field=field,
+        )
+    try:  # what else keeps a model from being a base: an int8 or ONNX copy, a lost lineage...
+        return resolve_job_base(
+            session, settings=settings, tenant=tenant, task=spec.task, base_model=spec.base_model
+        )
+    except InvalidInput as exc:
+        if field == exc.details.get("field"):
+            raise
+        raise InvalidInput(f"{field}: {exc.message}", field=field) from None
+
+
+def check_student(settings: Settings, *, spec: JobCreate, teacher: ResolvedBaseModel) -> None:
+    """The student fits the teacher: k below the teacher's layer count, or a base model of the
+    same vocabulary (InvalidInput naming method.student)."""
+    method = spec.method
+    assert isinstance(method, DistillMethod)
+    student = method.student
+    if isinstance(student, StudentLayers):
+        total = teacher.num_layers
+        if total is not None and student.layers >= total:
+            raise InvalidInput(
+                f"method.student.layers: {student.layers} must be fewer than the teacher's "
+                f"{total} layers ('{spec.base_model}')",
+                field="method.student.layers",
+            )
+        return
+    if parent_id(student) is not None:
+        raise InvalidInput(
+            f"method.student: '{student}' is a registered model; a student is a base model id "
+            '(/v1/base-models) or {"layers": k}',
+            field="method.student",
+        )
+    try:
+        base = resolve_base_model(settings, student)
+    except InvalidInput as exc:
+        available = exc.details.get("available")
+        raise InvalidInput(
+            f"method.student: {exc.message}", field="method.student", available=available
+        ) from None
+    try:
+        same = same_vocabulary(base.path_or_hub_id, teacher.path_or_hub_id)
+    except (OSError, ValueError) as exc:  # a directory without a readable tokenizer
+        raise InvalidInput(
+            f"method.student: the tokenizers of '{student}' and of the teacher cannot both be "
+            f"read here ({type(exc).__name__}), so their vocabularies cannot be compared",
+            field="method.student",
+        ) from None
+    if not same:
+        raise InvalidInput(
+            f"method.student: '{student}' does not tokenize as the teacher does (another "
+            "vocabulary), so their outputs cannot be compared token by token; pick a base model "
+            'of the teacher\'s family, or {"layers": k}',
+            field="method.student",
+        )
+
+
+def same_vocabulary(a: str, b: str) -> bool:
+    """Whether two model directories' tokenizers map the same tokens to the same ids."""
+    return bool(load_tokenizer(a).get_vocab() == load_tokenizer(b).get_vocab())
+
+
+def check_distill(
+    session: Session, *, settings: Settings, tenant: str, spec: JobCreate
+) -> ResolvedBaseModel:
+    """Every check of a distill job's teacher and student; the teacher as a base."""
+    teacher = check_teacher(session, settings=settings, tenant=tenant, spec=spec)
+    check_student(settings, spec=spec, teacher=teacher)
+    return teacher
