@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -78,13 +79,23 @@ def preview(settings: Any, row: Dataset) -> tuple[list[str], list[list[str]]]:
     return columns, cells
 
 
+def _by_type_alone(options: type[BaseModel], method: str) -> bool:
+    """Whether a method's options are complete with their type alone, as the form sends them
+    (distill needs a student: it is submitted through the API)."""
+    try:
+        options.model_validate({"type": method})
+    except ValidationError:
+        return False
+    return True
+
+
 def job_defaults(task_name: str, rows: int) -> dict[str, dict[str, Any]]:
     """Per method, the hyperparameters a job gets when it leaves them out (the form's values)."""
     task = REGISTRY[task_name]
     base = Hyperparameters().model_dump()
     result = {}
     for method, spec in METHODS.items():
-        if method in task.unsupported_methods:
+        if method in task.unsupported_methods or not _by_type_alone(spec.options_model, method):
             continue
         merged = {
             **base,
