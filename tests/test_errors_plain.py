@@ -126,8 +126,8 @@ def test_a_body_that_is_not_json_is_400_naming_line_and_column(
             "/v1/jobs",
             {"method": {"type": "lorra"}},
             "method.type",
-            "expected one of: full, lora, ia3, adalora, prefix_tuning, head_only, quantize, "
-            'export; got "lorra"; did you mean `lora`?',
+            "expected one of: full, lora, ia3, adalora, prefix_tuning, head_only, distill, "
+            'quantize, export; got "lorra"; did you mean `lora`?',
         ),
         (
             "/v1/jobs",

@@ -7,17 +7,17 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
 
 from app.core.config import Settings
 from app.core.errors import ServiceError
 from app.db.models import JobStatus, Model, new_id
 from app.db.session import make_engine, make_sessionmaker, session_scope
 from app.job.checkpoints import drop_job_files
-from app.job.schemas import job_resources
+from app.ml.methods import DEFAULT_METHOD
+from worker.kinds import job_runner
 from worker.training.artifacts import WrittenModel, discard
 from worker.training.pruning import TrialPruned
 from worker.training.state import (
@@ -121,46 +121,14 @@ class Heartbeat:
                 log.warning("heartbeat not recorded, database unreachable: %s", type(exc).__name__)
 
 
-def _quantize(
-    settings: Settings, fence: AttemptFence, *, model_id: str
-) -> tuple[Model, WrittenModel]:
-    from worker.training.quantize import quantize_job
-
-    return quantize_job(settings, fence, model_id=model_id)
-
-
-def _export(
-    settings: Settings, fence: AttemptFence, *, model_id: str
-) -> tuple[Model, WrittenModel]:
-    from worker.training.export import export_job
-
-    return export_job(settings, fence, model_id=model_id)
-
-
-# Jobs that derive a model from a registered one instead of training, by method type.
-DERIVING_JOBS: dict[Any, Callable[..., tuple[Model, WrittenModel]]] = {
-    "quantize": _quantize,
-    "export": _export,
-}
-
-
 def produce_model(
     settings: Settings, fence: AttemptFence, *, model_id: str
 ) -> tuple[Model, WrittenModel]:
-    """Train the claimed job, or for method quantize quantize its parent model and evaluate
-    both; the model row to register and its written directory."""
-    spec = fence.job().spec or {}
-    derive = DERIVING_JOBS.get((spec.get("method") or {}).get("type"))
-    if derive is not None:
-        return derive(settings, fence, model_id=model_id)
-    processes = job_resources(spec).processes
-    if processes > 1:
-        from worker.training.launch import train_processes
-
-        return train_processes(settings, fence, model_id=model_id, processes=processes)
-    from worker.training.runner import train_job
-
-    return train_job(settings, fence, model_id=model_id)
+    """Run the claimed job as its kind says (train, quantize, export...); the model row to
+    register and its written directory."""
+    method = (fence.job().spec or {}).get("method") or {}
+    runner = job_runner(str(method.get("type", DEFAULT_METHOD)))
+    return runner.run(settings, fence, model_id=model_id)
 
 
 def run_claimed(settings: Settings, fence: AttemptFence) -> JobStatus | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -21,9 +21,13 @@ Metadata = list[Any]
 
 @dataclass(frozen=True)
 class Tagged:
-    """Marks a union as discriminated by the field `name` (its members' tags are its values)."""
+    """Marks a union as discriminated by the field `name` (its members' tags are its values).
+
+    With `members`, it stands for a union whose members are known only when the value is
+    validated (a registry's options models): the annotation is read as that union."""
 
     name: str
+    members: Callable[[], tuple[type, ...]] | None = None
 
 
 def constraints(items: Sequence[Any]) -> Metadata:
@@ -46,11 +50,18 @@ def is_union(tp: Any) -> bool:
 
 
 def unwrap(tp: Any, meta: Metadata) -> tuple[Any, Metadata]:
-    """Strip Annotated (keeping its constraints) and the None of an optional type."""
+    """Strip Annotated (keeping its constraints) and the None of an optional type; a type that
+    stands for a registry's union (Tagged with members) becomes that union."""
     while True:
         if get_origin(tp) is Annotated:
             base, *extra = get_args(tp)
             tp, meta = base, [*meta, *constraints(extra)]
+            continue
+        registered = next((m for m in meta if isinstance(m, Tagged) and m.members), None)
+        if registered is not None and registered.members is not None:
+            # Read once: the metadata keeps the tag's name, without the members.
+            tp = Union[registered.members()]  # noqa: UP007  (a tuple of types, known only now)
+            meta = [Tagged(registered.name) if m is registered else m for m in meta]
             continue
         if is_union(tp):
             members = [m for m in get_args(tp) if m is not type(None)]

@@ -282,9 +282,9 @@ def _unknown_field(item: _Item, label: str) -> str:
     return f"{text}; the fields{where} are: {', '.join(names)}"
 
 
-def _tags(tp: Any, key: str) -> list[Any]:
+def _tags(tp: Any, key: str, meta: Metadata | None = None) -> list[Any]:
     """The tag values (of field `key`) of a model, or of each model of a union, in order."""
-    base, _ = unwrap(tp, [])
+    base, _ = unwrap(tp, list(meta or []))
     if is_union(base):
         return [tag for member in get_args(base) for tag in _tags(member, key)]
     if _is_model(base) and key in base.model_fields:
@@ -295,7 +295,7 @@ def _tags(tp: Any, key: str) -> list[Any]:
 def _bad_tag(item: _Item, label: str, kind: str, ctx: Mapping[str, Any]) -> Problem:
     key = str(ctx.get("discriminator", "type")).strip("'")
     where = path_text([*item.where.path, key])
-    tags = [str(t) for t in _tags(item.where.tp, key)] or [
+    tags = [str(t) for t in _tags(item.where.tp, key, item.where.meta)] or [
         t for t in str(ctx.get("expected_tags", "")).replace("'", "").split(", ") if t
     ]
     wanted = expected.one_of(tags) if tags else "a known value"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from app.core.config import Settings
 from app.core.errors import InvalidInput
-from app.job.schemas import DEFAULT_LEARNING_RATE, Hyperparameters
+from app.job.schemas import Hyperparameters
+from app.ml.methods import get_method
 from app.ml.tasks import TaskSpec
 
 # The validation loss, reported by every task; the only early-stopping metric lower is better.
@@ -12,10 +13,14 @@ LOSS_METRIC = "loss"
 UNSUPPORTED_PRECISION = "unsupported_precision"
 
 
-def default_learning_rate(task: TaskSpec, method: str) -> float:
-    """An omitted or "auto" learning rate: the task's for the method, else the method's."""
-    rate = task.default_hyperparameters(method).get("learning_rate")
-    return float(rate) if rate is not None else DEFAULT_LEARNING_RATE[method]
+def default_learning_rate(task: TaskSpec, method: str, *, train_rows: int | None = None) -> float:
+    """An omitted or "auto" learning rate: the task's for the method (or for the method whose
+    defaults it takes), else the method's."""
+    spec = get_method(method)
+    rate = task.default_hyperparameters(spec.defaults_name(), train_rows=train_rows).get(
+        "learning_rate"
+    )
+    return float(rate) if isinstance(rate, int | float) else spec.default_learning_rate
 
 
 def early_stopping_metrics(task: TaskSpec) -> list[str]:

@@ -4,250 +4,103 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    TypeAdapter,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
+from app.core.expected import Tagged
 from app.core.queue import TRAINING_QUEUE
 from app.core.schemas import ParameterCounts
 from app.db.models import Job
-from app.job.distill import DistillMethod
+from app.ml.methods import MethodOptions
+from app.ml.methods.full import FullMethod
 from app.ml.quality import BASELINE_DESCRIPTION, QUALITY_DESCRIPTION, Quality
-
-# Learning rates that worked for all-MiniLM-sized encoders here (the task head trains with the
-# pooler under every method); the resolved value is stored. Swept with
-# benchmarks/method_defaults.py on SST-2 (1,500 train rows, 2 epochs, batch 32, 300 dev rows,
-# dev accuracy, seed 0; README "Method defaults against the baseline"). NER and QA set their own.
-DEFAULT_LEARNING_RATE = {
-    # 2e-4 beat 1e-4 and 3e-4 on each of 3 seeds (SST-2, 2,000 rows x 2 epochs, batch 32).
-    "full": 2e-4,
-    "lora": 2e-3,  # 1e-3 0.743, 2e-3 0.790, 4e-3 0.767
-    "head_only": 3e-3,  # 1e-3 0.650, 3e-3 0.677, 1e-2 0.663: a linear layer wants a high rate
-    "ia3": 1e-2,  # 3e-3 (before the pooler trained) 0.52, 1e-2 0.757, 3e-2 0.697
-    "adalora": 1e-2,  # 1e-3 (before the pooler trained) 0.49, 1e-2 0.737, 3e-2 0.710
-    "prefix_tuning": 1e-2,  # 1e-2 0.713, 3e-2 0.683
-}
-# Methods that train a peft adapter (saved as an adapter unless merged at registration).
-ADAPTER_METHODS = frozenset({"lora", "ia3", "adalora", "prefix_tuning"})
-
-
-MERGE_DESCRIPTION = (
-    "Fold the trained adapter into the base weights when the model is registered: a full model "
-    "directory (artifact 'merged') that needs no peft to load, at the size of the base model. "
-    "Otherwise the adapter is saved alone (artifact 'adapter') and merged when it is loaded."
-)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FullMethod(_Strict):
-    """Every weight trains, or with `train_top_layers` only the task head and the top layers."""
+def _options_models() -> dict[str, type[MethodOptions]]:
+    # The job kinds' submit code reads these schemas, so their registry is read when a spec is
+    # validated, not when this module is imported.
+    from app.job.kinds import method_options
 
-    type: Literal["full"] = "full"
-    train_top_layers: int | None = Field(
-        default=None,
-        ge=1,
-        le=1000,
-        description="Train only the task head and the top N transformer layers; the embeddings "
-        "and the layers below stay frozen. Omitted: every layer trains.",
-    )
+    return method_options()
 
 
-class Ia3Method(_Strict):
-    """(IA)^3 (peft.IA3Config): learned rescaling vectors, far fewer weights than LoRA; the task
-    head trains with them and is saved beside them."""
+def _kind_trains(method_type: str) -> bool:
+    from app.job.kinds import job_kind
 
-    type: Literal["ia3"]
-    target_modules: list[str] | None = Field(
-        default=None,
-        min_length=1,
-        description="Module names to rescale; found from the architecture when omitted.",
-    )
-    feedforward_modules: list[str] | None = Field(
-        default=None,
-        min_length=1,
-        description="Which of target_modules are feed-forward layers (their inputs are scaled); "
-        "found from the architecture when omitted.",
-    )
-    merge_adapter: bool = Field(default=False, description=MERGE_DESCRIPTION)
+    return job_kind(method_type).trains
 
 
-class HeadOnlyMethod(_Strict):
-    """Only the new task head trains; the pretrained model is frozen (a linear probe)."""
-
-    type: Literal["head_only"]
-
-
-class LoraMethod(_Strict):
-    """LoRA adapters (peft.LoraConfig); the task head trains with them and is saved beside them."""
-
-    type: Literal["lora"]
-    r: int = Field(default=8, ge=1, le=512, description="Rank of the update matrices.")
-    lora_alpha: float | None = Field(
-        default=None, gt=0, le=4096, description="Scaling numerator (alpha/r); default 2 * r."
-    )
-    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
-    target_modules: list[str] | None = Field(
-        default=None,
-        min_length=1,
-        description="Module names to adapt; found from the architecture when omitted.",
-    )
-    merge_adapter: bool = Field(default=False, description=MERGE_DESCRIPTION)
+# One validator of the options of every registered method and job kind, remade when the
+# registries change (a method registered at run time is validated like the others).
+_method_adapters: dict[tuple[tuple[str, type[MethodOptions]], ...], TypeAdapter[Any]] = {}
 
 
-class AdaLoraMethod(_Strict):
-    """AdaLoRA (peft.AdaLoraConfig): LoRA whose rank budget moves, while training, to the matrices
-    that matter most; the task head trains with it and is saved beside it.
-
-    Every adapted matrix starts at rank `init_r`. After `tinit` warm-up steps the total budget
-    shrinks (cubically) until `tfinal` steps before the end, where it reaches an average of
-    `target_r` per matrix; the last `tfinal` steps train the final ranks."""
-
-    type: Literal["adalora"]
-    init_r: int = Field(default=12, ge=1, le=512, description="Rank every matrix starts with.")
-    target_r: int = Field(
-        default=8,
-        ge=1,
-        le=512,
-        description="Average rank per matrix left at the end; less than init_r.",
-    )
-    lora_alpha: float | None = Field(
-        default=None,
-        gt=0,
-        le=4096,
-        description="Scaling numerator (alpha/init_r, as peft computes it); default 4 * init_r.",
-    )
-    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
-    target_modules: list[str] | None = Field(
-        default=None,
-        min_length=1,
-        description="Module names to adapt; found from the architecture when omitted.",
-    )
-    tinit: int | None = Field(
-        default=None,
-        ge=0,
-        le=10_000_000,
-        description="Optimizer steps at the start that train every rank before any is pruned; "
-        "default a tenth of the job's steps.",
-    )
-    tfinal: int | None = Field(
-        default=None,
-        ge=0,
-        le=10_000_000,
-        description="Optimizer steps at the end that train the final ranks; default a fifth of "
-        "the job's steps. tinit + tfinal must leave steps to reallocate ranks in.",
-    )
-    delta_t: int = Field(
-        default=1,
-        ge=1,
-        le=10_000_000,
-        # peft calls it deltaT; either spelling is accepted.
-        validation_alias=AliasChoices("delta_t", "deltaT"),
-        description="Steps between two reallocations of the budget (peft's deltaT).",
-    )
-    orth_reg_weight: float = Field(
-        default=0.5,
-        ge=0,
-        le=100,
-        description="Weight of the loss term that keeps the singular vectors orthogonal.",
-    )
-    merge_adapter: bool = Field(default=False, description=MERGE_DESCRIPTION)
-
-    @model_validator(mode="after")
-    def _budget_shrinks(self) -> AdaLoraMethod:
-        # peft's allocator prunes init_r - target_r ranks per matrix; with none to prune its
-        # threshold search (kthvalue with k = 0) fails at the first reallocation.
-        if self.target_r >= self.init_r:
-            raise ValueError(
-                f"target_r ({self.target_r}) must be less than init_r ({self.init_r}): AdaLoRA "
-                "prunes ranks from init_r down to target_r (for a fixed rank, use lora)"
-            )
-        return self
+def _method_adapter() -> TypeAdapter[Any]:
+    models = tuple(_options_models().items())
+    adapter = _method_adapters.get(models)
+    if adapter is None:
+        union: Any = Union[tuple(model for _, model in models)]  # noqa: UP007
+        options: Any = Annotated[union, Field(discriminator="type")]
+        adapter = TypeAdapter(options)
+        _method_adapters.clear()
+        _method_adapters[models] = adapter
+    return adapter
 
 
-class PrefixTuningMethod(_Strict):
-    """Prefix tuning (peft.PrefixTuningConfig): trained key/value vectors that every attention
-    layer attends to before the input; the task head trains with them and is saved beside them.
-    The prefix cannot be folded into the weights: the model is served as base + prefix, and the
-    prefix takes num_virtual_tokens of the base model's positions."""
-
-    type: Literal["prefix_tuning"]
-    num_virtual_tokens: int = Field(
-        default=20, ge=1, le=512, description="Length of the trained prefix, in tokens."
-    )
-    prefix_projection: bool = Field(
-        default=False,
-        description="Train the prefix through a two-layer MLP (more stable, more weights while "
-        "training; the saved prefix is the MLP's output either way).",
-    )
-    encoder_hidden_size: int | None = Field(
-        default=None,
-        ge=1,
-        le=65_536,
-        description="Hidden size of that MLP; only with prefix_projection. Default: the base "
-        "model's hidden size.",
-    )
-
-    @model_validator(mode="after")
-    def _projection_size(self) -> PrefixTuningMethod:
-        if self.encoder_hidden_size is not None and not self.prefix_projection:
-            raise ValueError("encoder_hidden_size is only used with prefix_projection: true")
-        return self
+def _validate_method(value: Any) -> MethodOptions:
+    if isinstance(value, MethodOptions):
+        return value
+    options: MethodOptions = _method_adapter().validate_python(value)
+    return options
 
 
-class QuantizeMethod(_Strict):
-    """Quantize a registered model (base_model "model:<id>") for lean CPU serving; nothing trains.
+class _RegisteredOptions:
+    """pydantic's schema of `method`: validated as one of the registered options models, told
+    apart by `type` and dumped as the one it is; documented as that union."""
 
-    The job evaluates the parent (fp32, adapters merged) and its quantized copy on the parent's
-    validation rows (or on validation_dataset) with the task's own evaluation, and registers the
-    quantized model with both results: `metrics` (quantized) and `parent_metrics` (the parent).
-    It takes no training fields: hyperparameters, task_options and seed keep their defaults."""
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        # No serialization schema: each value is dumped by its own model's serializer.
+        return core_schema.no_info_plain_validator_function(_validate_method)
 
-    type: Literal["quantize"]
-    scheme: Literal["int8_dynamic"] = Field(
-        default="int8_dynamic",
-        description="int8_dynamic: every nn.Linear gets int8 weights (one scale per tensor) and "
-        "quantizes its input per batch at run time (torch's quantize_dynamic); embeddings and "
-        "layer norms stay fp32. Served on the CPU.",
-    )
-
-
-class ExportMethod(_Strict):
-    """Export a registered model (base_model "model:<id>") for ONNX Runtime; nothing trains.
-
-    The parent (adapters merged) is exported to ONNX, its graph optimized with ONNX Runtime's
-    transformer fusions, its weights quantized to int8 when asked; the export and the parent are
-    evaluated on the parent's validation rows (or on validation_dataset), and the export is
-    registered (artifact onnx or onnx_int8) with both results: `metrics` (the export) and
-    `parent_metrics`. It takes no training fields."""
-
-    type: Literal["export"]
-    format: Literal["onnx"] = Field(default="onnx", description="onnx: an ONNX graph (opset 17).")
-    quantization: Literal["none", "int8"] = Field(
-        default="none",
-        description="none: fp32 weights; int8: every MatMul's weights int8 (one scale per "
-        "tensor), activations quantized per batch at run time (ONNX Runtime's dynamic "
-        "quantization).",
-    )
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        choices = {
+            name: model.__pydantic_core_schema__ for name, model in _options_models().items()
+        }
+        return handler(core_schema.tagged_union_schema(choices, discriminator="type"))
 
 
-# Methods that derive a serving artifact from a registered model instead of training one.
-DerivedMethod = QuantizeMethod | ExportMethod
-
-Method = Annotated[
-    FullMethod
-    | LoraMethod
-    | Ia3Method
-    | AdaLoraMethod
-    | PrefixTuningMethod
-    | HeadOnlyMethod
-    | QuantizeMethod
-    | ExportMethod
-    | DistillMethod,
-    Field(discriminator="type"),
-]
+# A job spec's `method`: the options of a fine-tuning method (app/ml/methods) or of a job kind
+# (app/job/kinds), whichever the registries hold, by `type`.
+if TYPE_CHECKING:
+    Method = MethodOptions
+else:
+    # FastAPI puts every model a field is annotated with into the OpenAPI document; this field is
+    # documented as the union of the registered models (above), so its annotation names none.
+    Method = Annotated[
+        object,
+        _RegisteredOptions(),
+        # For plain error messages (app/core/validation.py): the union the value is read as.
+        Tagged("type", members=lambda: tuple(_options_models().values())),
+    ]
 
 
 Auto = Literal["auto"]
@@ -455,7 +308,7 @@ class JobCreate(_Strict):
 
     @model_validator(mode="after")
     def _processes_train(self) -> JobCreate:
-        if self.resources.processes > 1 and isinstance(self.method, DerivedMethod):
+        if self.resources.processes > 1 and not _kind_trains(self.method.type):
             raise ValueError(
                 f"resources.processes: {self.resources.processes} processes train one job; a "
                 f"{self.method.type} job does not train (leave processes at 1)"

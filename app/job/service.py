@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -14,11 +13,9 @@ from app.core.config import Settings
 from app.core.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.core.idempotency import IdempotentRequest
 from app.core.pagination import MAX_LIMIT, page_newest_first
-from app.core.queue import GPU_QUEUE, TRAINING_QUEUE, JobQueue
+from app.core.queue import JobQueue
 from app.core.store import get_store
-from app.core.validation import plain_errors
 from app.db.models import (
-    Dataset,
     EventType,
     Job,
     JobEvent,
@@ -30,98 +27,16 @@ from app.db.models import (
 )
 from app.db.session import get_by_id, rows_changed
 from app.job.checkpoints import stored_checkpoints
-from app.job.controls import check_controls, resolve_controls
-from app.job.datasets import (
-    dataset_for,
-    dataset_summary,
-    validation_dataset_for,
-    validation_warnings,
-)
-from app.job.distill import DistillMethod, check_distill, defaults_method
+from app.job.datasets import validation_warnings
+from app.job.kinds import job_kind
 from app.job.outbox import publish_pending
-from app.job.quantize import quantize_inputs
-from app.job.schemas import (
-    DEFAULT_LEARNING_RATE,
-    AdaLoraMethod,
-    CheckpointRead,
-    DerivedMethod,
-    Hyperparameters,
-    JobCreate,
-    JobRead,
-    JobSpec,
-    LoraMethod,
-    ResolvedResources,
-)
-from app.ml.tasks import DatasetSummary, TaskSpec, get_task
-from app.registry.lineage import check_parent_labels, resolve_job_base
+from app.job.schemas import CheckpointRead, JobCreate, JobRead
+from app.ml.tasks import get_task
 
 log = logging.getLogger("tuneserve.jobs")
 
-# Fewest rows a split train set needs so both halves see every label at least once.
-MIN_TRAIN_ROWS = 4
-# AdaLoRA's default lora_alpha per unit of init_r (LoRA's is 2 per unit of r).
-ADALORA_ALPHA_PER_RANK = 4.0
 # A tenant at its job cap is told to come back after this long.
 ACTIVE_CAP_RETRY_SECONDS = 60
-
-
-def resolve_spec(spec: JobCreate, task: TaskSpec, train: DatasetSummary | None = None) -> JobSpec:
-    """Fill the defaults that depend on other fields, so the stored spec says what will run."""
-    hp = spec.hyperparameters
-    # Fields the client left out take the task's defaults, then the method's learning rate.
-    task_defaults = {
-        k: v
-        for k, v in task.default_hyperparameters(
-            defaults_method(spec.method), train_rows=train.num_rows if train else None
-        ).items()
-        if k not in hp.model_fields_set
-    }
-    hp = Hyperparameters.model_validate({**hp.model_dump(), **task_defaults})
-    if hp.learning_rate is None:
-        rate = DEFAULT_LEARNING_RATE[defaults_method(spec.method)]
-        hp = hp.model_copy(update={"learning_rate": rate})
-    # "auto" values stay as asked: the worker resolves them when training starts.
-    hp = resolve_controls(hp, task)
-    method = spec.method
-    if isinstance(method, LoraMethod) and method.lora_alpha is None:
-        method = method.model_copy(update={"lora_alpha": 2.0 * method.r})
-    if isinstance(method, AdaLoraMethod) and method.lora_alpha is None:
-        # AdaLoRA starts its singular values at zero and learns slowly from there: 4 * init_r
-        # beat 2 * init_r at lr 1e-2 on SST-2 (0.767 / 0.76 against 0.737 / 0.76, two seeds) and
-        # CoNLL (0.716 / 0.725 against 0.708 / 0.719); README "Method defaults".
-        method = method.model_copy(update={"lora_alpha": ADALORA_ALPHA_PER_RANK * method.init_r})
-    if isinstance(method, DistillMethod):  # the job shows its teacher
-        method = method.model_copy(update={"teacher": spec.base_model})
-    try:
-        # The train set's summary lets a task resolve "auto" options from the data (QA's
-        # version_2_with_negative: true when the train set has unanswerable questions).
-        options = task.options_model.model_validate(
-            spec.task_options, context={"train_summary": train}
-        )
-    except ValidationError as exc:
-        problems = plain_errors(exc.errors(), root=task.options_model, prefix=("task_options",))
-        raise InvalidInput(
-            "; ".join(p.message for p in problems) + f" (task '{task.name}')",
-            field=problems[0].field,
-            errors=[p.as_dict() for p in problems],
-        ) from None
-    # A job that needs a CUDA GPU (the submit-time device check passed it) goes where GPUs are.
-    default_queue = GPU_QUEUE if hp.mixed_precision in ("bf16", "fp16") else TRAINING_QUEUE
-    return JobSpec(
-        method=method,
-        hyperparameters=hp,
-        task_options=options.model_dump(mode="json"),
-        seed=spec.seed,
-        resources=ResolvedResources(
-            queue=spec.resources.queue or default_queue, processes=spec.resources.processes
-        ),
-    )
-
-
-def default_learning_rate(task: TaskSpec, method: str, *, train_rows: int | None) -> float:
-    """The learning rate a job of `task` and `method` trains with when it names none."""
-    rate = task.default_hyperparameters(method, train_rows=train_rows).get("learning_rate")
-    return float(rate) if isinstance(rate, int | float) else DEFAULT_LEARNING_RATE[method]
 
 
 def submit_job(
@@ -143,14 +58,9 @@ def submit_job(
     if idempotency is not None:
         idempotency.replay_if_seen(session)
     task = get_task(spec.task)
-    if isinstance(spec.method, DerivedMethod):
-        train, val, resolved = quantize_inputs(
-            session, settings=settings, tenant=tenant, spec=spec, task=task
-        )
-    else:
-        train, val, resolved = _training_inputs(
-            session, settings=settings, tenant=tenant, spec=spec, task=task
-        )
+    kind = job_kind(spec.method.type)
+    inputs = kind.inputs(session, settings=settings, tenant=tenant, spec=spec, task=task)
+    train, val, resolved = inputs.train, inputs.validation, inputs.spec
     if val is not None:
         warnings = validation_warnings(task, train=train, validation=val)
         resolved = resolved.model_copy(update={"warnings": warnings})
@@ -196,79 +106,6 @@ def submit_job(
         raise
     publish_pending(session, queue, job_id=job.id)
     return job
-
-
-def _training_inputs(
-    session: Session, *, settings: Settings, tenant: str, spec: JobCreate, task: TaskSpec
-) -> tuple[Dataset, Dataset | None, JobSpec]:
-    """A training job's datasets and resolved spec, every field checked (InvalidInput)."""
-    if spec.train_dataset is None:
-        raise InvalidInput(
-            f"train_dataset: required for method '{spec.method.type}'", field="train_dataset"
-        )
-    if isinstance(spec.method, DistillMethod):  # base_model is the teacher
-        base = check_distill(session, settings=settings, tenant=tenant, spec=spec)
-    else:
-        base = resolve_job_base(
-            session, settings=settings, tenant=tenant, task=task.name, base_model=spec.base_model
-        )
-    _check_top_layers(spec, base.num_layers)
-    _check_method(spec, task)
-    train = dataset_for(
-        session, spec.train_dataset, tenant=tenant, field="train_dataset", task=task.name
-    )
-    val: Dataset | None = None
-    if spec.validation_dataset is not None:
-        val = validation_dataset_for(
-            session, spec.validation_dataset, tenant=tenant, task=task, train=train
-        )
-    else:
-        if train.num_rows < MIN_TRAIN_ROWS:
-            raise InvalidInput(
-                f"train_dataset has {train.num_rows} rows; at least {MIN_TRAIN_ROWS} are needed "
-                "to hold out a validation split (or give validation_dataset)",
-                field="train_dataset",
-            )
-        task.check_compatible(dataset_summary(train), dataset_summary(train))
-    check_parent_labels(base, train=train, validation=val)
-
-    resolved = resolve_spec(spec, task, dataset_summary(train))
-    check_controls(settings, resolved.hyperparameters, task)
-    return train, val, resolved
-
-
-def _check_top_layers(spec: JobCreate, num_layers: int | None) -> None:
-    """`train_top_layers` may not exceed the base model's layer count (when its config says)."""
-    wanted = getattr(spec.method, "train_top_layers", None)
-    if wanted is not None and num_layers is not None and wanted > num_layers:
-        raise InvalidInput(
-            f"method.train_top_layers: {wanted} is more than the {num_layers} layers of "
-            f"'{spec.base_model}'",
-            field="method.train_top_layers",
-        )
-
-
-def _check_method(spec: JobCreate, task: TaskSpec) -> None:
-    """The task must be able to train with the method; AdaLoRA's schedule must fit max_steps."""
-    method = spec.method
-    reason = task.unsupported_methods.get(method.type)
-    if reason is not None:
-        raise InvalidInput(
-            f"method.type: '{method.type}' cannot train '{task.name}' models: {reason}",
-            field="method.type",
-        )
-    steps = spec.hyperparameters.max_steps
-    # Without max_steps the step count depends on the rows left after tokenizing and holding
-    # out; the worker checks the schedule against it before training.
-    if isinstance(method, AdaLoraMethod) and steps is not None:
-        fixed = (method.tinit or 0) + (method.tfinal or 0)
-        if fixed >= steps:
-            raise InvalidInput(
-                f"method.tinit: tinit + tfinal ({fixed}) must be less than "
-                f"hyperparameters.max_steps ({steps}), to leave steps in which AdaLoRA "
-                "reallocates ranks",
-                field="method.tinit",
-            )
 
 
 def _check_active_cap(session: Session, *, settings: Settings, tenant: str) -> None:

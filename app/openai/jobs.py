@@ -14,6 +14,7 @@ from app.core.queue import JobQueue
 from app.db.models import Job, JobEvent, Model, OpenAIJob, OpenAIJobMetadata
 from app.db.session import get_by_id
 from app.job import service as jobs
+from app.job.controls import default_learning_rate
 from app.job.schemas import JobCreate
 from app.ml.tasks import get_task
 from app.openai import translate
@@ -62,7 +63,7 @@ def create_job(
         else None
     )
     method_type = str(getattr(method, "type", "full"))
-    default_rate = jobs.default_learning_rate(task, method_type, train_rows=train.num_rows)
+    default_rate = default_learning_rate(task, method_type, train_rows=train.num_rows)
     hp = translate.hyperparameters(hp_in, default_learning_rate=default_rate)
     try:
         spec = JobCreate(

@@ -4,7 +4,7 @@ into OpenAI's objects. Every mapping is in the README's field table."""
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
@@ -14,14 +14,10 @@ from app.core.config import Settings
 from app.core.errors import BadRequest, InvalidInput, NotFound
 from app.core.validation import plain_errors
 from app.db.models import EventType, Job, JobEvent, JobStatus, Model, OpenAIJob
-from app.job.schemas import (
-    CheckpointRead,
-    DerivedMethod,
-    FullMethod,
-    Hyperparameters,
-    Method,
-)
+from app.job.kinds import job_kind, method_options
+from app.job.schemas import CheckpointRead, Hyperparameters, Method
 from app.ml.lineage import MODEL_PREFIX
+from app.ml.methods.full import FullMethod
 from app.openai.schemas import (
     CheckpointMetrics,
     CheckpointOut,
@@ -38,12 +34,6 @@ from app.openai.schemas import (
 )
 from app.registry.service import resolve_model_ref
 
-# Tuneserve's methods that train (quantize and export derive a model from one: POST /v1/jobs).
-TRAINING_METHODS = sorted(
-    str(get_args(member.model_fields["type"].annotation)[0])
-    for member in get_args(get_args(Method)[0])
-    if not issubclass(member, DerivedMethod)
-)
 OWNER = "tuneserve"  # owned_by of the base models
 EVENT_PREFIX = "ftevent-"
 
@@ -86,6 +76,12 @@ def resolve_model(
     )
 
 
+def training_methods() -> list[str]:
+    """Tuneserve's methods that train, as the registries hold them (quantize and export derive a
+    model from one: POST /v1/jobs)."""
+    return sorted(name for name in method_options() if job_kind(name).trains)
+
+
 def training_method(body: FineTuningJobCreate) -> tuple[BaseModel, HyperparametersIn | None]:
     """The Tuneserve method that trains, and where the hyperparameters were given."""
     raw = body.method
@@ -105,10 +101,11 @@ def training_method(body: FineTuningJobCreate) -> tuple[BaseModel, Hyperparamete
                 field="hyperparameters",
             )
         return FullMethod(), inner or body.hyperparameters
-    if kind not in TRAINING_METHODS:
+    methods = training_methods()
+    if kind not in methods:
         raise InvalidInput(
             f"method.type: {kind!r} is not a method here; Tuneserve fine-tunes encoders on "
-            f"labelled rows: 'supervised' (full fine-tuning) or one of {TRAINING_METHODS}",
+            f"labelled rows: 'supervised' (full fine-tuning) or one of {methods}",
             field="method.type",
         )
     try:

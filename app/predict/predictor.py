@@ -18,6 +18,8 @@ from app.db.models import Model
 from app.ml import device as devices
 from app.ml.lineage import load_base_model, resolve_recorded_base
 from app.ml.loading import load_model, quiet_transformers, read_model_metadata
+from app.ml.methods import METHODS
+from app.ml.methods.base import ADAPTER
 from app.ml.quantize import INT8_DYNAMIC, load_int8_dynamic
 from app.ml.runtimes import ONNX, ONNX_INT8, runtime_of
 from app.ml.tasks import TaskSpec, get_task
@@ -142,8 +144,6 @@ def _load_adapter_model(
     return merged
 
 
-# peft adapter types whose adapters share a base and mix in one batch (`adapter_names`).
-SHAREABLE_ADAPTERS = frozenset({"lora"})
 # Each load of a shared adapter gets its own name, so a predictor being dropped (whose adapter
 # goes once its last request is answered) never removes the adapter of the one replacing it.
 _load_numbers = itertools.count(1)
@@ -271,7 +271,7 @@ def load_predictor(
         "threads": threads,
         "options": task.options_model.model_validate(meta.get("task_options") or {}),
     }
-    if shared is not None and model_row.artifact == "adapter" and method in SHAREABLE_ADAPTERS:
+    if shared is not None and model_row.artifact == ADAPTER and _shares_base(method):
         peft_model, runner, adapter, added, release = _load_shared_adapter(
             settings, shared, model_row, task, path, meta, labels, tokenizer
         )
@@ -291,6 +291,13 @@ def load_predictor(
         runner=loaded.runner,
         **common,
     )
+
+
+def _shares_base(method: str) -> bool:
+    """Whether adapters of the method share their base's copy, mixed in one batch (peft's
+    `adapter_names`), as the method's spec says."""
+    spec = METHODS.get(method)
+    return spec is not None and spec.shares_base
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -19,7 +20,8 @@ from app.dataset.router import FORM_FIELDS, dataset_create_from_form
 from app.dataset.schemas import DatasetRead
 from app.dataset.upload import receive_upload
 from app.db.models import Dataset
-from app.job.schemas import DEFAULT_LEARNING_RATE, Hyperparameters
+from app.job.schemas import Hyperparameters
+from app.ml.methods import METHODS
 from app.ml.tasks import REGISTRY
 from app.ui import views
 from app.ui.web import (
@@ -77,18 +79,28 @@ def preview(settings: Any, row: Dataset) -> tuple[list[str], list[list[str]]]:
     return columns, cells
 
 
+def _by_type_alone(options: type[BaseModel], method: str) -> bool:
+    """Whether a method's options are complete with their type alone, as the form sends them
+    (distill needs a student: it is submitted through the API)."""
+    try:
+        options.model_validate({"type": method})
+    except ValidationError:
+        return False
+    return True
+
+
 def job_defaults(task_name: str, rows: int) -> dict[str, dict[str, Any]]:
     """Per method, the hyperparameters a job gets when it leaves them out (the form's values)."""
     task = REGISTRY[task_name]
     base = Hyperparameters().model_dump()
     result = {}
-    for method, rate in DEFAULT_LEARNING_RATE.items():
-        if method in task.unsupported_methods:
+    for method, spec in METHODS.items():
+        if method in task.unsupported_methods or not _by_type_alone(spec.options_model, method):
             continue
         merged = {
             **base,
-            "learning_rate": rate,
-            **task.default_hyperparameters(method, train_rows=rows),
+            "learning_rate": spec.default_learning_rate,
+            **task.default_hyperparameters(spec.defaults_name(), train_rows=rows),
         }
         result[method] = {
             k: merged.get(k) for k in ("epochs", "learning_rate", "batch_size", "max_length")

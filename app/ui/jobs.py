@@ -19,6 +19,7 @@ from app.core.validation import plain_errors
 from app.db.models import EventType, Job, JobEvent, JobStatus
 from app.job import service, stream
 from app.job.schemas import JobCreate, JobRead
+from app.ml.methods import DEFAULT_METHOD
 from app.ml.tasks import REGISTRY
 from app.ui.web import (
     UiRefused,
@@ -189,7 +190,7 @@ def spec_from_form(form: dict[str, str]) -> JobCreate:
         "task": form.get("task", ""),
         "base_model": form.get("base_model", ""),
         "train_dataset": form.get("train_dataset", ""),
-        "method": {"type": form.get("method") or "full"},
+        "method": {"type": form.get("method") or DEFAULT_METHOD},
         "hyperparameters": hp,
     }
     if form.get("validation_dataset"):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.job.schemas import DEFAULT_LEARNING_RATE
+from app.ml.methods.full import Full
 from tests.job.test_jobs_api import ROWS, upload
 from tests.job.test_lineage_api import error, register  # noqa: F401  (a fixture)
 from tests.tinymodel import build_tiny_model_dir
@@ -71,7 +71,7 @@ def test_a_distill_job_is_accepted_and_shows_its_teacher(
         "alpha": 0.5,
     }
     # Every weight of the student trains: full fine-tuning's defaults.
-    assert job["hyperparameters"]["learning_rate"] == DEFAULT_LEARNING_RATE["full"]
+    assert job["hyperparameters"]["learning_rate"] == Full.default_learning_rate
     # The teacher may be repeated as method.teacher; a base model of its vocabulary is a student.
     again = submit(
         client,

@@ -66,7 +66,7 @@ def resolved(**values: object) -> object:
 
 def test_training_arguments_group_by_length_and_checkpoint_per_epoch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from worker.training.data import LENGTH_COLUMN
-    from worker.training.runner import _training_args
+    from worker.training.plan import _training_args
 
     hp = resolved(warmup_ratio=0.1, lr_scheduler="cosine")
     args = _training_args(hp, seed=11, output_dir=tmp_path, steps=1000)  # type: ignore[arg-type]
@@ -82,7 +82,7 @@ def test_training_arguments_group_by_length_and_checkpoint_per_epoch(tmp_path) -
 
 
 def test_checkpoint_every_maps_to_save_strategy(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from worker.training.runner import _training_args
+    from worker.training.plan import _training_args
 
     def args(every: object) -> object:
         hp = resolved(checkpoint_every=every)
@@ -94,7 +94,7 @@ def test_checkpoint_every_maps_to_save_strategy(tmp_path) -> None:  # type: igno
 
 
 def test_early_stopping_evaluates_at_every_checkpoint_and_keeps_the_best(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from worker.training.runner import _training_args
+    from worker.training.plan import _training_args
 
     hp = resolved(checkpoint_every=25, early_stopping={"metric": "accuracy"}, label_smoothing=0.1)
     steps = _training_args(hp, seed=1, output_dir=tmp_path, steps=100)  # type: ignore[arg-type]

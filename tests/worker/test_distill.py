@@ -17,12 +17,12 @@ from transformers import AutoModelForSequenceClassification, TrainingArguments
 
 from app.core.errors import InvalidInput
 from app.db.models import Job, JobEvent, JobStatus, Model
-from app.job.distill import DistillMethod
+from app.ml.methods.distill import DistillMethod
 from app.predict.predictor import load_predictor
 from tests.predict.conftest import upload_rows
 from tests.tinymodel import build_tiny_model_dir, sentiment_rows
 from worker.jobs import run_job
-from worker.training import distill
+from worker.training.methods import distill
 
 TEACHER_BASE = "local/tiny-bert-4"  # 4 layers
 SMALL_BASE = "local/tiny-bert"  # 2 layers, the same vocabulary

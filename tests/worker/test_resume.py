@@ -175,8 +175,8 @@ def test_peft_methods_resume_from_their_checkpoint_state(
     from safetensors.torch import load_file
 
     from worker.training import adapters
-    from worker.training.adalora import allocating_tuner
     from worker.training.callbacks import JobProgressCallback
+    from worker.training.methods.adalora import allocating_tuner
 
     job_id = add_job(method=method, learning_rate=1e-2, **SPEC)
     original = JobProgressCallback.on_step_end

@@ -25,7 +25,8 @@ from app.core.config import Settings
 from app.core.errors import ServiceError
 from worker.training import data as training_data
 from worker.training.callbacks import clean_eval_metrics
-from worker.training.runner import JobInputs, ordered_eval_trainer
+from worker.training.plan import ordered_eval_trainer
+from worker.training.runner import JobInputs
 from worker.training.state import AttemptFence, JobCancelled
 
 if TYPE_CHECKING:

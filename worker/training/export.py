@@ -19,7 +19,7 @@ from typing import Any
 from app.core.config import Settings
 from app.db.models import Model
 from app.job.checkpoints import job_dir
-from app.job.schemas import ExportMethod
+from app.job.kinds.export import ExportMethod
 from app.ml.lineage import base_metadata
 from app.ml.loading import quiet_transformers
 from app.ml.runtimes import MAX_ROWS_PER_RUN, ONNX, ONNX_FILE, ONNX_INT8
@@ -29,7 +29,7 @@ from worker.training import data as training_data
 from worker.training import onnx_export
 from worker.training.artifacts import WrittenModel, library_versions, write_model_dir
 from worker.training.evaluation import EvalProgress, Evaluation, eval_args, evaluate
-from worker.training.lora import count_parameters
+from worker.training.freezing import count_parameters
 from worker.training.quantize import (
     Prepared,
     datasets_metadata,

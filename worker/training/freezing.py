@@ -1,4 +1,5 @@
-"""Which weights train (the head only, or the head plus the top N layers), and dropout."""
+"""Which weights train (the head only, or the head plus the top N layers), how many do, and
+dropout."""
 
 from __future__ import annotations
 
@@ -51,3 +52,13 @@ def set_dropout(model: Any, p: float) -> None:
     for name in list(vars(config) if config is not None else ()):
         if "dropout" in name and isinstance(getattr(config, name), float):
             setattr(config, name, p)
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters."""
+    trainable = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total

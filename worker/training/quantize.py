@@ -39,7 +39,7 @@ from worker.training.evaluation import (
     evaluation_rows,
     headline,
 )
-from worker.training.lora import count_parameters
+from worker.training.freezing import count_parameters
 from worker.training.runner import JobInputs, read_job_inputs
 from worker.training.state import AttemptFence
 

@@ -1,18 +1,17 @@
 """AdaLoRA: its step schedule, the rank reallocation the Trainer does not do by itself, and the
-allocator state a resumed job needs."""
+allocator state a resumed job needs (saved with each checkpoint by worker/training/adapters.py)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from app.core.errors import InvalidInput
-from app.job.schemas import AdaLoraMethod
+from app.ml.methods.adalora import AdaLoraMethod
 from worker.training.heads import trained_in_full
-from worker.training.lora import target_modules
+from worker.training.methods.adapter import AdapterMethod, peft_task_type, target_modules
 
 if TYPE_CHECKING:
     import torch
@@ -22,6 +21,9 @@ if TYPE_CHECKING:
 
 # The allocator's running importance scores, by parameter name; saved with each checkpoint.
 _SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+# AdaLoRA is wrapped before the job's step count is known ("auto" batch sizes need the wrapped
+# model's parameter counts); `schedule` then sets the real one.
+PROVISIONAL_STEPS = 1_000_000
 
 
 def adalora_schedule(method: AdaLoraMethod, total_steps: int) -> tuple[int, int]:
@@ -41,20 +43,49 @@ def adalora_schedule(method: AdaLoraMethod, total_steps: int) -> tuple[int, int]
     return tinit, tfinal
 
 
+class AdaLoraTraining(AdapterMethod[AdaLoraMethod]):
+    name = "adalora"
+
+    def prepare(
+        self,
+        model: PreTrainedModel,
+        *,
+        task: TaskSpec,
+        options: AdaLoraMethod,
+        new_weights: list[str],
+    ) -> Any:
+        """Wrap the model in AdaLoRA adapters, scheduled provisionally (see `schedule`); the head
+        trains in full."""
+        return apply_adalora(
+            model, task=task, method=options, new_weights=new_weights, total_steps=PROVISIONAL_STEPS
+        )
+
+    def schedule(self, model: Any, options: AdaLoraMethod, *, total_steps: int) -> None:
+        """Schedule the rank reallocation over the job's `total_steps`."""
+        tinit, tfinal = adalora_schedule(options, total_steps)
+        # The rank allocator reads this same config object at every step.
+        config = model.peft_config["default"]
+        config.total_step, config.tinit, config.tfinal = total_steps, tinit, tfinal
+
+    def callbacks(self, model: Any) -> list[TrainerCallback]:
+        tuner = allocating_tuner(model)
+        return [RankAllocationCallback(tuner)] if tuner is not None else []
+
+
 def apply_adalora(
     model: PreTrainedModel,
     *,
     task: TaskSpec,
     method: AdaLoraMethod,
-    new_weights: Iterable[str],
+    new_weights: list[str],
     total_steps: int,
 ) -> Any:
     """Wrap the model in AdaLoRA adapters scheduled over `total_steps`; the head trains in full."""
-    from peft import AdaLoraConfig, TaskType, get_peft_model
+    from peft import AdaLoraConfig, get_peft_model
 
     tinit, tfinal = adalora_schedule(method, total_steps)
     config = AdaLoraConfig(
-        task_type=TaskType(task.peft_task_type) if task.peft_task_type else None,
+        task_type=peft_task_type(task),
         init_r=method.init_r,
         target_r=method.target_r,
         # peft types alpha as int; any positive number works (scaling = alpha / init_r).

@@ -26,10 +26,11 @@ from app.basemodel.schemas import ResolvedBaseModel
 from app.basemodel.service import resolve_base_model
 from app.core.config import Settings
 from app.core.errors import InvalidInput, ServiceError
-from app.job.distill import DistillMethod, StudentLayers
 from app.ml.lineage import load_base_model, load_starting_model
+from app.ml.methods.distill import DistillMethod, StudentLayers
 from worker.training import data as training_data
 from worker.training.callbacks import clean_eval_metrics
+from worker.training.methods.base import StartingModel, TrainingMethod
 from worker.training.state import AttemptFence
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class Teacher:
         return {"mean_gold_loss": round(gold / steps, 6), "mean_soft_loss": round(soft / steps, 6)}
 
 
-def start(
+def start_student(
     settings: Settings,
     fence: AttemptFence,
     *,
@@ -309,3 +310,37 @@ def teacher_metrics(trainer: Any, teacher: Teacher, fence: AttemptFence) -> dict
         **teacher.summary(),
     )
     return metrics
+
+
+class DistillTraining(TrainingMethod[DistillMethod]):
+    """The student starts from the teacher (base_model) and trains every weight with the
+    DistillTrainer; the teacher's evaluation on the same rows becomes its parent_metrics."""
+
+    name = "distill"
+
+    def start(
+        self,
+        settings: Settings,
+        fence: AttemptFence,
+        *,
+        task: TaskSpec,
+        base: ResolvedBaseModel,
+        options: DistillMethod,
+        label_names: list[str],
+    ) -> StartingModel:
+        model, head, teacher, record = start_student(
+            settings, fence, task=task, base=base, method=options, label_names=label_names
+        )
+        return StartingModel(model, head, state=teacher, metadata={"distillation": record})
+
+    def trainer_class(self, trainer: type[Trainer], starting: StartingModel) -> type[Trainer]:
+        # Its training steps add the teacher's soft targets.
+        return trainer_class(trainer, starting.state)
+
+    def parent_metrics(
+        self, trainer: Trainer, starting: StartingModel, fence: AttemptFence
+    ) -> dict[str, Any] | None:
+        # The teacher beside the student, on the same rows.
+        metrics = teacher_metrics(trainer, starting.state, fence)
+        starting.metadata["distillation"]["teacher_metrics"] = metrics
+        return metrics

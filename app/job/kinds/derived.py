@@ -1,5 +1,5 @@
-"""Submitting a quantize or export job: its parent, the rows it is evaluated on, and the spec it
-stores.
+"""What the kinds that derive a model from a registered one (quantize, export) share at
+submission: the parent, the rows the job is evaluated on, and the spec it stores.
 
 Such a job trains nothing. It is evaluated on exactly the rows its parent was evaluated on
 (the parent's validation dataset, or the parent's held-out split drawn again with the parent's
@@ -9,6 +9,7 @@ quantized model's metrics and the parent's can be read side by side.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,8 +21,10 @@ from app.core.errors import InvalidInput
 from app.db.models import Dataset, Job, Model
 from app.db.session import get_by_id
 from app.job.datasets import validation_dataset_for
+from app.job.kinds.base import SubmitInputs
 from app.job.schemas import Hyperparameters, JobCreate, JobSpec
 from app.ml.lineage import parent_id
+from app.ml.methods import METHODS, MethodOptions
 from app.ml.tasks import TaskSpec
 from app.registry.lineage import check_parent_labels, resolve_job_base
 
@@ -51,11 +54,12 @@ def check_no_training_fields(spec: JobCreate) -> None:
         )
 
 
-def quantize_parent(
+def derived_parent(
     session: Session, *, settings: Settings, tenant: str, spec: JobCreate
 ) -> tuple[Model, ResolvedBaseModel]:
-    """The registered model a quantize job quantizes, and its weights as a base (InvalidInput
-    naming base_model: a catalog id, an unknown model, another task, a quantized model...)."""
+    """The registered model a quantize or export job derives from, and its weights as a base
+    (InvalidInput naming base_model: a catalog id, an unknown model, another task, a quantized
+    model...)."""
     kind = spec.method.type
     model_id = parent_id(spec.base_model)
     if model_id is None:
@@ -69,13 +73,12 @@ def quantize_parent(
     )
     parent = get_by_id(session, Model, model_id)
     assert parent is not None  # resolve_job_base found it
-    if parent.method == "prefix_tuning":
-        # A prefix is extra keys and values fed to every layer, not a change of weights: there
-        # is no plain model to merge it into.
+    method = METHODS.get(parent.method)
+    if method is not None and method.not_mergeable is not None:
+        mergeable = [name for name, m in METHODS.items() if m.not_mergeable is None]
         raise InvalidInput(
-            f"base_model: '{spec.base_model}' was trained with prefix tuning, whose prefix "
-            f"cannot be merged into the weights; method {kind} needs a full, head_only, LoRA, "
-            "IA3 or AdaLoRA model",
+            f"base_model: '{spec.base_model}' {method.not_mergeable}; method {kind} needs a "
+            f"model of method {', '.join(mergeable[:-1])} or {mergeable[-1]}",
             field="base_model",
         )
     if spec.train_dataset is not None and spec.train_dataset != parent.train_dataset_id:
@@ -87,7 +90,7 @@ def quantize_parent(
     return parent, base
 
 
-def quantize_spec(session: Session, *, spec: JobCreate, parent: Model, held_out: bool) -> JobSpec:
+def derived_spec(session: Session, *, spec: JobCreate, parent: Model, held_out: bool) -> JobSpec:
     """The stored spec: the parent's seed, validation_split and task options, with which the
     worker draws the parent's held-out rows again (when `held_out`) and evaluates."""
     parent_job = get_by_id(session, Job, parent.job_id)
@@ -114,13 +117,30 @@ def quantize_spec(session: Session, *, spec: JobCreate, parent: Model, held_out:
     )
 
 
-def quantize_inputs(
+class DerivingKind:
+    """A kind of job that derives a serving artifact from a registered model instead of training
+    one; a subclass names it and its options model (whose `type` is the kind's name)."""
+
+    name: str
+    options_model: type[MethodOptions]
+    trains = False
+
+    def options_models(self) -> Mapping[str, type[MethodOptions]]:
+        return {self.name: self.options_model}
+
+    def inputs(
+        self, session: Session, *, settings: Settings, tenant: str, spec: JobCreate, task: TaskSpec
+    ) -> SubmitInputs:
+        return derived_inputs(session, settings=settings, tenant=tenant, spec=spec, task=task)
+
+
+def derived_inputs(
     session: Session, *, settings: Settings, tenant: str, spec: JobCreate, task: TaskSpec
-) -> tuple[Dataset, Dataset | None, JobSpec]:
+) -> SubmitInputs:
     """A quantize or export job's datasets (its parent's train set; the parent's validation set
     unless it names one) and stored spec (the parent's seed and split), every field checked."""
     check_no_training_fields(spec)
-    parent, base = quantize_parent(session, settings=settings, tenant=tenant, spec=spec)
+    parent, base = derived_parent(session, settings=settings, tenant=tenant, spec=spec)
     # A dataset that a job (the parent's) uses cannot be deleted.
     train = get_by_id(session, Dataset, parent.train_dataset_id)
     if train is None:
@@ -136,5 +156,5 @@ def quantize_inputs(
         check_parent_labels(base, train=train, validation=val)
     elif parent.validation_dataset_id is not None:
         val = get_by_id(session, Dataset, parent.validation_dataset_id)
-    resolved = quantize_spec(session, spec=spec, parent=parent, held_out=val is None)
-    return train, val, resolved
+    resolved = derived_spec(session, spec=spec, parent=parent, held_out=val is None)
+    return SubmitInputs(train, val, resolved)

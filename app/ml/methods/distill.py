@@ -1,4 +1,5 @@
-"""Distillation (method distill): its options, and the checks of a distill job at submission.
+"""Distillation (method distill): its options, the checks of a distill job at submission, and its
+MethodSpec (the worker's side: worker/training/methods/distill.py).
 
 The teacher is a registered model, named as the job's base_model "model:<id>" (as quantize and
 export name the model they work from); `method.teacher` may repeat it. The student is either
@@ -21,12 +22,14 @@ from app.db.models import Model
 from app.db.session import get_by_id
 from app.ml.lineage import parent_id
 from app.ml.loading import load_tokenizer
+from app.ml.methods.base import MethodOptions, MethodSpec
+from app.ml.methods.full import Full
 from app.registry.lineage import resolve_job_base
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from app.job.schemas import JobCreate, Method
+    from app.job.schemas import JobCreate
 
 
 class StudentLayers(BaseModel):
@@ -44,14 +47,12 @@ class StudentLayers(BaseModel):
     )
 
 
-class DistillMethod(BaseModel):
+class DistillMethod(MethodOptions):
     """Knowledge distillation: a student trains on the gold labels and on the teacher's outputs
     softened by `temperature`: loss = alpha * CE(gold) + (1 - alpha) * T^2 * KL(teacher_T ||
     student_T), per labelled token for NER, over start and end positions for QA. The teacher is
     base_model ("model:<id>", a full or adapter model of the job's task); every weight of the
     student trains, with full fine-tuning's default hyperparameters."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["distill"]
     teacher: str | None = Field(
@@ -81,14 +82,23 @@ class DistillMethod(BaseModel):
     )
 
 
-# The method whose default hyperparameters (learning rate, batch size, QA epochs) a distill job
-# takes: every weight of the student trains, as under full fine-tuning.
-DEFAULTS_OF = "full"
+class Distill(MethodSpec[DistillMethod]):
+    name = "distill"
+    options_model = DistillMethod
+    # Every weight of the student trains, as under full fine-tuning: a distill job takes full's
+    # default hyperparameters (learning rate, batch size, QA epochs).
+    defaults_of = Full.name
+    default_learning_rate = Full.default_learning_rate
 
+    def starting_model(
+        self, session: Session, *, settings: Settings, tenant: str, spec: JobCreate
+    ) -> ResolvedBaseModel:
+        # base_model is the teacher; the student starts from it or from a catalog base.
+        return check_distill(session, settings=settings, tenant=tenant, spec=spec)
 
-def defaults_method(method: Method) -> str:
-    """The method name whose defaults a job takes: its own, or full's for distill."""
-    return DEFAULTS_OF if isinstance(method, DistillMethod) else method.type
+    def fill_defaults(self, options: DistillMethod, *, base_model: str) -> DistillMethod:
+        # The job shows its teacher.
+        return options.model_copy(update={"teacher": base_model})
 
 
 def _teacher_field(spec: JobCreate) -> str:
