@@ -201,7 +201,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         MetricsMiddleware,
     )
     from app.monitoring.router import router as metrics_router
-    from app.openai.errors import OpenAIErrors
+    from app.openai.errors import OpenAIErrors, install_openapi
     from app.openai.router import router as openai_router
     from app.predict.batcher import Batcher
     from app.predict.cache import PredictorCache
@@ -299,6 +299,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
 
     app.include_router(openai_router, prefix="/openai/v1")
     app.include_router(metrics_router)
+    install_openapi(app)
     install_docs(app)
     install_ui(app)
 

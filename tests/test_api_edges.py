@@ -127,9 +127,33 @@ def test_framework_errors_have_the_one_error_shape(api: TestClient) -> None:
     assert error(bad, 400)["code"] == "bad_request"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/openai/v1/fine_tuning/jobs", {"model": 5, "training_file": "file_x"}),
+        ("POST", "/openai/v1/fine_tuning/jobs", {"training_file": "file_x"}),
+        ("POST", "/openai/v1/fine_tuning/jobs", b'{"model": '),
+        ("GET", "/openai/v1/fine_tuning/jobs?limit=0", None),
+        ("GET", "/openai/v1/fine_tuning/jobs/job_x/events?limit=x", None),
+        ("GET", "/openai/v1/files?order=sideways", None),
+    ],
+)
+def test_openai_routes_answer_invalid_input_as_400_in_their_shape(
+    api: TestClient, method: str, path: str, body: Any
+) -> None:
+    # OpenAI answers invalid parameters with 400 (the SDK's BadRequestError), never 422: the
+    # OpenAPI document must not promise a 422 there (below).
+    raw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    resp = api.request(method, path, **raw)
+    assert resp.status_code == 400, resp.text
+    assert set(resp.json()) == {"error"}, resp.text
+    assert set(resp.json()["error"]) == {"message", "type", "param", "code"}, resp.text
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_openapi_documents_the_error_statuses(api: TestClient) -> None:
     doc = api.get("/openapi.json").json()
-    error_ref = "#/components/schemas/ErrorResponse"
+    assert "HTTPValidationError" not in doc["components"]["schemas"]  # FastAPI's 422 shape
     for path, methods in doc["paths"].items():
         for method, operation in methods.items():
             codes = set(operation["responses"])
@@ -138,8 +162,12 @@ def test_openapi_documents_the_error_statuses(api: TestClient) -> None:
             assert {"401", "429", "503"} <= codes, (method, path, codes)
             if "{" in path or path.startswith("/v1/predict/"):
                 assert "404" in codes, (method, path)
-            schema = operation["responses"]["401"]["content"]["application/json"]["schema"]
-            assert schema["$ref"] == error_ref
-            if "422" in codes:  # our shape, not FastAPI's HTTPValidationError
-                schema = operation["responses"]["422"]["content"]["application/json"]["schema"]
-                assert schema["$ref"] == error_ref, (method, path)
+            if path.startswith("/openai/"):
+                # OpenAI's error shape; invalid input is a 400 there, never a 422.
+                error_ref = "#/components/schemas/OpenAIErrorResponse"
+                assert "400" in codes and "422" not in codes, (method, path, codes)
+            else:
+                error_ref = "#/components/schemas/ErrorResponse"
+            for code in sorted(c for c in codes if c[0] in "45"):  # each error, in its shape
+                schema = operation["responses"][code]["content"]["application/json"]["schema"]
+                assert schema["$ref"] == error_ref, (method, path, code)

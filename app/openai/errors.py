@@ -10,8 +10,10 @@ with 400, which the SDK raises as BadRequestError, and so scripts written for it
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -116,3 +118,33 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 # What any OpenAI route behind an API key can answer besides its own errors (no 422: see above).
 PROTECTED = error_responses(400, 401, 403, 429, 503)
+# FastAPI's own description of a 422, which it adds to every route that takes parameters.
+FRAMEWORK_422 = ("HTTPValidationError", "ValidationError")
+
+
+def without_framework_422(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document without the 422 that FastAPI documents on the OpenAI routes: they
+    answer invalid input as a 400 (see OpenAIErrors), which PROTECTED documents. The schemas of
+    that 422 go too once no route refers to them."""
+    for path, operations in doc.get("paths", {}).items():
+        if path.startswith(PREFIX):
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    operation.get("responses", {}).pop("422", None)
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in FRAMEWORK_422:  # HTTPValidationError first: it refers to ValidationError
+        if f'"#/components/schemas/{name}"' not in json.dumps(doc):
+            schemas.pop(name, None)
+    return doc
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve the app's OpenAPI document as without_framework_422 leaves it."""
+    build: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = without_framework_422(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

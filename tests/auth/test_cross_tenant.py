@@ -67,6 +67,21 @@ ROUTE_SCOPES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/aliases"): frozenset({"models:read"}),
     ("GET", "/v1/aliases/{name}"): frozenset({"models:read"}),
     ("DELETE", "/v1/aliases/{name}"): frozenset({"train"}),
+    # The OpenAI-compatible routes: files as datasets, fine-tuning jobs as jobs, models as models.
+    ("POST", "/openai/v1/files"): frozenset({"data:write"}),
+    ("GET", "/openai/v1/files"): frozenset({"data:write", "train"}),
+    ("GET", "/openai/v1/files/{file_id}"): frozenset({"data:write", "train"}),
+    ("GET", "/openai/v1/files/{file_id}/content"): frozenset({"data:write", "train"}),
+    ("DELETE", "/openai/v1/files/{file_id}"): frozenset({"data:write"}),
+    ("POST", "/openai/v1/fine_tuning/jobs"): frozenset({"train"}),
+    ("GET", "/openai/v1/fine_tuning/jobs"): frozenset({"train", "jobs:read"}),
+    ("GET", "/openai/v1/fine_tuning/jobs/{job_id}"): frozenset({"train", "jobs:read"}),
+    ("GET", "/openai/v1/fine_tuning/jobs/{job_id}/events"): frozenset({"train", "jobs:read"}),
+    ("GET", "/openai/v1/fine_tuning/jobs/{job_id}/checkpoints"): frozenset({"train", "jobs:read"}),
+    ("POST", "/openai/v1/fine_tuning/jobs/{job_id}/cancel"): frozenset({"train"}),
+    ("GET", "/openai/v1/models"): frozenset({"models:read"}),
+    ("GET", "/openai/v1/models/{model_id:path}"): frozenset({"models:read"}),
+    ("DELETE", "/openai/v1/models/{model_id:path}"): frozenset({"train"}),
     # Operator keys only (metrics span every tenant): tenant b is refused below.
     ("GET", "/metrics"): frozenset({"metrics:read"}),
     **{("POST", f"/v1/predict/{task}"): frozenset({"predict"}) for task in REGISTRY},
@@ -101,10 +116,14 @@ class Ids:
     models: dict[str, str] = field(default_factory=dict)
     alias: str = "no-such-alias"
     sweep_id: str = "swp_none"
+    file_id: str = "file_none"
+    # A job submitted through /openai/v1 (with its OpenAI terms), besides `job_id`.
+    openai_job_id: str = "job_none"
 
     def path(self, template: str) -> str:
         model_id = next(iter(self.models.values()), "mdl_none")
-        return template.format(
+        return re.sub(r"{(\w+):\w+}", r"{\1}", template).format(  # {model_id:path} too
+            file_id=self.file_id,
             dataset_id=self.dataset_id,
             job_id=self.job_id,
             key_id=self.key_id,
@@ -120,11 +139,16 @@ def send(c: TestClient, method: str, path: str, ids: Ids, headers: dict[str, str
     if (method, path) == ("POST", "/v1/datasets"):
         files = {"file": ("rows.csv", CSV)}
         return c.post(url, data={"task": "classification"}, files=files, headers=headers)
+    if (method, path) == ("POST", "/openai/v1/files"):
+        files = {"file": ("rows.csv", CSV)}
+        return c.post(url, data={"purpose": "fine-tune"}, files=files, headers=headers)
     body: Any = None
     if (method, path) == ("POST", "/v1/keys"):
         body = {"scopes": ["predict"]}
     elif (method, path) == ("POST", "/v1/jobs"):
         body = {"task": "classification", "base_model": BASE, "train_dataset": ids.dataset_id}
+    elif (method, path) == ("POST", "/openai/v1/fine_tuning/jobs"):
+        body = {"model": BASE, "training_file": ids.file_id, "metadata": {"owner": "a"}}
     elif (method, path) == ("POST", "/v1/sweeps"):
         body = {
             "task": "classification",
@@ -188,6 +212,12 @@ def tenant_a(client: TestClient, app: FastAPI, admin_key: str) -> Ids:
     resp = send(client, "POST", "/v1/sweeps", ids, {})
     assert resp.status_code == 201, resp.text
     ids.sweep_id = resp.json()["id"]
+    resp = send(client, "POST", "/openai/v1/files", ids, {})
+    assert resp.status_code == 200, resp.text
+    ids.file_id = resp.json()["id"]
+    resp = send(client, "POST", "/openai/v1/fine_tuning/jobs", ids, {})
+    assert resp.status_code == 200, resp.text
+    ids.openai_job_id = resp.json()["id"]
     return ids
 
 
@@ -199,9 +229,31 @@ def a_ids_in(text: str, ids: Ids) -> list[str]:
         *ids.models.values(),
         ids.alias,
         ids.sweep_id,
+        ids.file_id,
+        ids.openai_job_id,
         "secret log line",
     ]
     return [i for i in every if i in text]
+
+
+def openai_error(resp: Any) -> dict[str, Any]:
+    """The error of an /openai/v1 answer, checked to be in OpenAI's shape."""
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["type"] == "invalid_request_error", body
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+def same_refusal(resp: Any, missing: Any, theirs: str, unknown: str) -> str | None:
+    """Both a 400 in OpenAI's shape with the same message (ids aside); the `param` at fault."""
+    assert resp.status_code == missing.status_code == 400, (resp.text, missing.text)
+    got, expected = openai_error(resp), openai_error(missing)
+    assert got["message"].replace(theirs, "ID") == expected["message"].replace(unknown, "ID")
+    assert (got["param"], got["code"]) == (expected["param"], expected["code"])
+    param: str | None = got["param"]
+    return param
 
 
 def test_tenant_b_cannot_reach_tenant_a_on_any_route(  # type: ignore[no-untyped-def]
@@ -214,17 +266,25 @@ def test_tenant_b_cannot_reach_tenant_a_on_any_route(  # type: ignore[no-untyped
         job_id=new_id("job"),
         key_id=new_id("key"),
         models={t: new_id("mdl") for t in REGISTRY},
+        file_id=new_id("file"),
     )
-    # B has a dataset and a job of its own, so its lists are not empty.
+    # B has a dataset, a file and a job of its own, so its lists are not empty.
     own_ds = send(anon, "POST", "/v1/datasets", fresh, b).json()["id"]
+    own_file = send(anon, "POST", "/openai/v1/files", fresh, b).json()["id"]
     own = Ids(dataset_id=own_ds, job_id="", key_id="")
     own_job = send(anon, "POST", "/v1/jobs", own, b).json()["id"]
+    lists = {
+        "/v1/datasets": own_ds,
+        "/v1/jobs": own_job,
+        "/openai/v1/files": own_file,
+        "/openai/v1/fine_tuning/jobs": own_job,
+    }
     seen = []
     for method, path in all_routes(app):
         seen.append((method, path))
         resp = send(anon, method, path, tenant_a, b)
         where = f"{method} {path} as tenant b: {resp.status_code} {resp.text[:300]}"
-        takes_id = bool(set(re.findall(r"{(\w+)}", path)))
+        takes_id = bool(set(re.findall(r"{(\w+)", path)))
         if (method, path) in PUBLIC:
             assert resp.status_code == 200, where
             assert a_ids_in(resp.text, tenant_a) == [], where
@@ -234,13 +294,15 @@ def test_tenant_b_cannot_reach_tenant_a_on_any_route(  # type: ignore[no-untyped
             missing = send(anon, method, path, fresh, b)
             assert missing.status_code == 404
             assert resp.json()["error"]["code"] == missing.json()["error"]["code"], where
+            if path.startswith("/openai/"):  # in OpenAI's error shape, as a missing one
+                assert openai_error(resp)["param"] == openai_error(missing)["param"], where
         elif (method, path) == ("GET", "/metrics"):
             assert resp.status_code == 403, where  # even for b's admin key
         elif method == "GET":
             # A list: B sees its own things (its dataset, its key) and none of A's.
             assert resp.status_code == 200, where
             assert a_ids_in(resp.text, tenant_a) == [], where
-            mine = {"/v1/datasets": own_ds, "/v1/jobs": own_job}.get(path)
+            mine = lists.get(path)
             assert mine is None or mine in resp.text, where
         elif (method, path) == ("POST", "/v1/jobs"):
             # A's dataset named in a job spec is refused exactly as a missing one.
@@ -264,8 +326,36 @@ def test_tenant_b_cannot_reach_tenant_a_on_any_route(  # type: ignore[no-untyped
             missing = send(anon, method, path, fresh, b)
             own = resp.json()["error"]["message"].replace(tenant_a.dataset_id, "ID")
             assert own == missing.json()["error"]["message"].replace(fresh.dataset_id, "ID")
+        elif (method, path) == ("POST", "/openai/v1/fine_tuning/jobs"):
+            # A's file, dataset or model named in a job is refused exactly as a missing one.
+            assert resp.status_code == 400, where
+            missing = send(anon, method, path, fresh, b)
+            assert same_refusal(resp, missing, tenant_a.file_id, fresh.file_id) == "training_file"
+            theirs = Ids(dataset_id="", job_id="", key_id="", file_id=tenant_a.dataset_id)
+            unknown = Ids(dataset_id="", job_id="", key_id="", file_id=fresh.dataset_id)
+            param = same_refusal(
+                send(anon, method, path, theirs, b),
+                send(anon, method, path, unknown, b),
+                tenant_a.dataset_id,
+                fresh.dataset_id,
+            )
+            assert param == "training_file"
+            model_id, unknown_id = tenant_a.models["classification"], fresh.models["classification"]
+            for ref, unknown_ref in (
+                (model_id, unknown_id),
+                (f"model:{model_id}", f"model:{unknown_id}"),
+                (tenant_a.alias, "b-no-such-alias"),
+            ):
+                answers = [
+                    anon.post(path, json={"model": r, "training_file": own_file}, headers=b)
+                    for r in (ref, unknown_ref)
+                ]
+                assert same_refusal(*answers, ref, unknown_ref) == "model", ref
         elif (method, path) in {("POST", "/v1/keys"), ("POST", "/v1/datasets")}:
             assert resp.status_code == 201, where  # B creates its own, in its own tenant
+            assert a_ids_in(resp.text, tenant_a) == [], where
+        elif (method, path) == ("POST", "/openai/v1/files"):
+            assert resp.status_code == 200, where  # (OpenAI's status for a created file)
             assert a_ids_in(resp.text, tenant_a) == [], where
         else:
             pytest.fail(f"{method} {path} is not covered by this test: say what it must answer")
@@ -280,6 +370,10 @@ def test_tenant_b_cannot_reach_tenant_a_on_any_route(  # type: ignore[no-untyped
     assert len(client.get("/v1/models").json()["data"]) == len(REGISTRY)
     alias = client.get(f"/v1/aliases/{tenant_a.alias}").json()
     assert (alias["model"], alias["previous_model"]) == (tenant_a.models["classification"], None)
+    assert client.get(f"/openai/v1/files/{tenant_a.file_id}/content").content == CSV
+    job = client.get(f"/openai/v1/fine_tuning/jobs/{tenant_a.openai_job_id}").json()
+    assert job["status"] == "queued"
+    assert client.get(f"/openai/v1/models/{tenant_a.models['ner']}").status_code == 200
     # A's own model is found by A (its files are missing here, hence 503, not 404).
     resp = send(client, "POST", "/v1/predict/classification", tenant_a, {})
     assert resp.status_code == 503, resp.text
