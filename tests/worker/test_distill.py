@@ -505,7 +505,10 @@ def test_a_student_trains_in_two_data_parallel_processes(
     assert job["hyperparameters"]["processes"] == 2
     model = db.get(Model, job["model_id"])
     assert model is not None and model.parent_metrics is not None
-    # (Its eval_loss is not compared: under N processes the Trainer multiplies evaluation
-    # losses by N for a model whose forward takes **kwargs, the student's as the teacher's.)
+    # The teacher evaluated in two processes measures what it did in one (losses are means,
+    # not multiplied by the process count).
     assert model.parent_metrics["accuracy"] == teacher_job["metrics"]["accuracy"]
+    assert model.parent_metrics["eval_loss"] == pytest.approx(
+        teacher_job["metrics"]["eval_loss"], rel=1e-4
+    )
     assert _meta(settings4, {"id": model.id})["distillation"]["student"]["layers_kept"] == [1]

@@ -150,12 +150,23 @@ def _training_args(
 
 
 def ordered_eval_trainer() -> type[Trainer]:
-    """A Trainer that evaluates features in dataset order, whatever the train sampling, and
-    whose checkpoints of peft models resume every method (see adapters.save_checkpoint_state)."""
+    """A Trainer that evaluates features in dataset order, whatever the train sampling, takes
+    the model's loss for the per-batch mean it is, and whose checkpoints of peft models resume
+    every method (see adapters.save_checkpoint_state)."""
     from torch.utils.data import SequentialSampler
     from transformers import Trainer
 
     class OrderedEvalTrainer(Trainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Our models' losses are per-batch means (the task heads ignore num_items_in_batch).
+            # A forward that takes **kwargs (BERT's heads, peft's wrappers) makes the Trainer
+            # take them for sums over the accumulated, gathered batch: it would not divide them
+            # by gradient_accumulation_steps and would multiply them by the process count, so
+            # the gradients (what max_grad_norm clips), the training loss and eval_loss would
+            # be k or N times too large. As means, the Trainer scales them itself.
+            self.model_accepts_loss_kwargs = False
+
         # transformers 5 also groups eval batches by length (a shuffled order) when training
         # does; compute_metrics maps predictions back to eval rows by position (QA, NER).
         def _get_eval_sampler(self, eval_dataset: Any) -> Any:

@@ -251,7 +251,9 @@ def trainer_class(base: type[Trainer], teacher: Teacher) -> type[Trainer]:
     """`base` whose training steps add the teacher's soft targets to the gold loss."""
 
     class DistillTrainer(base):  # type: ignore[valid-type,misc]
-        # compute_loss returns a per-batch mean: the Trainer divides it for gradient accumulation.
+        # compute_loss returns a per-batch mean, as `base` takes every model's loss to be
+        # (model_accepts_loss_kwargs off: no num_items_in_batch, no scaling by the process
+        # count): the Trainer divides it for gradient accumulation.
         loss_is_scaled_for_ga = False
 
         def compute_loss(
