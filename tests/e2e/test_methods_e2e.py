@@ -1,20 +1,20 @@
 """Every fine-tuning method, for every task, end to end: small slices of real SST-2, CoNLL-2003 and
 SQuAD, all-MiniLM-L6-v2, Redis and a real Celery worker process. Each job must succeed, show its
 resolved hyperparameters and trainable-parameter counts (ordered as the methods imply), and serve
-predictions that score what the job reported on the same validation rows (a head or adapter that
-was not saved, or loaded wrongly, would not).
+predictions that score what the job reported on the same validation rows (a head or adapter that was
+not saved, or loaded wrongly, would not).
 
-Classification runs each method with its default learning rate for 24 steps, enough for every
-method to beat the majority-class baseline by the service's margin (on 64 rows the baseline's 0.516
-needs 0.578; at 24 steps the lowest, prefix tuning, scored 0.656): the job must say
-`quality: "better_than_baseline"`. NER and QA run a few steps each on fewer validation rows than a
-verdict needs (they check the plumbing and say `too_few_validation_rows`; the per-task end-to-end
-tests and benchmarks/method_defaults.py check their quality). The default run takes every method
-for classification and a share of them for NER and QA, so that each method also meets a token-level
-or span task (NER: AdaLoRA, IA3, prefix tuning, head only; QA: top layers, LoRA, and prefix
-tuning's 422; the per-task end-to-end tests run full fine-tuning, and LoRA for classification and
-NER); TUNESERVE_E2E_FULL=1 runs every method for every task. An adapter's directory must hold the
-task head beside it (modules_to_save).
+Classification runs each method with its default learning rate for 24 steps, enough for every method
+to beat the majority-class baseline by the service's margin (on 64 rows the baseline's 0.516 needs
+0.578; at 24 steps the lowest, prefix tuning, scored 0.656): the job must say `quality:
+"better_than_baseline"`. NER and QA run a few steps each on fewer validation rows than a verdict
+needs (they check the plumbing and say `too_few_validation_rows`; the per-task end-to-end tests and
+benchmarks/method_defaults.py check their quality). The default run shares the method specs among
+the tasks so that each runs at least once and each method also meets a token-level or span task
+(DEFAULT_SHARE); full fine-tuning of every layer is the per-task end-to-end tests' own (the
+classification one also runs LoRA, through the client commands and on two processes).
+TUNESERVE_E2E_FULL=1 runs every method for every task. An adapter's directory must hold the task
+head beside it (modules_to_save).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from safetensors import safe_open
 
 from app.ml.tasks import get_task
 from app.ml.tasks.ner_tags import ner_metrics, to_iob2
@@ -52,11 +53,15 @@ METHODS: list[tuple[dict[str, Any], str]] = [
     ({"type": "prefix_tuning", "num_virtual_tokens": 10}, "few"),
     ({"type": "head_only"}, "few"),
 ]
-# The methods each task runs in the default suite (all of them with TUNESERVE_E2E_FULL=1).
-DEFAULT_SHARE = {
-    "classification": None,  # every method
-    "ner": {"adalora", "ia3", "prefix_tuning", "head_only"},
-    "qa": {"full", "lora", "prefix_tuning"},  # full with train_top_layers, plain LoRA, the 422
+# The methods each task runs in the default suite (all of them with TUNESERVE_E2E_FULL=1), each
+# method spec in at least one task. Classification runs every method but two: full fine-tuning of
+# every layer (the classification end-to-end test trains it and checks its verdict) and the merged
+# LoRA, which trains exactly as the plain LoRA does (same seed, same steps: the same verdict) and
+# differs only in what it saves, checked here on NER.
+DEFAULT_SHARE: dict[str, set[str] | None] = {
+    "classification": {"top_layers", "lora", "adalora", "ia3", "prefix_tuning", "head_only"},
+    "ner": {"lora", "lora_merged", "adalora", "ia3", "prefix_tuning", "head_only"},
+    "qa": {"top_layers", "lora", "prefix_tuning"},  # prefix tuning: the 422
 }
 # The task head an adapter saves beside itself (peft's modules_to_save).
 HEAD = {"classification": "classifier", "ner": "classifier", "qa": "qa_outputs"}
@@ -199,8 +204,16 @@ def run_method(
     artifact = "merged" if method.get("merge_adapter") else ARTIFACT.get(method["type"], "adapter")
     assert model["artifact"] == artifact
     if artifact == "adapter":  # the head trained with the adapter is saved with it
-        saved = json.loads((data_dir / "models" / model["id"] / "adapter_config.json").read_text())
+        model_dir = data_dir / "models" / model["id"]
+        saved = json.loads((model_dir / "adapter_config.json").read_text())
+        # peft's task type as the task declares it (QA's is None: see app/ml/tasks/qa.py)
+        assert saved["task_type"] == get_task(task).peft_task_type, saved["task_type"]
         assert HEAD[task] in saved["modules_to_save"], saved["modules_to_save"]
+        # The head's own weights (new, trained in full) are in the adapter's file; no full copy.
+        with safe_open(str(model_dir / "adapter_model.safetensors"), "pt") as f:
+            keys = list(f.keys())  # noqa: SIM118
+        assert any(HEAD[task] in k and "lora" not in k for k in keys), keys
+        assert not (model_dir / "model.safetensors").exists()
 
     served = served_score(client, task, job["model_id"], slices)
     reported = job["metrics"][PRIMARY[task]]
@@ -222,40 +235,62 @@ def run_method(
     return job
 
 
+def share_name(method: dict[str, Any]) -> str:
+    """The name DEFAULT_SHARE gives a method spec (the two "full" and the two LoRA specs apart)."""
+    if "train_top_layers" in method:
+        return "top_layers"
+    if method.get("merge_adapter"):
+        return "lora_merged"
+    return str(method["type"])
+
+
 def methods_for(task: str) -> list[tuple[dict[str, Any], str]]:
     share = DEFAULT_SHARE[task]
     if share is None or os.environ.get("TUNESERVE_E2E_FULL") == "1":
         return METHODS
-    chosen = [(m, s) for m, s in METHODS if m["type"] in share]
-    if task == "qa":  # of the two "full" methods the top layers one; of the LoRAs the plain one
-        chosen = [
-            (m, s)
-            for m, s in chosen
-            if (m["type"] != "full" or "train_top_layers" in m) and not m.get("merge_adapter")
-        ]
-    return chosen
+    return [(m, s) for m, s in METHODS if share_name(m) in share]
 
 
-def test_every_method_for_every_task(e2e_service: Service, e2e_client: httpx.Client) -> None:
-    data_dir = e2e_service.data_dir
-    slices = Slices(e2e_client)
-    for task in ("classification", "ner", "qa"):
-        counts: dict[str, int] = {}
-        total = 0
-        for method, share in methods_for(task):
-            job = run_method(e2e_client, data_dir, task, method, slices)
-            if job is None:
-                continue
-            trainable, total = job["parameters"]["trainable"], job["parameters"]["total"]
-            counts[json.dumps(method, sort_keys=True)] = trainable
-            if share == "all":
-                assert trainable == total
-            elif share == "some":
-                assert 0.1 * total < trainable < 0.9 * total
-            else:
-                assert 0 < trainable < 0.02 * total
-        # The head alone trains fewer weights than the head plus LoRA or (IA)^3 vectors.
-        head = counts.get(json.dumps({"type": "head_only"}))
-        for other in ({"r": 8, "type": "lora"}, {"type": "ia3"}):
-            if head is not None and json.dumps(other, sort_keys=True) in counts:
-                assert head < counts[json.dumps(other, sort_keys=True)]
+def test_the_default_share_runs_every_method_spec() -> None:
+    names = {share_name(m) for m, _ in METHODS}
+    shared = set().union(*(s for s in DEFAULT_SHARE.values() if s is not None))
+    # "full" (every layer) is the per-task end-to-end tests' own.
+    assert shared | {"full"} == names and shared <= names, (names, shared)
+
+
+def check_every_method(service: Service, client: httpx.Client, task: str) -> None:
+    slices = Slices(client)
+    counts: dict[str, int] = {}
+    for method, share in methods_for(task):
+        job = run_method(client, service.data_dir, task, method, slices)
+        if job is None:
+            continue
+        trainable, total = job["parameters"]["trainable"], job["parameters"]["total"]
+        counts[json.dumps(method, sort_keys=True)] = trainable
+        if share == "all":
+            assert trainable == total
+        elif share == "some":
+            assert 0.1 * total < trainable < 0.9 * total
+        else:
+            assert 0 < trainable < 0.02 * total
+    # The head alone trains fewer weights than the head plus LoRA or (IA)^3 vectors.
+    head = counts.get(json.dumps({"type": "head_only"}))
+    for other in ({"r": 8, "type": "lora"}, {"type": "ia3"}):
+        if head is not None and json.dumps(other, sort_keys=True) in counts:
+            assert head < counts[json.dumps(other, sort_keys=True)]
+
+
+# One class a task: pytest-xdist's loadscope hands each class to a test worker of its own.
+class TestClassification:
+    def test_every_method(self, e2e_service: Service, e2e_client: httpx.Client) -> None:
+        check_every_method(e2e_service, e2e_client, "classification")
+
+
+class TestNER:
+    def test_every_method(self, e2e_service: Service, e2e_client: httpx.Client) -> None:
+        check_every_method(e2e_service, e2e_client, "ner")
+
+
+class TestQA:
+    def test_every_method(self, e2e_service: Service, e2e_client: httpx.Client) -> None:
+        check_every_method(e2e_service, e2e_client, "qa")

@@ -5,6 +5,7 @@ the model gives that input alone (one input at a time, without the batcher)."""
 from __future__ import annotations
 
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -76,10 +77,21 @@ def load_test(settings: Any, row: Model, bodies: list[dict[str, Any]]) -> None:
     application = create_app(settings, queue=RecordingQueue())
     batcher: Batcher = application.state.batcher
     assert batcher is not None
-    # Record how many requests' calls each batch joined (the real batcher, watched).
+    # Record how many requests' calls each batch joined (the real batcher, watched). The first
+    # batch waits until other requests queue behind it (they wait for the model it holds), so that
+    # the next batch is shared however the test workers' threads are scheduled on a busy machine.
     joined: list[int] = []
     run = batcher._run
-    batcher._run = lambda calls: (joined.append(len(calls)), run(calls))[1]  # type: ignore[method-assign]
+
+    def watched(calls: list[Any]) -> None:
+        joined.append(len(calls))
+        if len(joined) == 1:
+            deadline = time.monotonic() + 10
+            while len(batcher._pending) < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        run(calls)
+
+    batcher._run = watched  # type: ignore[method-assign]
     route = f"/v1/predict/{row.task}"
     work = [(i, {**body, "model": row.id}) for i, body in enumerate(bodies)] * 2
     random.Random(0).shuffle(work)
