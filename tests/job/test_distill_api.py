@@ -69,6 +69,7 @@ def test_a_distill_job_is_accepted_and_shows_its_teacher(
         "student": {"layers": 1},
         "temperature": 2.0,
         "alpha": 0.5,
+        "hidden_weight": 0.0,
     }
     # Every weight of the student trains: full fine-tuning's defaults.
     assert job["hyperparameters"]["learning_rate"] == Full.default_learning_rate
@@ -89,6 +90,8 @@ def test_a_distill_job_is_accepted_and_shows_its_teacher(
         ({"student": {"layers": 1}, "alpha": -0.1}, "method.alpha", "0"),
         ({"student": {"layers": 1}, "temperature": 0}, "method.temperature", "0"),
         ({"student": {"layers": 1}, "temperature": -2}, "method.temperature", "0"),
+        ({"student": {"layers": 1}, "hidden_weight": -1}, "method.hidden_weight", "0"),
+        ({"student": "local/tiny-bert", "hidden_weight": 1}, "method.hidden_weight", "layers"),
         ({"student": {"layers": 0}}, "method.student.layers", "1"),
         ({"student": {"layers": 2}}, "method.student.layers", "fewer than the teacher's 2"),
         ({"student": {"layers": 7}}, "method.student.layers", "fewer than the teacher's 2"),

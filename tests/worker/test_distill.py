@@ -100,6 +100,31 @@ def test_qa_distils_start_and_end_over_the_tokens() -> None:
     assert distill.distillation_term(s, s, temperature=2.0).item() == 0.0
 
 
+def test_the_hidden_state_term_matches_each_layer_to_the_one_it_was_copied_from() -> None:
+    torch.manual_seed(4)
+    teacher = [torch.randn(2, 5, 8) for _ in range(5)]  # embeddings and 4 layers
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    # A student of layers 0 and 3 whose outputs are those layers' own: nothing to learn.
+    copied = [teacher[0], teacher[1], teacher[4]]
+    term = distill.hidden_state_term(copied, teacher, layer_map=[0, 3], attention_mask=mask)
+    assert term.item() == pytest.approx(0.0, abs=1e-6)
+    # Length does not matter, direction does; padding is left out.
+    scaled = [teacher[0], 3 * teacher[1], teacher[4].clone()]
+    scaled[2][1, 3:] = torch.randn(2, 8)
+    assert distill.hidden_state_term(
+        scaled, teacher, layer_map=[0, 3], attention_mask=mask
+    ).item() == pytest.approx(0.0, abs=1e-6)
+    # Matched against the wrong layers, the distance is 1 - cos, averaged over layers and tokens.
+    student = [teacher[0], teacher[2].clone().requires_grad_(True), teacher[4]]
+    got = distill.hidden_state_term(student, teacher, layer_map=[0, 3], attention_mask=mask)
+    cos = torch.nn.functional.cosine_similarity(teacher[2], teacher[1], dim=-1)[mask.bool()]
+    assert got.item() == pytest.approx(((1 - cos).mean() / 2).item(), rel=1e-5)
+    got.backward()
+    assert student[1].grad is not None and student[1].grad.abs().sum() > 0
+    with pytest.raises(Exception, match="line up"):
+        distill.hidden_state_term(student[:2], teacher, layer_map=[0, 3])
+
+
 def _teacher(path: Path, **kw: Any) -> distill.Teacher:
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=2)
     model.eval()
@@ -129,6 +154,21 @@ def test_a_student_equal_to_its_teacher_trains_on_alpha_times_the_gold_loss(
     gold = student(**batch).loss
     assert loss.item() == pytest.approx(0.3 * gold.item(), rel=1e-6)
     assert teacher.summary()["mean_soft_loss"] == 0.0
+    assert "mean_hidden_loss" not in teacher.summary()
+    # Matching hidden states adds nothing either: every layer is its teacher layer's copy.
+    matching = _teacher(distill_models_dir / "tiny-bert", alpha=0.3, hidden_weight=2.0)
+    matching.model, matching.layer_map = teacher.model, [0, 1]
+    matched = distill.trainer_class(Trainer, matching)(model=student, args=args)
+    assert matched.compute_loss(student, dict(batch)).item() == pytest.approx(
+        0.3 * gold.item(), rel=1e-5
+    )
+    assert matching.summary()["mean_hidden_loss"] == pytest.approx(0.0, abs=1e-6)
+    # A student of the second layer alone, matched with it, has a distance to close.
+    pruned = copy.deepcopy(student)
+    distill.prune_layers(pruned, [1])
+    matching.layer_map = [1]
+    assert matched.compute_loss(pruned, dict(batch)).item() > 0.3 * pruned(**batch).loss.item()
+    assert matching.summary()["mean_hidden_loss"] > 0
     # Evaluation reports the gold loss alone.
     student.eval()
     assert trainer.compute_loss(student, dict(batch)).item() == pytest.approx(gold.item())
@@ -234,7 +274,7 @@ def test_a_classification_student_keeps_layers_of_its_teacher_and_serves(
         validation_dataset=upload_rows(client, sentiment_rows(16, seed=6)),
         method=method,
     )
-    assert job["method"] == {**method, "teacher": f"model:{teacher['id']}"}
+    assert job["method"] == {**method, "teacher": f"model:{teacher['id']}", "hidden_weight": 0.0}
     assert job["hyperparameters"]["learning_rate"] == 1e-2
     model = client.get(f"/v1/models/{job['model_id']}").json()
 
@@ -359,7 +399,14 @@ def test_a_student_from_a_base_model_starts_with_a_fresh_head(
 
 
 def _task_distill(
-    settings: Any, db: Session, stored: dict[str, Any], *, task: str, rows: Any, **options: Any
+    settings: Any,
+    db: Session,
+    stored: dict[str, Any],
+    *,
+    task: str,
+    rows: Any,
+    method: dict[str, Any] | None = None,
+    **options: Any,
 ) -> tuple[Model, Model]:
     """A teacher (full fine-tune of the 2-layer tiny BERT) and its 1-layer student."""
     from tests.worker.conftest import TINY_MODEL_ID
@@ -387,7 +434,12 @@ def _task_distill(
             task=task,
             base_model=f"model:{teacher.id}",
             rows=rows,
-            method={"type": "distill", "student": {"layers": 1}, "teacher": f"model:{teacher.id}"},
+            method={
+                "type": "distill",
+                "student": {"layers": 1},
+                "teacher": f"model:{teacher.id}",
+                **(method or {}),
+            },
             **options,
         ),
     )
@@ -401,7 +453,12 @@ def test_an_ner_student_learns_per_token_and_serves(
     from tests.ml.test_ner_training import ner_rows, served_tags
 
     teacher, student = _task_distill(
-        train_settings, db, stored_rows, task="ner", rows=ner_rows(40, seed=0)
+        train_settings,
+        db,
+        stored_rows,
+        task="ner",
+        rows=ner_rows(40, seed=0),
+        method={"hidden_weight": 1.0},
     )
     assert student.label_names == teacher.label_names == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     assert (student.method, student.parent_model_id) == ("distill", teacher.id)
@@ -411,6 +468,14 @@ def test_an_ner_student_learns_per_token_and_serves(
     assert student.parent_metrics["f1"] == teacher.metrics["f1"]
     meta = _meta(train_settings, {"id": student.id})
     assert meta["distillation"]["student"]["layers_kept"] == [1]
+    # Its one layer learnt the token vectors of the teacher's second as well.
+    assert meta["distillation"]["hidden_weight"] == 1.0
+    losses = [
+        e.data
+        for e in db.scalars(select(JobEvent).where(JobEvent.job_id == student.job_id))
+        if e.data and "mean_hidden_loss" in e.data
+    ]
+    assert len(losses) == 1 and losses[0]["mean_hidden_loss"] > 0
     predictor = load_predictor(train_settings, student)
     assert len(predictor.model.bert.encoder.layer) == 1
     tags = served_tags(predictor, ner_rows(3, seed=9))

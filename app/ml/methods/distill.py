@@ -80,6 +80,15 @@ class DistillMethod(MethodOptions):
         le=1,
         description="Weight of the gold labels' loss; 1 - alpha weighs the teacher's.",
     )
+    hidden_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description='Weight of a third term for a {"layers": k} student: the mean cosine '
+        "distance (1 - cos) between each of its layers' token vectors and those of the "
+        "teacher's layer it was copied from, over the non-padding tokens (as DistilBERT's "
+        "cosine loss on hidden states). 0 (the default) leaves it out.",
+    )
 
 
 class Distill(MethodSpec[DistillMethod]):
@@ -156,6 +165,13 @@ def check_student(settings: Settings, *, spec: JobCreate, teacher: ResolvedBaseM
     method = spec.method
     assert isinstance(method, DistillMethod)
     student = method.student
+    if method.hidden_weight > 0 and not isinstance(student, StudentLayers):
+        raise InvalidInput(
+            "method.hidden_weight: matching hidden states needs a student made of the "
+            'teacher\'s own layers ({"layers": k}); a base model student has no layer of the '
+            "teacher's to match",
+            field="method.hidden_weight",
+        )
     if isinstance(student, StudentLayers):
         total = teacher.num_layers
         if total is not None and student.layers >= total:

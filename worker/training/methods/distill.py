@@ -14,6 +14,9 @@ over positions: the batch for classification, the tokens that carry a gold label
 -100, the padding and the sub-words after the first, are left out), and the start and end
 distributions over a feature's tokens for QA (their mean, as QA's CE is the mean of both). Only
 training steps add the teacher's term; evaluations report the gold loss, like every other method's.
+With `hidden_weight` > 0 (a student of the teacher's own layers), a third term pulls each student
+layer's token vectors towards those of the teacher layer it was copied from:
+`+ hidden_weight * mean over layers and non-padding tokens of (1 - cos(student, teacher))`.
 """
 
 from __future__ import annotations
@@ -152,6 +155,34 @@ def distillation_term(
     return torch.stack(terms).mean()
 
 
+def hidden_state_term(
+    student: Any,
+    teacher: Any,
+    *,
+    layer_map: list[int],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean cosine distance (1 - cos) between the student's layer outputs and the teacher's they
+    were copied from: student hidden_states[i + 1] against teacher hidden_states[layer_map[i] + 1]
+    (index 0 is the embeddings' output), over the tokens `attention_mask` marks; zero when they
+    are equal."""
+    import torch
+    import torch.nn.functional as F
+
+    if student is None or teacher is None or len(student) != len(layer_map) + 1:
+        raise ServiceError(
+            "the student's or the teacher's hidden states do not line up with the kept layers",
+            code="training_error",
+        )
+    terms = []
+    for i, t in enumerate(layer_map):
+        distance = 1 - F.cosine_similarity(student[i + 1].float(), teacher[t + 1].float(), dim=-1)
+        if attention_mask is not None and attention_mask.shape == distance.shape:
+            distance = distance[attention_mask.bool()]
+        terms.append(distance.mean() if distance.numel() else distance.sum() * 0.0)
+    return torch.stack(terms).mean()
+
+
 def combined_loss(gold: torch.Tensor, soft: torch.Tensor, *, alpha: float) -> torch.Tensor:
     """alpha * gold + (1 - alpha) * soft."""
     return alpha * gold + (1 - alpha) * soft
@@ -165,26 +196,41 @@ class Teacher:
     method: DistillMethod
     # The teacher's forward arguments (a student of another architecture may take others).
     inputs: frozenset[str]
-    # Running sums over training steps: the gold loss, the soft-target loss, and steps.
-    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    # The teacher's layer each student layer was copied from ({"layers": k} students).
+    layer_map: list[int] | None = None
+    # Running sums over training steps: the gold loss, the soft-target loss, the hidden-state
+    # loss, and steps.
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+
+    @property
+    def matches_hidden(self) -> bool:
+        return self.method.hidden_weight > 0 and self.layer_map is not None
 
     def logits(self, batch: Mapping[str, Any], *, skip: set[str]) -> Any:
-        """The teacher's outputs on the student's batch (labels left out), without gradients."""
+        """The teacher's outputs on the student's batch (labels left out), without gradients;
+        with its hidden states when the student matches them."""
         import torch
 
         device = batch[next(iter(batch))].device
         if next(self.model.parameters()).device != device:
             self.model.to(device)
+        inputs = {k: v for k, v in batch.items() if k in self.inputs and k not in skip}
+        if self.matches_hidden:
+            inputs["output_hidden_states"] = True
         with torch.no_grad():
-            return self.model(
-                **{k: v for k, v in batch.items() if k in self.inputs and k not in skip}
-            )
+            return self.model(**inputs)
 
     def summary(self) -> dict[str, float | None]:
-        gold, soft, steps = self.sums
+        gold, soft, hidden, steps = self.sums
         if not steps:
             return {"mean_gold_loss": None, "mean_soft_loss": None}
-        return {"mean_gold_loss": round(gold / steps, 6), "mean_soft_loss": round(soft / steps, 6)}
+        means: dict[str, float | None] = {
+            "mean_gold_loss": round(gold / steps, 6),
+            "mean_soft_loss": round(soft / steps, 6),
+        }
+        if self.matches_hidden:
+            means["mean_hidden_loss"] = round(hidden / steps, 6)
+        return means
 
 
 def start_student(
@@ -243,8 +289,10 @@ def start_student(
         "student": student,
         "temperature": method.temperature,
         "alpha": method.alpha,
+        "hidden_weight": method.hidden_weight,
     }
-    return model, head, Teacher(teacher, method, teacher_inputs), record
+    layer_map = keep if isinstance(student_spec, StudentLayers) else None
+    return model, head, Teacher(teacher, method, teacher_inputs, layer_map), record
 
 
 def trainer_class(base: type[Trainer], teacher: Teacher) -> type[Trainer]:
@@ -268,18 +316,29 @@ def trainer_class(base: type[Trainer], teacher: Teacher) -> type[Trainer]:
             method = teacher.method
             labels = inputs.get("labels")
             # A copy: the Trainer's label smoother pops the labels out of what it is given.
-            gold, outputs = super().compute_loss(model, dict(inputs), return_outputs=True)
+            student_inputs = dict(inputs)
+            if teacher.matches_hidden:
+                student_inputs["output_hidden_states"] = True
+            gold, outputs = super().compute_loss(model, student_inputs, return_outputs=True)
+            teacher_outputs = teacher.logits(inputs, skip=set(self.label_names))
             soft = distillation_term(
-                outputs,
-                teacher.logits(inputs, skip=set(self.label_names)),
-                temperature=method.temperature,
-                labels=labels,
+                outputs, teacher_outputs, temperature=method.temperature, labels=labels
             )
             loss = combined_loss(gold, soft, alpha=method.alpha)
             sums = teacher.sums
+            if teacher.matches_hidden:
+                assert teacher.layer_map is not None
+                hidden = hidden_state_term(
+                    outputs.get("hidden_states"),
+                    teacher_outputs.get("hidden_states"),
+                    layer_map=teacher.layer_map,
+                    attention_mask=inputs.get("attention_mask"),
+                )
+                loss = loss + method.hidden_weight * hidden
+                sums[2] += float(hidden.detach())
             sums[0] += float(gold.detach())
             sums[1] += float(soft.detach())
-            sums[2] += 1
+            sums[3] += 1
             return (loss, outputs) if return_outputs else loss
 
         def evaluate_teacher(self) -> dict[str, Any]:
