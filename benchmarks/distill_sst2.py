@@ -105,8 +105,10 @@ def teacher_and_student(
     validation: str,
     hyperparameters: dict[str, Any],
     method: dict[str, Any],
+    student_hyperparameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A full fine-tune of BASE and its distilled student, on the same rows."""
+    """A full fine-tune of BASE and its distilled student, on the same rows (the student's
+    hyperparameters the teacher's, less what `student_hyperparameters` sets)."""
     common = {"task": task, "train_dataset": train, "validation_dataset": validation}
     t_job, teacher, t_s = run_job(
         client,
@@ -120,7 +122,7 @@ def teacher_and_student(
             **common,
             "base_model": f"model:{teacher['id']}",
             "method": method,
-            "hyperparameters": hyperparameters,
+            "hyperparameters": {**hyperparameters, **(student_hyperparameters or {})},
         },
         f"{task} student",
         data_dir,
@@ -170,6 +172,7 @@ def conll(
         validation=validation,
         hyperparameters={"epochs": args.conll_epochs},
         method=method_of(args),
+        student_hyperparameters=student_hyperparameters(args, epochs=args.conll_student_epochs),
     )
     teacher, student = pair["teacher"], pair["student"]
     return {
@@ -193,19 +196,45 @@ def method_of(args: argparse.Namespace) -> dict[str, Any]:
         "student": {"layers": args.layers},
         "temperature": args.temperature,
         "alpha": args.alpha,
+        "hidden_weight": args.hidden_weight,
     }
+
+
+def student_hyperparameters(args: argparse.Namespace, *, epochs: float | None) -> dict[str, Any]:
+    """What the student sets apart from its teacher's hyperparameters."""
+    given = {"epochs": epochs, "learning_rate": args.student_learning_rate}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     ap.add_argument("--train-rows", type=int, default=4000, help="SST-2 train rows")
-    ap.add_argument("--epochs", type=float, default=3.0, help="SST-2 epochs (both jobs)")
+    ap.add_argument(
+        "--epochs",
+        type=float,
+        default=3.0,
+        help="SST-2 epochs (the teacher's, and the student's unless --student-epochs)",
+    )
     ap.add_argument("--layers", type=int, default=3, help="layers the student keeps")
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--hidden-weight", type=float, default=0.0, help="method.hidden_weight")
+    ap.add_argument(
+        "--student-epochs", type=float, help="SST-2 epochs of the student (default: --epochs)"
+    )
+    ap.add_argument(
+        "--conll-student-epochs",
+        type=float,
+        help="CoNLL epochs of the student (default: --conll-epochs)",
+    )
+    ap.add_argument(
+        "--student-learning-rate", type=float, help="the student's (default: the teacher's)"
+    )
     ap.add_argument("--conll-sentences", type=int, default=3000, help="CoNLL train sentences")
-    ap.add_argument("--conll-epochs", type=float, default=2.0, help="CoNLL epochs (both jobs)")
+    ap.add_argument(
+        "--conll-epochs", type=float, default=2.0, help="CoNLL epochs (as --epochs, for CoNLL)"
+    )
     ap.add_argument("--no-conll", action="store_true", help="leave CoNLL-2003 out")
     ap.add_argument(
         "--data-dir", type=Path, help="the service's data dir, kept (default: a temporary one)"
@@ -260,6 +289,7 @@ def main() -> int:
                 validation=upload(client, dev)["id"],
                 hyperparameters={"epochs": args.epochs},
                 method=method_of(args),
+                student_hyperparameters=student_hyperparameters(args, epochs=args.student_epochs),
             )
             load["after_training"] = round(os.getloadavg()[0], 2)
             train_rows = client.get(f"/v1/datasets/{pair['student']['train_dataset']}").json()[
