@@ -81,6 +81,10 @@ def test_a_distill_job_is_accepted_and_shows_its_teacher(
     )
     assert again.status_code == 201, again.text
     assert again.json()["method"]["student"] == "local/tiny-bert"
+    # Or the layers kept by index, shown as given.
+    named = submit(client, f"model:{teacher}", {"student": {"layers": [0]}})
+    assert named.status_code == 201, named.text
+    assert named.json()["method"]["student"] == {"layers": [0]}
 
 
 @pytest.mark.parametrize(
@@ -95,6 +99,12 @@ def test_a_distill_job_is_accepted_and_shows_its_teacher(
         ({"student": {"layers": 0}}, "method.student.layers", "1"),
         ({"student": {"layers": 2}}, "method.student.layers", "fewer than the teacher's 2"),
         ({"student": {"layers": 7}}, "method.student.layers", "fewer than the teacher's 2"),
+        ({"student": {"layers": [0, 1]}}, "method.student.layers", "(2 named) must be fewer"),
+        ({"student": {"layers": [2]}}, "method.student.layers", "no layer 2"),
+        ({"student": {"layers": [1, 0]}}, "method.student.layers", "0 follows 1"),
+        ({"student": {"layers": [0, 0]}}, "method.student.layers", "distinct"),
+        ({"student": {"layers": []}}, "method.student.layers", "1"),
+        ({"student": {"layers": [-1]}}, "method.student.layers[0]", "0 to 999; got -1"),
         ({"student": {"layers": 1, "heads": 2}}, "method.student.heads", "heads"),
         ({}, "method.student", "student"),
         ({"student": ""}, "method.student", "student"),

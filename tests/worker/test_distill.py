@@ -490,10 +490,22 @@ def test_a_qa_student_learns_start_and_end_and_serves(
     from app.ml.tasks.qa import QAPredictRequest
     from tests.ml.test_qa import synthetic_rows
 
+    # The layer kept named by index: the teacher's first of two, not the last a count of 1 keeps.
     teacher, student = _task_distill(
-        train_settings, db, stored_rows, task="qa", rows=synthetic_rows(32, seed=1), doc_stride=8
+        train_settings,
+        db,
+        stored_rows,
+        task="qa",
+        rows=synthetic_rows(32, seed=1),
+        method={"student": {"layers": [0]}},
+        doc_stride=8,
     )
     assert student.label_names == [] and student.parent_model_id == teacher.id
+    assert _meta(train_settings, {"id": student.id})["distillation"]["student"] == {
+        "from": "teacher",
+        "layers_kept": [0],
+        "teacher_layers": 2,
+    }
     assert {"exact_match", "f1", "eval_loss"} <= set(student.metrics)
     assert student.parent_metrics is not None
     assert student.parent_metrics["f1"] == teacher.metrics["f1"]

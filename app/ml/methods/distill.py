@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.basemodel.schemas import ResolvedBaseModel
 from app.basemodel.service import resolve_base_model
@@ -37,14 +37,33 @@ class StudentLayers(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layers: int = Field(
-        ge=1,
-        le=1000,
-        description="Transformer layers the student keeps of the teacher's (fewer than it has), "
-        "evenly spaced from the first to the last, as DistilBERT and transformers' distillation "
-        "example took 6 of BERT's 12 (0, 2, 4, 7, 9, 11); the embeddings, whatever sits above "
-        "the layers and the task head are the teacher's.",
+    layers: (
+        Annotated[int, Field(ge=1, le=1000)]
+        | Annotated[list[Annotated[int, Field(ge=0, le=999)]], Field(min_length=1, max_length=1000)]
+    ) = Field(
+        description="The teacher's transformer layers the student keeps (fewer than it has). "
+        "A count k keeps k evenly spaced from the first to the last, as DistilBERT and "
+        "transformers' distillation example took 6 of BERT's 12 (0, 2, 4, 7, 9, 11); a list "
+        "names them, counted from 0 at the embeddings, in ascending order (e.g. [1, 3, 5], "
+        "every other layer up to the last). The embeddings, whatever sits above the layers "
+        "and the task head are the teacher's.",
     )
+
+    @field_validator("layers")
+    @classmethod
+    def _ascending(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, list):
+            for before, after in zip(value, value[1:], strict=False):
+                if after <= before:
+                    raise ValueError(
+                        f"the layers kept must be distinct and in ascending order; {after} "
+                        f"follows {before}"
+                    )
+        return value
+
+    def count(self) -> int:
+        """How many layers the student has."""
+        return self.layers if isinstance(self.layers, int) else len(self.layers)
 
 
 class DistillMethod(MethodOptions):
@@ -159,6 +178,24 @@ def check_teacher(
         raise InvalidInput(f"{field}: {exc.message}", field=field) from None
 
 
+def check_kept(student: StudentLayers, total: int, *, teacher: str) -> None:
+    """The layers a student keeps exist in a teacher of `total` layers and are fewer than all of
+    them (InvalidInput naming method.student.layers)."""
+    if student.count() >= total:
+        named = "" if isinstance(student.layers, int) else f" ({student.count()} named)"
+        raise InvalidInput(
+            f"method.student.layers: {student.layers}{named} must be fewer than the teacher's "
+            f"{total} layers ('{teacher}')",
+            field="method.student.layers",
+        )
+    if isinstance(student.layers, list) and student.layers[-1] >= total:
+        raise InvalidInput(
+            f"method.student.layers: the teacher '{teacher}' has no layer {student.layers[-1]}; "
+            f"its {total} layers are numbered 0 to {total - 1}",
+            field="method.student.layers",
+        )
+
+
 def check_student(settings: Settings, *, spec: JobCreate, teacher: ResolvedBaseModel) -> None:
     """The student fits the teacher: k below the teacher's layer count, or a base model of the
     same vocabulary (InvalidInput naming method.student)."""
@@ -174,12 +211,8 @@ def check_student(settings: Settings, *, spec: JobCreate, teacher: ResolvedBaseM
         )
     if isinstance(student, StudentLayers):
         total = teacher.num_layers
-        if total is not None and student.layers >= total:
-            raise InvalidInput(
-                f"method.student.layers: {student.layers} must be fewer than the teacher's "
-                f"{total} layers ('{spec.base_model}')",
-                field="method.student.layers",
-            )
+        if total is not None:
+            check_kept(student, total, teacher=spec.base_model)
         return
     if parent_id(student) is not None:
         raise InvalidInput(

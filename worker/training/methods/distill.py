@@ -2,9 +2,10 @@
 
 The teacher is the job's base ("model:<id>", adapters merged), frozen in eval mode; its logits are
 computed in every training step on the student's batch, without gradients. The student is either
-the teacher with k of its transformer layers kept (evenly spaced; its embeddings, what sits above
-the layers and its task head are the teacher's), or a catalog base with a fresh head. Both speak the
-teacher's labels in the teacher's order, so their logits line up class by class.
+the teacher with k of its transformer layers kept (evenly spaced, or the ones named; its embeddings,
+what sits above the layers and its task head are the teacher's), or a catalog base with a fresh
+head. Both speak the teacher's labels in the teacher's order, so their logits line up class by
+class.
 
     loss = alpha * CE(gold) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
@@ -30,7 +31,7 @@ from app.basemodel.service import resolve_base_model
 from app.core.config import Settings
 from app.core.errors import InvalidInput, ServiceError
 from app.ml.lineage import load_base_model, load_starting_model
-from app.ml.methods.distill import DistillMethod, StudentLayers
+from app.ml.methods.distill import DistillMethod, StudentLayers, check_kept
 from worker.training import data as training_data
 from worker.training.callbacks import clean_eval_metrics
 from worker.training.methods.base import StartingModel, TrainingMethod
@@ -255,7 +256,11 @@ def start_student(
     if isinstance(student_spec, StudentLayers):
         model, head = load_starting_model(task, base, label_names=label_names)
         total = int(model.config.num_hidden_layers)
-        keep = kept_layers(total, student_spec.layers)
+        if isinstance(student_spec.layers, list):
+            check_kept(student_spec, total, teacher=base.id)
+            keep = list(student_spec.layers)
+        else:
+            keep = kept_layers(total, student_spec.layers)
         prune_layers(model, keep)
         student: dict[str, Any] = {"from": "teacher", "layers_kept": keep, "teacher_layers": total}
         fence.log(
