@@ -6,7 +6,7 @@ the per-key rate limit off):
 
 1. SST-2: the teacher is a full fine-tune of all-MiniLM-L6-v2 on the first N rows of train.tsv
    (4,000), validated on dev.tsv (872 sentences); the student is a distill job of that teacher,
-   `{"type": "distill", "student": {"layers": 3}}` (3 of its 6 layers, evenly spaced: 0, 3, 5),
+   `{"type": "distill", "student": {"layers": 3}}` (3 of its 6 layers, one per block: 1, 3, 5),
    on the same rows. Both dev accuracies are the jobs' own evaluations on dev.tsv; every dev
    sentence is then sent once to each model through /v1/predict/classification and the served
    accuracy is checked against them.

@@ -180,15 +180,17 @@ def test_a_student_equal_to_its_teacher_trains_on_alpha_times_the_gold_loss(
 @pytest.mark.parametrize(
     ("total", "keep", "kept"),
     [
-        (12, 6, [0, 2, 4, 7, 9, 11]),  # DistilBERT's, as transformers' example took them
-        (6, 3, [0, 3, 5]),  # all-MiniLM-L6-v2 to 3
-        (4, 2, [0, 3]),
+        (12, 6, [1, 3, 5, 7, 9, 11]),  # every other layer up to the top
+        (6, 3, [1, 3, 5]),  # all-MiniLM-L6-v2 to 3
+        (6, 4, [1, 2, 4, 5]),  # blocks of 1.5: ends at 1.5, 3, 4.5 and 6
+        (6, 2, [2, 5]),
+        (4, 2, [1, 3]),
         (4, 3, [0, 2, 3]),
         (4, 1, [3]),
         (2, 1, [1]),
     ],
 )
-def test_kept_layers_are_evenly_spaced(total: int, keep: int, kept: list[int]) -> None:
+def test_kept_layers_end_each_block_of_the_teachers(total: int, keep: int, kept: list[int]) -> None:
     assert distill.kept_layers(total, keep) == kept
 
 
@@ -286,7 +288,7 @@ def test_a_classification_student_keeps_layers_of_its_teacher_and_serves(
     meta = _meta(settings4, model)
     record = meta["distillation"]
     assert record["teacher"]["id"] == teacher["id"] and record["teacher"]["layers"] == 4
-    assert record["student"] == {"from": "teacher", "layers_kept": [0, 3], "teacher_layers": 4}
+    assert record["student"] == {"from": "teacher", "layers_kept": [1, 3], "teacher_layers": 4}
     assert (record["temperature"], record["alpha"]) == (2.0, 0.5)
     assert meta["base_model"]["parent"]["id"] == teacher["id"]
 
@@ -298,7 +300,7 @@ def test_a_classification_student_keeps_layers_of_its_teacher_and_serves(
     assert {"accuracy", "macro_f1", "eval_loss"} <= set(model["parent_metrics"])
     events = db.scalars(select(JobEvent).where(JobEvent.job_id == job["id"])).all()
     said = " | ".join(e.message for e in events)
-    assert "2 of its 4 layers ([0, 3])" in said and "teacher on the same validation rows" in said
+    assert "2 of its 4 layers ([1, 3])" in said and "teacher on the same validation rows" in said
     losses = next(e.data for e in events if e.data and "mean_soft_loss" in e.data)
     assert losses["mean_soft_loss"] > 0 and losses["mean_gold_loss"] > 0
 

@@ -3,9 +3,10 @@ MethodSpec (the worker's side: worker/training/methods/distill.py).
 
 The teacher is a registered model, named as the job's base_model "model:<id>" (as quantize and
 export name the model they work from); `method.teacher` may repeat it. The student is either
-`{"layers": k}`, the teacher itself with k of its transformer layers kept (evenly spaced, task
-head and all), or a catalog base model with a fresh head. It learns the teacher's labels in the
-teacher's order from the train set's gold labels and the teacher's softened outputs.
+`{"layers": k}`, the teacher itself with k of its transformer layers kept (the last of each of
+k equal blocks, or the ones named; task head and all), or a catalog base model with a fresh head.
+It learns the teacher's labels in the teacher's order from the train set's gold labels and the
+teacher's softened outputs.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ class StudentLayers(BaseModel):
         | Annotated[list[Annotated[int, Field(ge=0, le=999)]], Field(min_length=1, max_length=1000)]
     ) = Field(
         description="The teacher's transformer layers the student keeps (fewer than it has). "
-        "A count k keeps k evenly spaced from the first to the last, as DistilBERT and "
-        "transformers' distillation example took 6 of BERT's 12 (0, 2, 4, 7, 9, 11); a list "
-        "names them, counted from 0 at the embeddings, in ascending order (e.g. [1, 3, 5], "
-        "every other layer up to the last). The embeddings, whatever sits above the layers "
-        "and the task head are the teacher's.",
+        "A count k keeps the last layer of each of k equal blocks of the teacher's n: "
+        "round((i + 1) * n / k) - 1 for i = 0..k-1, halves up (3 of 6: 1, 3 and 5; 6 of 12: "
+        "every other layer up to the top), the top layer always; a list names them, counted "
+        "from 0, in ascending order (e.g. [0, 3, 5]). The embeddings, whatever sits above the "
+        "layers and the task head are the teacher's.",
     )
 
     @field_validator("layers")

@@ -2,7 +2,7 @@
 
 The teacher is the job's base ("model:<id>", adapters merged), frozen in eval mode; its logits are
 computed in every training step on the student's batch, without gradients. The student is either
-the teacher with k of its transformer layers kept (evenly spaced, or the ones named; its embeddings,
+the teacher with k of its transformer layers kept (one per block, or the ones named; its embeddings,
 what sits above the layers and its task head are the teacher's), or a catalog base with a fresh
 head. Both speak the teacher's labels in the teacher's order, so their logits line up class by
 class.
@@ -50,21 +50,19 @@ IGNORED = -100  # the label of a position no loss is taken on
 
 
 def kept_layers(total: int, keep: int) -> list[int]:
-    """Which of `total` layers a student of `keep` layers keeps: evenly spaced from the first to
-    the last (round(i * (total - 1) / (keep - 1)), halves up), as transformers' distillation
-    example took 0, 2, 4, 7, 9, 11 of BERT's 12 for DistilBERT; one layer: the last, on whose
-    output the head was trained."""
+    """Which of `total` layers a student of `keep` layers keeps: the last layer of each of `keep`
+    equal blocks (round((i + 1) * total / keep) - 1, halves up), so that each student layer
+    stands for a block of the teacher's and hands on what that block's last layer did; the top
+    one, on whose output the head was trained, is always kept. 3 of 6 are 1, 3 and 5, which kept
+    SST-2 1.5 points closer to the teacher than 0, 3 and 5 (README, Distillation)."""
     if not 1 <= keep < total:
         raise InvalidInput(
             f"method.student.layers: {keep} must be at least 1 and fewer than the teacher's "
             f"{total} layers",
             field="method.student.layers",
         )
-    if keep == 1:
-        return [total - 1]
-    step = (total - 1) / (keep - 1)
-    # Steps above 1 keep the rounded indices distinct.
-    return [int(i * step + 0.5) for i in range(keep)]
+    # Blocks longer than 1 keep the indices distinct.
+    return [int((i + 1) * total / keep + 0.5) - 1 for i in range(keep)]
 
 
 def block_list(model: Any) -> tuple[str, torch.nn.ModuleList]:
