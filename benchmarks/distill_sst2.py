@@ -200,6 +200,11 @@ def method_of(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def student_layers(text: str) -> int | list[int]:
+    """--layers: a count, or comma-separated layer indices (method.student.layers)."""
+    return [int(i) for i in text.split(",")] if "," in text else int(text)
+
+
 def student_hyperparameters(args: argparse.Namespace, *, epochs: float | None) -> dict[str, Any]:
     """What the student sets apart from its teacher's hyperparameters."""
     given = {"epochs": epochs, "learning_rate": args.student_learning_rate}
@@ -216,7 +221,12 @@ def main() -> int:
         default=3.0,
         help="SST-2 epochs (the teacher's, and the student's unless --student-epochs)",
     )
-    ap.add_argument("--layers", type=int, default=3, help="layers the student keeps")
+    ap.add_argument(
+        "--layers",
+        type=student_layers,
+        default=3,
+        help="layers the student keeps: a count (3), or the teacher's layers named (0,3,5)",
+    )
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--hidden-weight", type=float, default=0.0, help="method.hidden_weight")

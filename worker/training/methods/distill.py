@@ -254,11 +254,9 @@ def start_student(
     if isinstance(student_spec, StudentLayers):
         model, head = load_starting_model(task, base, label_names=label_names)
         total = int(model.config.num_hidden_layers)
-        if isinstance(student_spec.layers, list):
-            check_kept(student_spec, total, teacher=base.id)
-            keep = list(student_spec.layers)
-        else:
-            keep = kept_layers(total, student_spec.layers)
+        check_kept(student_spec, total, teacher=base.id)  # as at submission, on the real config
+        layers = student_spec.layers
+        keep = kept_layers(total, layers) if isinstance(layers, int) else list(layers)
         prune_layers(model, keep)
         student: dict[str, Any] = {"from": "teacher", "layers_kept": keep, "teacher_layers": total}
         fence.log(
