@@ -14,7 +14,10 @@ the per-key rate limit off):
    serve_throughput.py: raw HTTP/1.1, one keep-alive connection per client, one dev sentence per
    request), phases alternating between the models; requests/s of each and their ratio.
 3. CoNLL-2003: the same on the first M sentences of eng.train (3,000), validated on eng.testa:
-   the teacher's and the student's entity F1 (--no-conll leaves it out).
+   the teacher's and the student's entity F1 (--no-conll leaves it out). The student also gets
+   a transfer set (`method.transfer_dataset`): the rest of eng.train, uploaded with every tag
+   replaced by O (unlabelled text: the teacher labels it); --conll-transfer-sentences 0 leaves
+   it out.
 
 Targets (issue 18): the student within 1.5 points of the teacher's SST-2 dev accuracy, at least
 1.7x its requests/s at concurrency 32, and within 2 points of its CoNLL F1.
@@ -76,6 +79,7 @@ TARGETS = {"sst2_accuracy_drop_points": 1.5, "speedup_c32": 1.7, "conll_f1_drop_
 # --quick: SST-2 train rows, dev rows, CoNLL train and validation sentences, epochs; warm-up and
 # window seconds, rounds.
 QUICK_DATA = (64, 64, 40, 40, 1.0)
+QUICK_TRANSFER = 40
 QUICK_PHASES = (0.5, 1.5, 1)
 
 
@@ -164,6 +168,15 @@ def conll(
         client, "eng.train.conll", head_sentences(train_bytes, args.conll_sentences)
     )
     validation = conll_upload(client, "eng.testa.conll", testa)
+    method = method_of(args)
+    transfer_sentences = 0
+    if args.conll_transfer_sentences != 0:
+        unlabelled = unlabelled_sentences(
+            train_bytes, skip=args.conll_sentences, count=args.conll_transfer_sentences
+        )
+        transfer = conll_upload(client, "eng.train.rest.conll", unlabelled)
+        transfer_sentences = client.get(f"/v1/datasets/{transfer}").json()["num_rows"]
+        method["transfer_dataset"] = transfer
     pair = teacher_and_student(
         client,
         data_dir,
@@ -171,7 +184,7 @@ def conll(
         train=train,
         validation=validation,
         hyperparameters={"epochs": args.conll_epochs},
-        method=method_of(args),
+        method=method,
         student_hyperparameters=student_hyperparameters(args, epochs=args.conll_student_epochs),
     )
     teacher, student = pair["teacher"], pair["student"]
@@ -181,6 +194,7 @@ def conll(
         "f1_drop_points": round((teacher["metrics"]["f1"] - student["metrics"]["f1"]) * 100, 2),
         "teacher_f1_in_student_job": round(student["parent_metrics"]["f1"], 4),
         "train_sentences": client.get(f"/v1/datasets/{train}").json()["num_rows"],
+        "transfer_sentences": transfer_sentences,
         "validation_sentences": client.get(f"/v1/datasets/{validation}").json()["num_rows"],
         "teacher_train_s": pair["teacher_train_s"],
         "student_train_s": pair["student_train_s"],
@@ -188,6 +202,32 @@ def conll(
         "teacher_model": teacher["id"],
         "student_model": student["id"],
     }
+
+
+def unlabelled_sentences(content: bytes, *, skip: int, count: int) -> bytes:
+    """The sentences of a CoNLL file after the first `skip` (`count` of them; -1: all), each
+    word tagged O: text with no labels, as a transfer set is uploaded."""
+    out: list[bytes] = []
+    seen = taken = 0
+    in_sentence = False
+    for line in content.splitlines():
+        cols = line.split()
+        if not cols or cols[0] == b"-DOCSTART-":
+            if in_sentence:
+                seen += 1
+                if seen > skip:
+                    out.append(b"")
+                    taken += 1
+                    if taken == count:
+                        break
+            in_sentence = False
+            continue
+        in_sentence = True
+        if seen >= skip:
+            out.append(cols[0] + b" O")
+    if in_sentence and seen >= skip and taken != count:
+        out.append(b"")
+    return b"\n".join(out) + b"\n"
 
 
 def method_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -245,6 +285,13 @@ def main() -> int:
     ap.add_argument(
         "--conll-epochs", type=float, default=2.0, help="CoNLL epochs (as --epochs, for CoNLL)"
     )
+    ap.add_argument(
+        "--conll-transfer-sentences",
+        type=int,
+        default=-1,
+        help="eng.train sentences after --conll-sentences, uploaded unlabelled as the CoNLL "
+        "student's transfer set (default -1: all of them; 0: no transfer set)",
+    )
     ap.add_argument("--no-conll", action="store_true", help="leave CoNLL-2003 out")
     ap.add_argument(
         "--data-dir", type=Path, help="the service's data dir, kept (default: a temporary one)"
@@ -266,6 +313,8 @@ def main() -> int:
         args.train_rows, dev_rows, args.conll_sentences = QUICK_DATA[:3]
         args.conll_validation_sentences, args.epochs = QUICK_DATA[3], QUICK_DATA[4]
         args.conll_epochs = QUICK_DATA[4]
+        if args.conll_transfer_sentences != 0:
+            args.conll_transfer_sentences = QUICK_TRANSFER
         warmup, seconds, rounds = QUICK_PHASES
     sst2, conll_dir = args.data / "sst2", args.data / "conll2003"
     needed = [sst2 / "train.tsv", sst2 / "dev.tsv"]
@@ -434,7 +483,8 @@ def print_summary(f: dict[str, Any]) -> None:
     if f["conll"]:
         c = f["conll"]
         print(
-            f"CoNLL-2003 eng.testa F1 ({c['train_sentences']} train sentences): teacher "
+            f"CoNLL-2003 eng.testa F1 ({c['train_sentences']} train sentences, "
+            f"{c['transfer_sentences']} unlabelled for the student): teacher "
             f"{c['teacher_f1']}, student {c['student_f1']}; {c['f1_drop_points']} points lower"
         )
     print("targets met: " + ", ".join(f"{k} {v}" for k, v in f["targets_met"].items()))

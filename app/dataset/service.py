@@ -28,7 +28,7 @@ from app.core.store import NotInStore, Store, get_store
 from app.dataset import isolation, parsing
 from app.dataset.schemas import DatasetCreate, DatasetFormat, DatasetRead
 from app.dataset.upload import ReceivedUpload, staging_dir
-from app.db.models import Dataset, DatasetStatus, Job, new_id
+from app.db.models import Dataset, DatasetStatus, Job, JobStatus, new_id
 from app.db.session import get_by_id
 from app.ml.tables import ParsedTable
 from app.ml.tasks import REGISTRY, TaskSpec, get_task
@@ -544,6 +544,7 @@ def delete_dataset(session: Session, *, settings: Settings, tenant: str, dataset
     row = get_dataset(session, tenant=tenant, dataset_id=dataset_id)
     refs = or_(Job.train_dataset_id == dataset_id, Job.validation_dataset_id == dataset_id)
     job_ids = list(session.scalars(select(Job.id).where(refs).order_by(Job.id).limit(10)))
+    job_ids = job_ids or _transfer_users(session, tenant=tenant, dataset_id=dataset_id)
     if job_ids:
         raise _in_use(dataset_id, job_ids)
     session.delete(row)
@@ -563,6 +564,19 @@ def _forget(store: Store, key: str) -> None:
         store.delete(key)
     except Exception:  # the store is down: the tree was never completed, nothing refers to it
         log.warning("could not tidy %s from the store", key, exc_info=True)
+
+
+def _transfer_users(session: Session, *, tenant: str, dataset_id: str) -> list[str]:
+    """The tenant's queued or running jobs that name the dataset as a distillation transfer set
+    (in their spec, which no foreign key covers): their workers still have to read it."""
+    active = select(Job.id, Job.spec).where(
+        Job.tenant_id == tenant, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
+    )
+    return sorted(
+        job_id
+        for job_id, spec in session.execute(active)
+        if ((spec or {}).get("method") or {}).get("transfer_dataset") == dataset_id
+    )[:10]
 
 
 def _in_use(dataset_id: str, job_ids: list[str]) -> Conflict:

@@ -70,6 +70,7 @@ def test_a_distill_job_is_accepted_and_shows_its_teacher(
         "temperature": 2.0,
         "alpha": 0.5,
         "hidden_weight": 0.0,
+        "transfer_dataset": None,
     }
     # Every weight of the student trains: full fine-tuning's defaults.
     assert job["hyperparameters"]["learning_rate"] == Full.default_learning_rate
@@ -163,3 +164,59 @@ def test_a_student_needs_a_train_dataset(client: TestClient, teacher: str) -> No
         "method": {"type": "distill", "student": {"layers": 1}},
     }
     assert "required" in error(client.post("/v1/jobs", json=body), "train_dataset")
+
+
+def test_a_transfer_set_is_a_dataset_of_the_task_with_the_train_sets_columns(
+    client: TestClient, teacher: str
+) -> None:
+    train = upload(client, ROWS)
+    unlabelled = [(f"some text {i}", "?") for i in range(5)]  # placeholder labels: not read
+    transfer = upload(client, unlabelled)
+
+    def with_transfer(dataset: str, **spec: Any) -> Any:
+        method = {"student": {"layers": 1}, "transfer_dataset": dataset}
+        return submit(client, f"model:{teacher}", method, train_dataset=train, **spec)
+
+    resp = with_transfer(transfer)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["method"]["transfer_dataset"] == transfer
+    field = "method.transfer_dataset"
+    assert "does not exist" in error(with_transfer("ds_0000000000000000"), field)
+    ner = client.post(
+        "/v1/datasets",
+        data={"task": "ner"},
+        files={"file": ("rows.conll", b"Paris B-LOC\nis O\n\nBob B-PER\n", "text/plain")},
+    )
+    assert ner.status_code == 201, ner.text
+    assert "is a 'ner' dataset" in error(with_transfer(ner.json()["id"]), field)
+    # Not what the student is evaluated on: the validation set itself, or the same file again.
+    validation = upload(client, unlabelled)
+    assert "is the job's validation dataset" in error(
+        with_transfer(validation, validation_dataset=validation), field
+    )
+    assert "holds the same file as the job's validation dataset" in error(
+        with_transfer(transfer, validation_dataset=validation), field
+    )
+    # The train set's columns: here a second text segment the train set lacks.
+    pairs = client.post(
+        "/v1/datasets",
+        data={"task": "classification"},
+        files={"file": ("pairs.csv", b"text,text_pair,label\na,b,x\nc,d,x\n", "text/csv")},
+    )
+    assert pairs.status_code == 201, pairs.text
+    assert "a transfer set has the train set's columns" in error(
+        with_transfer(pairs.json()["id"]), field
+    )
+
+
+def test_a_transfer_set_a_queued_job_names_is_not_deleted(client: TestClient, teacher: str) -> None:
+    transfer = upload(client, [(f"some text {i}", "?") for i in range(5)])
+    method = {"student": {"layers": 1}, "transfer_dataset": transfer}
+    job = submit(client, f"model:{teacher}", method)
+    assert job.status_code == 201, job.text
+    resp = client.delete(f"/v1/datasets/{transfer}")
+    assert resp.status_code == 409, resp.text
+    assert job.json()["id"] in resp.json()["error"]["message"]
+    # Once the job is over, nothing holds it.
+    assert client.post(f"/v1/jobs/{job.json()['id']}/cancel").status_code == 200
+    assert client.delete(f"/v1/datasets/{transfer}").status_code == 204

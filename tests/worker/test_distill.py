@@ -276,7 +276,12 @@ def test_a_classification_student_keeps_layers_of_its_teacher_and_serves(
         validation_dataset=upload_rows(client, sentiment_rows(16, seed=6)),
         method=method,
     )
-    assert job["method"] == {**method, "teacher": f"model:{teacher['id']}", "hidden_weight": 0.0}
+    assert job["method"] == {
+        **method,
+        "teacher": f"model:{teacher['id']}",
+        "hidden_weight": 0.0,
+        "transfer_dataset": None,
+    }
     assert job["hyperparameters"]["learning_rate"] == 1e-2
     model = client.get(f"/v1/models/{job['model_id']}").json()
 

@@ -3,6 +3,7 @@ the tokenized datasets and the Trainer that will run them, and what the job reco
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,18 @@ def build_plan(
     set_seed(spec.seed)  # before the head is initialised
     start = _trainable_model(settings, inputs, prepared.label_names, fence)
     options = task.options_model.model_validate(spec.task_options)
+    # What the model trains on: the train split, and whatever the method adds to it.
+    train_rows = start.method.train_rows(
+        settings,
+        fence,
+        task=task,
+        starting=start.starting,
+        options=spec.method,
+        rows=prepared.train,
+        label_names=prepared.label_names,
+        tokenizer=start.tokenizer,
+    )
+    prepared = dataclasses.replace(prepared, train=train_rows)
     label2id = {name: i for i, name in enumerate(prepared.label_names)}
 
     def encoder(max_length: int, for_eval: bool) -> Any:

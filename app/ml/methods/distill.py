@@ -19,7 +19,7 @@ from app.basemodel.schemas import ResolvedBaseModel
 from app.basemodel.service import resolve_base_model
 from app.core.config import Settings
 from app.core.errors import InvalidInput
-from app.db.models import Model
+from app.db.models import Dataset, Model
 from app.db.session import get_by_id
 from app.ml.lineage import parent_id
 from app.ml.loading import load_tokenizer
@@ -108,6 +108,16 @@ class DistillMethod(MethodOptions):
         "distance (1 - cos) between each of its layers' token vectors and those of the "
         "teacher's layer it was copied from, over the non-padding tokens (as DistilBERT's "
         "cosine loss on hidden states). 0 (the default) leaves it out.",
+    )
+    transfer_dataset: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="A transfer set: the id of a dataset of the job's task whose rows the "
+        "teacher labels before training (its own labels, if any, are not read), and which the "
+        "student then trains on beside the train set, its gold term on the teacher's top "
+        "answer and its soft term on the teacher's outputs, as DistilBERT and TinyBERT trained "
+        "on text their teacher labelled. Neither the validation dataset nor a copy of it.",
     )
 
 
@@ -256,4 +266,42 @@ def check_distill(
     """Every check of a distill job's teacher and student; the teacher as a base."""
     teacher = check_teacher(session, settings=settings, tenant=tenant, spec=spec)
     check_student(settings, spec=spec, teacher=teacher)
+    check_transfer(session, tenant=tenant, spec=spec)
     return teacher
+
+
+def check_transfer(session: Session, *, tenant: str, spec: JobCreate) -> None:
+    """The transfer set is the tenant's dataset of the job's task, and not what the student is
+    evaluated on (InvalidInput naming method.transfer_dataset)."""
+    from app.job.datasets import dataset_for
+
+    method = spec.method
+    assert isinstance(method, DistillMethod)
+    if method.transfer_dataset is None:
+        return
+    field = "method.transfer_dataset"
+    transfer = dataset_for(
+        session, method.transfer_dataset, tenant=tenant, field=field, task=spec.task
+    )
+    validation = (
+        get_by_id(session, Dataset, spec.validation_dataset)
+        if spec.validation_dataset is not None
+        else None
+    )
+    train = get_by_id(session, Dataset, spec.train_dataset) if spec.train_dataset else None
+    if train is not None and set(train.columns) != set(transfer.columns):
+        raise InvalidInput(
+            f"{field}: dataset '{transfer.id}' has the columns {sorted(transfer.columns)} and "
+            f"train_dataset '{train.id}' has {sorted(train.columns)}; a transfer set has the "
+            "train set's columns (its labels are replaced by the teacher's)",
+            field=field,
+        )
+    if validation is not None and (
+        validation.id == transfer.id or validation.sha256 == transfer.sha256
+    ):
+        same = "is" if validation.id == transfer.id else "holds the same file as"
+        raise InvalidInput(
+            f"{field}: dataset '{transfer.id}' {same} the job's validation dataset; the student "
+            "would train on the rows it is evaluated on",
+            field=field,
+        )

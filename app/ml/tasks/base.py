@@ -171,6 +171,18 @@ class TaskSpec(Protocol):
         """The column a train/validation split is stratified on, if any."""
         ...
 
+    def transfer_inputs(self, rows: datasets.Dataset) -> list[Any]:
+        """One predict input (an item of the predict request's `inputs`) per row of a normalized
+        dataset: what a distillation teacher is asked about a transfer set's rows."""
+        ...
+
+    def with_predicted_labels(
+        self, rows: datasets.Dataset, predictions: Sequence[Any]
+    ) -> datasets.Dataset:
+        """`rows` with their label columns replaced by `predictions` (one per row, what
+        postprocess answers with its default top_k): the teacher's labels of a transfer set."""
+        ...
+
     def preprocess(
         self,
         tokenizer: PreTrainedTokenizerBase,
@@ -270,3 +282,16 @@ class TaskDefaults:
         self, labels: Sequence[str], validation: DatasetSummary
     ) -> AbsentLabels | None:
         return None
+
+
+def predicted(item: Any, name: str) -> Any:
+    """A field of one of postprocess's answers (a schema object, or its JSON form)."""
+    return item[name] if isinstance(item, Mapping) else getattr(item, name)
+
+
+def replace_column(rows: datasets.Dataset, name: str, values: list[Any]) -> datasets.Dataset:
+    """`rows` with column `name` holding `values` instead, of the same type and in its place."""
+    feature = rows.features[name]
+    order = list(rows.column_names)
+    replaced = rows.remove_columns(name).add_column(name, values, feature=feature)
+    return replaced.select_columns(order)

@@ -20,6 +20,8 @@ from app.ml.tasks.base import (
     Normalized,
     TaskDefaults,
     column_values,
+    predicted,
+    replace_column,
 )
 from app.ml.tasks.classification_chat import CHAT, read_chat, sniff_chat
 from app.ml.tasks.serving import feature_rows, softmax
@@ -172,6 +174,19 @@ class ClassificationTask(TaskDefaults):
 
     def stratify_column(self) -> str | None:
         return "label"
+
+    def transfer_inputs(self, rows: datasets.Dataset) -> list[Any]:
+        texts = column_values(rows, "text")
+        if "text_pair" not in rows.column_names:
+            return list(texts)
+        pairs = column_values(rows, "text_pair")
+        return [{"text": t, "text_pair": p} for t, p in zip(texts, pairs, strict=True)]
+
+    def with_predicted_labels(
+        self, rows: datasets.Dataset, predictions: Sequence[Any]
+    ) -> datasets.Dataset:
+        # Each answer is the top_k (1) labels, best first.
+        return replace_column(rows, "label", [str(predicted(p[0], "label")) for p in predictions])
 
     def preprocess(
         self,

@@ -25,6 +25,8 @@ from app.ml.tasks.base import (
     Normalized,
     TaskDefaults,
     column_values,
+    predicted,
+    replace_column,
 )
 from app.ml.tasks.ner_serving import (
     TokenTag,
@@ -229,6 +231,16 @@ class NerTask(TaskDefaults):
 
     def stratify_column(self) -> str | None:
         return None
+
+    def transfer_inputs(self, rows: datasets.Dataset) -> list[Any]:
+        # Pre-tokenized: one tag comes back per word of the row.
+        return [{"tokens": list(words)} for words in column_values(rows, "tokens")]
+
+    def with_predicted_labels(
+        self, rows: datasets.Dataset, predictions: Sequence[Any]
+    ) -> datasets.Dataset:
+        tags = [[str(predicted(word, "tag")) for word in p] for p in predictions]
+        return replace_column(rows, "tags", tags)
 
     def preprocess(
         self,

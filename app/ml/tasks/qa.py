@@ -24,7 +24,15 @@ from pydantic import (
 from app.core.errors import InvalidInput
 from app.core.text import RealText, UnicodeText
 from app.ml.tasks import qa_data, qa_features
-from app.ml.tasks.base import DatasetSummary, Encoded, Normalized, TaskDefaults
+from app.ml.tasks.base import (
+    DatasetSummary,
+    Encoded,
+    Normalized,
+    TaskDefaults,
+    column_values,
+    predicted,
+    replace_column,
+)
 from app.ml.tasks.qa_baseline import baseline_answers
 from app.ml.tasks.qa_postprocess import (
     Answer,
@@ -252,6 +260,28 @@ class QATask(TaskDefaults):
 
     def stratify_column(self) -> str | None:
         return None
+
+    def transfer_inputs(self, rows: datasets.Dataset) -> list[Any]:
+        return [
+            {"question": q, "context": c}
+            for q, c in zip(
+                column_values(rows, "question"), column_values(rows, "context"), strict=True
+            )
+        ]
+
+    def with_predicted_labels(
+        self, rows: datasets.Dataset, predictions: Sequence[Any]
+    ) -> datasets.Dataset:
+        # The best answer (top_k 1) as the row's one answer; "" (none found) leaves it unanswered.
+        answers = []
+        for p in predictions:
+            text, start = str(predicted(p[0], "answer")), int(predicted(p[0], "start"))
+            answers.append(
+                {"text": [text], "answer_start": [start]}
+                if text
+                else {"text": [], "answer_start": []}
+            )
+        return replace_column(rows, "answers", answers)
 
     def preprocess(
         self,

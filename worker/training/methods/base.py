@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic
 from app.ml.methods.base import MERGED, OptionsT
 
 if TYPE_CHECKING:
+    import datasets
     from transformers import PreTrainedModel, Trainer, TrainerCallback
 
     from app.basemodel.schemas import ResolvedBaseModel
@@ -70,6 +71,22 @@ class TrainingMethod(Generic[OptionsT]):
         """The model to train: `model` with the method's weights added (an adapter) or all but
         those it trains frozen. `new_weights` name the task head, which trains in full."""
         return model
+
+    def train_rows(
+        self,
+        settings: Settings,
+        fence: AttemptFence,
+        *,
+        task: TaskSpec,
+        starting: StartingModel,
+        options: OptionsT,
+        rows: datasets.Dataset,
+        label_names: list[str],
+        tokenizer: Any,
+    ) -> datasets.Dataset:
+        """The rows the model trains on: the train split as given (distill adds a transfer set
+        its teacher labels)."""
+        return rows
 
     def reserved_positions(self, options: OptionsT, config: Any) -> int:
         """Position embeddings the method takes from the input (a prefix's virtual tokens)."""

@@ -22,6 +22,7 @@ layer's token vectors towards those of the teacher layer it was copied from:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from app.basemodel.service import resolve_base_model
 from app.core.config import Settings
 from app.core.errors import InvalidInput, ServiceError
 from app.ml.lineage import load_base_model, load_starting_model
+from app.ml.loading import read_model_metadata
 from app.ml.methods.distill import DistillMethod, StudentLayers, check_kept
 from worker.training import data as training_data
 from worker.training.callbacks import clean_eval_metrics
@@ -38,6 +40,7 @@ from worker.training.methods.base import StartingModel, TrainingMethod
 from worker.training.state import AttemptFence
 
 if TYPE_CHECKING:
+    import datasets
     import torch
     from transformers import PreTrainedModel, Trainer
 
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
 # finds a parameter's layer): bert.encoder.layer, distilbert.transformer.layer, model.layers...
 BLOCK_LISTS = ("layer", "layers", "h", "block", "blocks")
 IGNORED = -100  # the label of a position no loss is taken on
+# Transfer rows the teacher is asked about at once (one predict request's worth).
+TRANSFER_CHUNK = 256
 
 
 def kept_layers(total: int, keep: int) -> list[int]:
@@ -197,6 +202,10 @@ class Teacher:
     inputs: frozenset[str]
     # The teacher's layer each student layer was copied from ({"layers": k} students).
     layer_map: list[int] | None = None
+    # The teacher's model id and what /predict serves it with (its tuneserve.json: max_length,
+    # task_options), for labelling a transfer set as /predict would answer.
+    model_id: str = ""
+    serving: dict[str, Any] = field(default_factory=dict)
     # Running sums over training steps: the gold loss, the soft-target loss, the hidden-state
     # loss, and steps.
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
@@ -293,7 +302,16 @@ def start_student(
         "hidden_weight": method.hidden_weight,
     }
     layer_map = keep if isinstance(student_spec, StudentLayers) else None
-    return model, head, Teacher(teacher, method, teacher_inputs, layer_map), record
+    serving = read_model_metadata(base.path_or_hub_id)
+    state = Teacher(
+        teacher,
+        method,
+        teacher_inputs,
+        layer_map,
+        model_id=base.lineage.parent_id,
+        serving={k: serving.get(k) for k in ("max_length", "task_options")},
+    )
+    return model, head, state, record
 
 
 def trainer_class(base: type[Trainer], teacher: Teacher) -> type[Trainer]:
@@ -361,6 +379,121 @@ def trainer_class(base: type[Trainer], teacher: Teacher) -> type[Trainer]:
     return DistillTrainer
 
 
+def load_transfer_set(settings: Settings, fence: AttemptFence, dataset_id: str) -> datasets.Dataset:
+    """The transfer set's stored rows (InvalidInput naming method.transfer_dataset once it is
+    gone: submission checked it, and deleting it waits for the job)."""
+    from app.db.models import Dataset
+    from app.db.session import session_scope
+
+    with session_scope(fence.factory) as session:
+        row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise InvalidInput(
+            f"method.transfer_dataset: dataset '{dataset_id}' no longer exists",
+            field="method.transfer_dataset",
+        )
+    return training_data.load_rows(settings, row)
+
+
+def label_transfer_set(
+    fence: AttemptFence,
+    task: TaskSpec,
+    teacher: Teacher,
+    tokenizer: Any,
+    rows: datasets.Dataset,
+    *,
+    label_names: list[str],
+) -> datasets.Dataset:
+    """`rows` with the labels the teacher gives them, as its /predict would answer (the task's
+    preprocess, forward and postprocess, top answer): its rows' own labels are not read."""
+    import torch
+    from pydantic import ValidationError
+
+    from app.predict.predictor import Predictor, plain_runner
+
+    model = teacher.model
+    model.eval()  # type: ignore[no-untyped-call]
+    max_length = int(teacher.serving.get("max_length") or 512)
+    predictor = Predictor(
+        model_id=teacher.model_id,
+        task=task,
+        model=model,
+        tokenizer=tokenizer,
+        label_names=label_names,
+        max_length=max_length,
+        threads=torch.get_num_threads(),
+        options=task.options_model.model_validate(teacher.serving.get("task_options") or {}),
+        runner=plain_runner(teacher.model_id, task, model, tokenizer),
+    )
+    inputs = task.transfer_inputs(rows)
+    total = len(inputs)
+    fence.log(
+        f"transfer set: the teacher labels its {total:,} rows",
+        transfer_rows=total,
+    )
+    started = time.monotonic()
+    predictions: list[Any] = []
+    told = 0
+    for first in range(0, total, TRANSFER_CHUNK):
+        fence.raise_if_cancelled()
+        part = inputs[first : first + TRANSFER_CHUNK]
+        try:
+            request = task.predict_request.model_validate(
+                {"model": teacher.model_id, "inputs": part}
+            )
+        except ValidationError as exc:
+            raise InvalidInput(
+                f"method.transfer_dataset: {_bad_row(exc, first)}",
+                field="method.transfer_dataset",
+            ) from None
+        predictions += predictor.predict(request)
+        done = len(predictions)
+        if done < total and done * 10 // total > told:  # each tenth
+            told = done * 10 // total
+            elapsed = time.monotonic() - started
+            eta = elapsed * (total - done) / done
+            fence.log(
+                f"transfer set: {100 * done / total:.0f}% labelled ({done:,} of {total:,} rows), "
+                f"ETA {eta:.0f} s",
+                transfer_labelled=done,
+                transfer_rows=total,
+                eta_seconds=round(eta, 1),
+            )
+    labelled = task.with_predicted_labels(rows, predictions)
+    fence.log(
+        f"transfer set: {total:,} rows labelled by the teacher in "
+        f"{time.monotonic() - started:.1f} s; the student trains on them beside the train set",
+        transfer_rows=total,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    return labelled
+
+
+def _bad_row(exc: Any, first: int) -> str:
+    """Which transfer row a predict request refused, and why, in plain words."""
+    error = exc.errors()[0]
+    loc = list(error.get("loc") or ())
+    where = ""
+    if len(loc) >= 2 and loc[0] == "inputs" and isinstance(loc[1], int):
+        where = f"row {first + loc[1] + 1}: "
+    return f"{where}the teacher cannot be asked about it ({error.get('msg', 'invalid input')})"
+
+
+def concatenate(train: datasets.Dataset, transfer: datasets.Dataset) -> datasets.Dataset:
+    """The train rows, then the transfer rows (which have the same columns: submission checks
+    it), in the train set's column order and types."""
+    import datasets as hf
+
+    if set(train.column_names) != set(transfer.column_names):
+        raise InvalidInput(
+            f"method.transfer_dataset: its columns {sorted(transfer.column_names)} are not the "
+            f"train set's {sorted(train.column_names)}",
+            field="method.transfer_dataset",
+        )
+    transfer = transfer.select_columns(train.column_names).cast(train.features)
+    return hf.concatenate_datasets([train, transfer])
+
+
 def teacher_metrics(trainer: Any, teacher: Teacher, fence: AttemptFence) -> dict[str, Any]:
     """The teacher evaluated on the student's validation rows (every rank takes its share);
     logged beside the mean losses of training."""
@@ -394,6 +527,31 @@ class DistillTraining(TrainingMethod[DistillMethod]):
             settings, fence, task=task, base=base, method=options, label_names=label_names
         )
         return StartingModel(model, head, state=teacher, metadata={"distillation": record})
+
+    def train_rows(
+        self,
+        settings: Settings,
+        fence: AttemptFence,
+        *,
+        task: TaskSpec,
+        starting: StartingModel,
+        options: DistillMethod,
+        rows: datasets.Dataset,
+        label_names: list[str],
+        tokenizer: Any,
+    ) -> datasets.Dataset:
+        # The train split, then the transfer set with the teacher's labels.
+        if options.transfer_dataset is None:
+            return rows
+        transfer = load_transfer_set(settings, fence, options.transfer_dataset)
+        labelled = label_transfer_set(
+            fence, task, starting.state, tokenizer, transfer, label_names=label_names
+        )
+        starting.metadata["distillation"]["transfer_set"] = {
+            "dataset": options.transfer_dataset,
+            "rows": labelled.num_rows,
+        }
+        return concatenate(rows, labelled)
 
     def trainer_class(self, trainer: type[Trainer], starting: StartingModel) -> type[Trainer]:
         # Its training steps add the teacher's soft targets.
