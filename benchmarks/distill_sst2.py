@@ -421,7 +421,7 @@ def main() -> int:
         "sst2_accuracy_drop_points": round((t_acc - s_acc) * 100, 2),
         "teacher_rps_c32": speed["teacher"]["rps"],
         "student_rps_c32": speed["student"]["rps"],
-        "speedup_c32": round(speed["student"]["rps"] / speed["teacher"]["rps"], 2),
+        "speedup_c32": round(speed["student"]["rps"] / speed["teacher"]["rps"], 3),
         "conll_teacher_f1": ner["teacher_f1"] if ner else None,
         "conll_student_f1": ner["student_f1"] if ner else None,
         "conll_f1_drop_points": ner["f1_drop_points"] if ner else None,

@@ -1,8 +1,10 @@
 """Upload real SST-2 rows, fine-tune all-MiniLM-L6-v2 through Redis and a real Celery worker
 process, and check that /predict clearly beats chance on held-out rows.
 
-Runs on SQLite (full fine-tuning and LoRA); LoRA on a real PostgreSQL with an S3-compatible store
-is in test_workers_anywhere.py.
+Runs on SQLite: LoRA in one process (submitted and followed with the `tuneserve` client) and in
+two data-parallel ones, a duplicate queue message and a cancel. Full fine-tuning of classification
+is in test_methods_e2e.py and test_quickstart.py; LoRA on a real PostgreSQL with an S3-compatible
+store in test_workers_anywhere.py.
 """
 
 from __future__ import annotations
@@ -27,9 +29,7 @@ from tests.e2e.service import CLI, Service, wait_for_job
 pytestmark = pytest.mark.e2e
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
-# Full fine-tuning: 32 steps of 32 (in the methods e2e, 24 steps of 16 scored 0.81 on 64 dev rows).
-TRAIN_ROWS = 512
-# LoRA runs train on fewer rows: 32 steps of its default rate clear its bar (0.65) comfortably.
+# LoRA: 32 steps of its default rate clear its bar (0.65) comfortably.
 LORA_ROWS = 500
 HELD_OUT = 200
 
@@ -95,7 +95,7 @@ def train_and_check(
     method: dict,  # type: ignore[type-arg]
     min_acc: float,
     *,
-    rows: int = TRAIN_ROWS,
+    rows: int = LORA_ROWS,
     cli_dir: Path | None = None,
     **extra: object,
 ) -> dict:  # type: ignore[type-arg]
@@ -157,12 +157,13 @@ def train_and_check(
     return job
 
 
-def test_sqlite_full_and_lora(
+def test_sqlite_lora_in_one_and_in_two_processes(
     e2e_service: Service, e2e_client: httpx.Client, tmp_path: Path
 ) -> None:
+    # Full fine-tuning of classification is test_methods_e2e.py's (with its verdict) and the
+    # quick start's (test_quickstart.py).
     data_dir = e2e_service.data_dir
-    job = train_and_check(e2e_client, data_dir, {"type": "full"}, min_acc=0.72)
-    # The LoRA run goes through the client commands, as a user at a terminal would run it.
+    # The first run goes through the client commands, as a user at a terminal would run it.
     lora = {"type": "lora", "r": 16}
     one = train_and_check(
         e2e_client, data_dir, lora, min_acc=0.65, rows=LORA_ROWS, cli_dir=tmp_path
@@ -192,8 +193,8 @@ def test_sqlite_full_and_lora(
     assert shards["repeated_rows"] < hp["batch_size"], shards
     # Within noise: 10 of the 200 held-out rows (seeds of one process move it 2-3 points).
     assert abs(two["metrics"]["accuracy"] - one["metrics"]["accuracy"]) <= 0.05, (one, two)
-    duplicate_delivery_does_nothing(e2e_service, e2e_client, job)
-    cancel_running_job(e2e_service, e2e_client, job)
+    duplicate_delivery_does_nothing(e2e_service, e2e_client, one)
+    cancel_running_job(e2e_service, e2e_client, one)
 
 
 def duplicate_delivery_does_nothing(

@@ -54,12 +54,20 @@ METHODS: list[tuple[dict[str, Any], str]] = [
     ({"type": "head_only"}, "few"),
 ]
 # The methods each task runs in the default suite (all of them with TUNESERVE_E2E_FULL=1), each
-# method spec in at least one task. Classification runs every method but two: full fine-tuning of
-# every layer (the classification end-to-end test trains it and checks its verdict) and the merged
-# LoRA, which trains exactly as the plain LoRA does (same seed, same steps: the same verdict) and
-# differs only in what it saves, checked here on NER.
+# method spec in at least one task. Classification runs every method but the merged LoRA, which
+# trains exactly as the plain LoRA does (same seed, same steps: the same verdict) and differs only
+# in what it saves, checked here on NER. Full fine-tuning of every layer is NER's and QA's in
+# their own end-to-end tests.
 DEFAULT_SHARE: dict[str, set[str] | None] = {
-    "classification": {"top_layers", "lora", "adalora", "ia3", "prefix_tuning", "head_only"},
+    "classification": {
+        "full",
+        "top_layers",
+        "lora",
+        "adalora",
+        "ia3",
+        "prefix_tuning",
+        "head_only",
+    },
     "ner": {"lora", "lora_merged", "adalora", "ia3", "prefix_tuning", "head_only"},
     "qa": {"top_layers", "lora", "prefix_tuning"},  # prefix tuning: the 422
 }
