@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Dataset, Job, JobEvent, new_id
+from app.db.models import Job, JobEvent, Model
 from app.ml.loading import load_model, read_model_metadata
 from app.ml.methods.distill import DistillMethod
 from app.ml.tasks import get_task
@@ -21,7 +21,7 @@ from tests.ml.test_ner_training import ner_rows
 from tests.ml.test_qa import synthetic_rows
 from tests.tinymodel import sentiment_rows
 from tests.worker.conftest import TINY_MODEL_ID
-from tests.worker.test_lineage import _run, _task_job
+from tests.worker.test_lineage import _run, _task_job, task_rows
 from worker.training.methods import distill
 
 # Labels the teacher's must replace: every text's opposite, every word O, every answer the
@@ -53,25 +53,25 @@ ROWS: dict[str, Callable[[], tuple[dict[str, list[Any]], dict[str, list[Any]]]]]
 LABELS = {"classification": "label", "ner": "tags", "qa": "answers"}
 
 
-def _add_rows(db: Session, stored: dict[str, Any], task: str, rows: dict[str, list[Any]]) -> str:
-    dataset_id = new_id("ds")
-    db.add(
-        Dataset(
-            tenant_id="default",
-            id=dataset_id,
-            name="transfer.jsonl",
-            task=task,
-            format="jsonl",
-            num_rows=len(next(iter(rows.values()))),
-            columns=list(rows),
-            sha256="1" * 64,
-            size_bytes=1,
-            storage_path=f"datasets/{dataset_id}",
-        )
+def _teacher(
+    settings: Any,
+    db: Session,
+    stored: dict[str, Any],
+    task: str,
+    rows: dict[str, list[Any]],
+    **options: Any,
+) -> Model:
+    """A full fine-tune of the tiny model on `rows`: the teacher."""
+    job_id = _task_job(
+        db,
+        stored,
+        task=task,
+        base_model=TINY_MODEL_ID,
+        rows=rows,
+        method={"type": "full"},
+        **options,
     )
-    db.commit()
-    stored[dataset_id] = rows
-    return dataset_id
+    return _run(settings, db, job_id)
 
 
 class _Fence:
@@ -94,20 +94,9 @@ def test_a_student_trains_on_the_transfer_set_as_its_teacher_labels_it(
     spec = get_task(task)
     options = {"doc_stride": 8} if task == "qa" else {}
     train_rows, transfer_rows = ROWS[task]()
-    teacher = _run(
-        train_settings,
-        db,
-        _task_job(
-            db,
-            stored_rows,
-            task=task,
-            base_model=TINY_MODEL_ID,
-            rows=train_rows,
-            method={"type": "full"},
-            **options,
-        ),
-    )
-    transfer_id = _add_rows(db, stored_rows, task, transfer_rows)
+    teacher = _teacher(train_settings, db, stored_rows, task, train_rows, **options)
+    transfer_id = task_rows(db, stored_rows, task, transfer_rows, sha256="1" * 64)
+    db.commit()
     method = {
         "type": "distill",
         "student": {"layers": 1},
@@ -182,18 +171,7 @@ def test_a_transfer_set_gone_before_the_job_ran_fails_it_naming_the_field(
     from worker.jobs import run_job
 
     train_rows, transfer_rows = _classification()
-    teacher = _run(
-        train_settings,
-        db,
-        _task_job(
-            db,
-            stored_rows,
-            task="classification",
-            base_model=TINY_MODEL_ID,
-            rows=train_rows,
-            method={"type": "full"},
-        ),
-    )
+    teacher = _teacher(train_settings, db, stored_rows, "classification", train_rows)
     job_id = _task_job(
         db,
         stored_rows,

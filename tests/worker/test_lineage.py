@@ -246,19 +246,11 @@ def test_interrupted_child_resumes_from_its_checkpoint(
     assert child.parent_model_id == parent.id and child.base_model == f"model:{parent.id}"
 
 
-def _task_job(
-    db: Session,
-    stored: dict[str, Any],
-    *,
-    task: str,
-    base_model: str,
-    rows: dict[str, list[Any]],
-    method: dict[str, Any],
-    **options: Any,
+def task_rows(
+    db: Session, stored: dict[str, Any], task: str, rows: dict[str, list[Any]], *, sha256: str
 ) -> str:
-    """A queued job of any task on rows held in memory (a 25% held-out validation split)."""
+    """A dataset row of any task whose rows (held in memory) the runner loads; its id."""
     from app.db.models import Dataset, new_id
-    from app.job.schemas import Hyperparameters, JobSpec
 
     dataset_id = new_id("ds")
     db.add(
@@ -270,12 +262,30 @@ def _task_job(
             format="jsonl",
             num_rows=len(next(iter(rows.values()))),
             columns=list(rows),
-            sha256="0" * 64,
+            sha256=sha256,
             size_bytes=1,
             storage_path=f"datasets/{dataset_id}",
         )
     )
     stored[dataset_id] = rows
+    return dataset_id
+
+
+def _task_job(
+    db: Session,
+    stored: dict[str, Any],
+    *,
+    task: str,
+    base_model: str,
+    rows: dict[str, list[Any]],
+    method: dict[str, Any],
+    **options: Any,
+) -> str:
+    """A queued job of any task on rows held in memory (a 25% held-out validation split)."""
+    from app.db.models import new_id
+    from app.job.schemas import Hyperparameters, JobSpec
+
+    dataset_id = task_rows(db, stored, task, rows, sha256="0" * 64)
     hp = Hyperparameters(
         epochs=2, batch_size=8, learning_rate=1e-2, max_length=32, validation_split=0.25
     )
