@@ -190,3 +190,29 @@ def test_a_transfer_set_gone_before_the_job_ran_fails_it_naming_the_field(
     assert job is not None and job.error_message is not None, job
     assert "method.transfer_dataset" in job.error_message, job.error_message
     assert "no longer exists" in job.error_message, job.error_message
+
+
+def test_a_transfer_row_the_teacher_cannot_be_asked_about_fails_the_job_naming_it(
+    train_settings: Any, db: Session, stored_rows: dict[str, Any]
+) -> None:
+    from app.db.models import JobStatus
+    from worker.jobs import run_job
+
+    train_rows, _ = _classification()
+    teacher = _teacher(train_settings, db, stored_rows, "classification", train_rows)
+    # The second row has no visible character (a zero-width space): /predict refuses such a text.
+    transfer = {"text": ["a fine film", "\u200b", "dull"], "label": ["x", "x", "x"]}
+    transfer_id = task_rows(db, stored_rows, "classification", transfer, sha256="2" * 64)
+    job_id = _task_job(
+        db,
+        stored_rows,
+        task="classification",
+        base_model=f"model:{teacher.id}",
+        rows=train_rows,
+        method={"type": "distill", "student": {"layers": 1}, "transfer_dataset": transfer_id},
+    )
+    assert run_job(train_settings, job_id) == JobStatus.FAILED
+    db.expire_all()
+    job = db.get(Job, job_id)
+    assert job is not None and job.error_message is not None, job
+    assert job.error_message.startswith("method.transfer_dataset: row 2: "), job.error_message
