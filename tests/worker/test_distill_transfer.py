@@ -164,55 +164,45 @@ def test_a_student_trains_on_the_transfer_set_as_its_teacher_labels_it(
     assert any("the teacher labels its 24 rows" in s for s in fence.said), fence.said
 
 
-def test_a_transfer_set_gone_before_the_job_ran_fails_it_naming_the_field(
-    train_settings: Any, db: Session, stored_rows: dict[str, Any]
-) -> None:
+def _failed_student(
+    settings: Any, db: Session, stored: dict[str, Any], transfer_id: str | None = None
+) -> str:
+    """A classification student whose transfer set is `transfer_id` (default: none that
+    exists): the job must fail; its error message."""
     from app.db.models import JobStatus
     from worker.jobs import run_job
 
-    train_rows, transfer_rows = _classification()
-    teacher = _teacher(train_settings, db, stored_rows, "classification", train_rows)
+    train_rows, _ = _classification()
+    teacher = _teacher(settings, db, stored, "classification", train_rows)
+    transfer = transfer_id or "ds_0000000000000000"
     job_id = _task_job(
         db,
-        stored_rows,
+        stored,
         task="classification",
         base_model=f"model:{teacher.id}",
         rows=train_rows,
-        method={
-            "type": "distill",
-            "student": {"layers": 1},
-            "transfer_dataset": "ds_0000000000000000",
-        },
+        method={"type": "distill", "student": {"layers": 1}, "transfer_dataset": transfer},
     )
-    assert run_job(train_settings, job_id) == JobStatus.FAILED
+    assert run_job(settings, job_id) == JobStatus.FAILED
     db.expire_all()
     job = db.get(Job, job_id)
     assert job is not None and job.error_message is not None, job
-    assert "method.transfer_dataset" in job.error_message, job.error_message
-    assert "no longer exists" in job.error_message, job.error_message
+    return job.error_message
+
+
+def test_a_transfer_set_gone_before_the_job_ran_fails_it_naming_the_field(
+    train_settings: Any, db: Session, stored_rows: dict[str, Any]
+) -> None:
+    message = _failed_student(train_settings, db, stored_rows)
+    assert message.startswith("method.transfer_dataset: "), message
+    assert "no longer exists" in message, message
 
 
 def test_a_transfer_row_the_teacher_cannot_be_asked_about_fails_the_job_naming_it(
     train_settings: Any, db: Session, stored_rows: dict[str, Any]
 ) -> None:
-    from app.db.models import JobStatus
-    from worker.jobs import run_job
-
-    train_rows, _ = _classification()
-    teacher = _teacher(train_settings, db, stored_rows, "classification", train_rows)
     # The second row has no visible character (a zero-width space): /predict refuses such a text.
     transfer = {"text": ["a fine film", "\u200b", "dull"], "label": ["x", "x", "x"]}
     transfer_id = task_rows(db, stored_rows, "classification", transfer, sha256="2" * 64)
-    job_id = _task_job(
-        db,
-        stored_rows,
-        task="classification",
-        base_model=f"model:{teacher.id}",
-        rows=train_rows,
-        method={"type": "distill", "student": {"layers": 1}, "transfer_dataset": transfer_id},
-    )
-    assert run_job(train_settings, job_id) == JobStatus.FAILED
-    db.expire_all()
-    job = db.get(Job, job_id)
-    assert job is not None and job.error_message is not None, job
-    assert job.error_message.startswith("method.transfer_dataset: row 2: "), job.error_message
+    message = _failed_student(train_settings, db, stored_rows, transfer_id)
+    assert message.startswith("method.transfer_dataset: row 2: "), message
