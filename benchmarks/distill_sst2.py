@@ -35,6 +35,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -207,27 +208,16 @@ def conll(
 def unlabelled_sentences(content: bytes, *, skip: int, count: int) -> bytes:
     """The sentences of a CoNLL file after the first `skip` (`count` of them; -1: all), each
     word tagged O: text with no labels, as a transfer set is uploaded."""
-    out: list[bytes] = []
-    seen = taken = 0
-    in_sentence = False
-    for line in content.splitlines():
-        cols = line.split()
-        if not cols or cols[0] == b"-DOCSTART-":
-            if in_sentence:
-                seen += 1
-                if seen > skip:
-                    out.append(b"")
-                    taken += 1
-                    if taken == count:
-                        break
-            in_sentence = False
-            continue
-        in_sentence = True
-        if seen >= skip:
-            out.append(cols[0] + b" O")
-    if in_sentence and seen >= skip and taken != count:
-        out.append(b"")
-    return b"\n".join(out) + b"\n"
+    rest = content[len(head_sentences(content, skip)) :] if skip else content
+    sentences = []
+    for block in re.split(rb"\n[ \t]*\n", rest):
+        lines = (line.split() for line in block.splitlines())
+        words = [cols[0] for cols in lines if cols and cols[0] != b"-DOCSTART-"]
+        if words:
+            sentences.append(b"".join(word + b" O\n" for word in words))
+    if count >= 0:
+        sentences = sentences[:count]
+    return b"\n".join(sentences) + (b"\n" if sentences else b"")
 
 
 def method_of(args: argparse.Namespace) -> dict[str, Any]:

@@ -544,7 +544,7 @@ def delete_dataset(session: Session, *, settings: Settings, tenant: str, dataset
     row = get_dataset(session, tenant=tenant, dataset_id=dataset_id)
     refs = or_(Job.train_dataset_id == dataset_id, Job.validation_dataset_id == dataset_id)
     job_ids = list(session.scalars(select(Job.id).where(refs).order_by(Job.id).limit(10)))
-    job_ids = job_ids or _transfer_users(session, tenant=tenant, dataset_id=dataset_id)
+    job_ids = job_ids or _named_by_active_jobs(session, tenant=tenant, dataset_id=dataset_id)
     if job_ids:
         raise _in_use(dataset_id, job_ids)
     session.delete(row)
@@ -566,17 +566,29 @@ def _forget(store: Store, key: str) -> None:
         log.warning("could not tidy %s from the store", key, exc_info=True)
 
 
-def _transfer_users(session: Session, *, tenant: str, dataset_id: str) -> list[str]:
-    """The tenant's queued or running jobs that name the dataset as a distillation transfer set
-    (in their spec, which no foreign key covers): their workers still have to read it."""
+def _named_by_active_jobs(session: Session, *, tenant: str, dataset_id: str) -> list[str]:
+    """The tenant's queued or running jobs whose method options name the dataset (a distill
+    job's transfer set: MethodSpec.datasets_named), which their workers still have to read."""
+    from pydantic import ValidationError
+
+    from app.ml.methods import METHODS
+
     active = select(Job.id, Job.spec).where(
         Job.tenant_id == tenant, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
     )
-    return sorted(
-        job_id
-        for job_id, spec in session.execute(active)
-        if ((spec or {}).get("method") or {}).get("transfer_dataset") == dataset_id
-    )[:10]
+    named: list[str] = []
+    for job_id, spec in session.execute(active):
+        options = (spec or {}).get("method") or {}
+        method = METHODS.get(str(options.get("type")))
+        if method is None:  # a job kind (quantize, export): no options that name datasets
+            continue
+        try:
+            parsed = method.options_model.model_validate(options)
+        except ValidationError:  # stored by a version whose options differ: names none now
+            continue
+        if dataset_id in method.datasets_named(parsed):
+            named.append(job_id)
+    return sorted(named)[:10]
 
 
 def _in_use(dataset_id: str, job_ids: list[str]) -> Conflict:

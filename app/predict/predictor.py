@@ -242,6 +242,13 @@ def _load_shared_adapter(
     return base.peft_model, base.runner, adapter, added, lambda: shared.detach(base, adapter)
 
 
+def served_settings(task: TaskSpec, meta: dict[str, Any]) -> tuple[int, BaseModel]:
+    """How a model is served, from its tuneserve.json: the longest input (512 where none is
+    recorded) and its task options."""
+    max_length = int(meta.get("max_length") or 512)
+    return max_length, task.options_model.model_validate(meta.get("task_options") or {})
+
+
 def load_predictor(
     settings: Settings, model_row: Model, *, shared: SharedBases | None = None
 ) -> Predictor:
@@ -259,7 +266,7 @@ def load_predictor(
     labels = list(meta.get("label_names") or model_row.label_names)
     threads = devices.thread_count(settings.inference_threads)
     devices.set_torch_threads(threads)
-    max_length = int(meta.get("max_length") or 512)
+    max_length, options = served_settings(task, meta)
     tokenizer = TOKENIZERS.get(path)
     method = str((meta.get("method") or {}).get("type", model_row.method))
     common: dict[str, Any] = {
@@ -269,7 +276,7 @@ def load_predictor(
         "label_names": labels,
         "max_length": max_length,
         "threads": threads,
-        "options": task.options_model.model_validate(meta.get("task_options") or {}),
+        "options": options,
     }
     if shared is not None and model_row.artifact == ADAPTER and _shares_base(method):
         peft_model, runner, adapter, added, release = _load_shared_adapter(

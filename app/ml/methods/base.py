@@ -101,6 +101,11 @@ class MethodSpec(Generic[OptionsT]):
         """What the model directory holds (Model.artifact): FULL, ADAPTER or MERGED."""
         return FULL
 
+    def datasets_named(self, options: OptionsT) -> list[str]:
+        """Dataset ids the options name besides the job's train and validation datasets (no
+        foreign key covers them): deleting one waits until no queued or running job names it."""
+        return []
+
 
 def adapter_artifact(merge_adapter: bool) -> str:
     """A peft method's artifact: the adapter alone, or folded into the base at registration."""

@@ -139,6 +139,10 @@ class Distill(MethodSpec[DistillMethod]):
         # The job shows its teacher.
         return options.model_copy(update={"teacher": base_model})
 
+    def datasets_named(self, options: DistillMethod) -> list[str]:
+        # The transfer set, which the worker reads before training.
+        return [options.transfer_dataset] if options.transfer_dataset else []
+
 
 def _teacher_field(spec: JobCreate) -> str:
     assert isinstance(spec.method, DistillMethod)

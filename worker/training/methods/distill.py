@@ -42,6 +42,7 @@ from worker.training.state import AttemptFence
 if TYPE_CHECKING:
     import datasets
     import torch
+    from pydantic import ValidationError
     from transformers import PreTrainedModel, Trainer
 
     from app.ml.tasks import TaskSpec
@@ -409,11 +410,11 @@ def label_transfer_set(
     import torch
     from pydantic import ValidationError
 
-    from app.predict.predictor import Predictor, plain_runner
+    from app.predict.predictor import Predictor, plain_runner, served_settings
 
     model = teacher.model
     model.eval()  # type: ignore[no-untyped-call]
-    max_length = int(teacher.serving.get("max_length") or 512)
+    max_length, options = served_settings(task, teacher.serving)
     predictor = Predictor(
         model_id=teacher.model_id,
         task=task,
@@ -422,7 +423,7 @@ def label_transfer_set(
         label_names=label_names,
         max_length=max_length,
         threads=torch.get_num_threads(),
-        options=task.options_model.model_validate(teacher.serving.get("task_options") or {}),
+        options=options,
         runner=plain_runner(teacher.model_id, task, model, tokenizer),
     )
     inputs = task.transfer_inputs(rows)
@@ -443,7 +444,7 @@ def label_transfer_set(
             )
         except ValidationError as exc:
             raise InvalidInput(
-                f"method.transfer_dataset: {_bad_row(exc, first)}",
+                f"method.transfer_dataset: {_bad_row(exc, task, first)}",
                 field="method.transfer_dataset",
             ) from None
         predictions += predictor.predict(request)
@@ -469,14 +470,17 @@ def label_transfer_set(
     return labelled
 
 
-def _bad_row(exc: Any, first: int) -> str:
-    """Which transfer row a predict request refused, and why, in plain words."""
-    error = exc.errors()[0]
-    loc = list(error.get("loc") or ())
-    where = ""
+def _bad_row(exc: ValidationError, task: TaskSpec, first: int) -> str:
+    """Which transfer row a predict request refused, and why, in the API's plain words."""
+    from app.core.validation import plain_errors
+
+    problem = plain_errors(exc.errors(), root=task.predict_request)[0]
+    # The request's field (inputs[i] of this chunk) is the row, named below.
+    why = problem.message.removeprefix(f"{problem.field}: ")
+    loc = exc.errors()[0]["loc"]
     if len(loc) >= 2 and loc[0] == "inputs" and isinstance(loc[1], int):
-        where = f"row {first + loc[1] + 1}: "
-    return f"{where}the teacher cannot be asked about it ({error.get('msg', 'invalid input')})"
+        return f"row {first + loc[1] + 1}: the teacher cannot be asked about it ({why})"
+    return f"the teacher cannot be asked about its rows ({problem.message})"
 
 
 def concatenate(train: datasets.Dataset, transfer: datasets.Dataset) -> datasets.Dataset:
