@@ -47,9 +47,9 @@ def train(settings: Any, db: Session, stored: dict[str, Any], task: str, **optio
     return _run(settings, db, job)
 
 
-def unbatched(settings: Any, row: Model, body: dict[str, Any]) -> list[Any]:
-    """The answers to `body`, each input predicted alone by a predictor of its own."""
-    predictor = load_predictor(settings, row)
+def unbatched(predictor: Any, row: Model, body: dict[str, Any]) -> list[Any]:
+    """The answers to `body`, each input predicted alone (one input a call, no batcher) by a
+    predictor of the test's own, not the app's."""
     request_model = get_task(row.task).predict_request
     answers = []
     for item in body["inputs"]:
@@ -69,7 +69,8 @@ def load_test(settings: Any, row: Model, bodies: list[dict[str, Any]]) -> None:
     """Send every body 2 times from 8 threads through the real app; check every answer."""
     from app.main import create_app
 
-    expected = [unbatched(settings, row, body) for body in bodies]
+    alone = load_predictor(settings, row)
+    expected = [unbatched(alone, row, body) for body in bodies]
     settings.rate_limit_per_minute = 0  # hundreds of requests from one key
     # A wider window than the default 2 ms, so that requests sent together meet in a batch even
     # when the other test worker keeps both cores busy (the answers are checked all the same).
