@@ -1,10 +1,11 @@
 """Upload real SST-2 rows, fine-tune all-MiniLM-L6-v2 through Redis and a real Celery worker
 process, and check that /predict clearly beats chance on held-out rows.
 
-Runs on SQLite: LoRA in one process (submitted and followed with the `tuneserve` client) and in
-two data-parallel ones, a duplicate queue message and a cancel. Full fine-tuning of classification
-is in test_methods_e2e.py and test_quickstart.py; LoRA on a real PostgreSQL with an S3-compatible
-store in test_workers_anywhere.py.
+Runs on SQLite: LoRA submitted and followed with the `tuneserve` client, a duplicate queue message
+and a cancel. Full fine-tuning of classification is in test_methods_e2e.py and test_quickstart.py;
+LoRA on two data-parallel processes, on a real PostgreSQL with an S3-compatible store, in
+test_workers_anywhere.py (its shards, batch and steps); that a data-parallel job reports the loss of
+one process with the whole batch, in tests/worker/test_loss_scaling.py.
 """
 
 from __future__ import annotations
@@ -95,12 +96,11 @@ def train_and_check(
     method: dict,  # type: ignore[type-arg]
     min_acc: float,
     *,
+    cli_dir: Path,
     rows: int = LORA_ROWS,
-    cli_dir: Path | None = None,
-    **extra: object,
 ) -> dict:  # type: ignore[type-arg]
-    """Train, then check the job, the model and /predict. With `cli_dir`, the files are uploaded
-    and the job submitted and followed with the `tuneserve` client commands instead."""
+    """Upload the files, submit the job and follow it with the `tuneserve` client commands; then
+    check the job, the model and /predict."""
     train_bytes, _ = sst2_slice("train.tsv", rows)
     dev_bytes, dev_rows = sst2_slice("dev.tsv", HELD_OUT)
     spec = {
@@ -108,20 +108,10 @@ def train_and_check(
         "base_model": BASE,
         "method": method,
         "hyperparameters": {"epochs": 2, "max_length": 64},
-        **extra,
     }
-    if cli_dir is not None:
-        (cli_dir / "train.tsv").write_bytes(train_bytes)
-        (cli_dir / "dev.tsv").write_bytes(dev_bytes)
-        job_id = submit_with_cli(client, cli_dir, spec)
-    else:
-        train = upload(client, "train.tsv", train_bytes)
-        dev = upload(client, "dev.tsv", dev_bytes)
-        assert train["num_rows"] == rows and dev["num_rows"] == HELD_OUT
-        spec |= {"train_dataset": train["id"], "validation_dataset": dev["id"]}
-        resp = client.post("/v1/jobs", json=spec)
-        assert resp.status_code == 201, resp.text
-        job_id = resp.json()["id"]
+    (cli_dir / "train.tsv").write_bytes(train_bytes)
+    (cli_dir / "dev.tsv").write_bytes(dev_bytes)
+    job_id = submit_with_cli(client, cli_dir, spec)
     job = wait_for_job(client, job_id, timeout=600, data_dir=data_dir)
     assert job["status"] == "succeeded", job
     assert job["progress"]["step"] == job["progress"]["total"] > 0
@@ -157,42 +147,15 @@ def train_and_check(
     return job
 
 
-def test_sqlite_lora_in_one_and_in_two_processes(
+def test_sqlite_lora_through_the_client(
     e2e_service: Service, e2e_client: httpx.Client, tmp_path: Path
 ) -> None:
     # Full fine-tuning of classification is test_methods_e2e.py's (with its verdict) and the
     # quick start's (test_quickstart.py).
     data_dir = e2e_service.data_dir
-    # The first run goes through the client commands, as a user at a terminal would run it.
+    # Submitted and followed through the client commands, as a user at a terminal would.
     lora = {"type": "lora", "r": 16}
-    one = train_and_check(
-        e2e_client, data_dir, lora, min_acc=0.65, rows=LORA_ROWS, cli_dir=tmp_path
-    )
-    # The same rows on two data-parallel processes, each with half the batch.
-    hp = one["hyperparameters"]
-    two = train_and_check(
-        e2e_client,
-        data_dir,
-        lora,
-        min_acc=0.65,
-        rows=LORA_ROWS,
-        hyperparameters={"epochs": 2, "max_length": 64, "batch_size": hp["batch_size"] // 2},
-        resources={"processes": 2},
-    )
-    assert two["hyperparameters"]["processes"] == 2 and two["resources"]["processes"] == 2
-    assert two["hyperparameters"]["effective_batch_size"] == hp["batch_size"]
-    assert two["progress"]["total"] == one["progress"]["total"]
-    events = e2e_client.get(f"/v1/jobs/{two['id']}/events", params={"limit": 1000}).json()["data"]
-    (pids,) = [e["data"]["pids"] for e in events if "pids" in (e.get("data") or {})]
-    assert len(set(pids)) == 2
-    # Each process trains on its own half of the rows: together they see every row once, but
-    # the few the sampler repeats to give both a full last step.
-    (shards,) = [e["data"] for e in events if "shard_rows" in (e.get("data") or {})]
-    assert shards["distinct_rows"] == shards["train_rows"] == LORA_ROWS, shards
-    assert shards["shard_rows"][0] == shards["shard_rows"][1]
-    assert shards["repeated_rows"] < hp["batch_size"], shards
-    # Within noise: 10 of the 200 held-out rows (seeds of one process move it 2-3 points).
-    assert abs(two["metrics"]["accuracy"] - one["metrics"]["accuracy"]) <= 0.05, (one, two)
+    one = train_and_check(e2e_client, data_dir, lora, min_acc=0.65, cli_dir=tmp_path)
     duplicate_delivery_does_nothing(e2e_service, e2e_client, one)
     cancel_running_job(e2e_service, e2e_client, one)
 

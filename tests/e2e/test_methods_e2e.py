@@ -11,8 +11,8 @@ to beat the majority-class baseline by the service's margin (on 64 rows the base
 needs (they check the plumbing and say `too_few_validation_rows`; the per-task end-to-end tests and
 benchmarks/method_defaults.py check their quality). The default run shares the method specs among
 the tasks so that each runs at least once and each method also meets a token-level or span task
-(DEFAULT_SHARE); full fine-tuning of every layer is the per-task end-to-end tests' own (the
-classification one also runs LoRA, through the client commands and on two processes).
+(DEFAULT_SHARE); full fine-tuning of every layer runs here for classification and in the NER and
+QA end-to-end tests (the classification one runs LoRA, through the client commands).
 TUNESERVE_E2E_FULL=1 runs every method for every task. An adapter's directory must hold the task
 head beside it (modules_to_save).
 """

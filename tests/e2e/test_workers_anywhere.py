@@ -2,15 +2,17 @@
 
 The API, the relay and the worker each run with a data directory of their own, as on separate
 machines; datasets, models and checkpoints live in a real S3-compatible server (moto's server
-mode). Real SST-2 rows train a LoRA adapter on all-MiniLM-L6-v2 with two data-parallel
-processes; the worker is killed after a checkpoint reached the store (its training processes go
-with it), and a worker with an empty disk resumes the job from it and registers one model, which
-the API (which never saw the worker's disk) serves. Then the store
-goes down: an upload gets 503 and leaves nothing, and a job ends failed with storage_unavailable.
+mode). Real SST-2 rows train a LoRA adapter on all-MiniLM-L6-v2 with two data-parallel processes
+(each on its own shard of the rows); the worker is killed after a checkpoint
+reached the store (its training processes go with it), and a worker with an empty disk resumes the
+job from it and registers one model, which the API (which never saw the worker's disk) serves. Then
+the store goes down: an upload gets 503 and leaves nothing, and a job ends failed with
+storage_unavailable.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Iterator
@@ -112,6 +114,17 @@ def test_a_worker_with_an_empty_disk_resumes_from_the_store(
     events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
     resumed = [e["message"] for e in events if e["message"].startswith("resuming from")]
     assert resumed and "checkpoint-" in resumed[0], [e["message"] for e in events][-20:]
+    # Each process trains on its own half of the rows: together they see every row once, but
+    # the few the sampler repeats to give both a full last step; the steps are those of one
+    # process with the whole batch.
+    effective = job["hyperparameters"]["effective_batch_size"]
+    assert job["progress"]["total"] == 2 * math.ceil(LORA_ROWS / effective), job["progress"]
+    shards = [e["data"] for e in events if "shard_rows" in (e.get("data") or {})]
+    assert shards, [e["message"] for e in events][-20:]
+    first = shards[0]
+    assert first["distinct_rows"] == first["train_rows"] == LORA_ROWS, first
+    assert first["shard_rows"][0] == first["shard_rows"][1], first
+    assert first["repeated_rows"] < effective, first
     mine = [m for m in client.get("/v1/models").json()["data"] if m["job_id"] == job_id]
     assert [m["id"] for m in mine] == [job["model_id"]]  # exactly one model
     waiting = client.get(f"/v1/jobs/{unserved['id']}").json()

@@ -1,7 +1,7 @@
 """Data-parallel jobs (resources.processes): real torchrun processes over gloo on CPU, with the
 claiming worker in this test's process. (A two-process job through the whole service, its shards
-and its accuracy beside one process's, is in tests/e2e/test_classification_e2e.py; one resumed on
-another machine from the store in tests/e2e/test_workers_anywhere.py.)"""
+and steps, resumed on another machine from the store, is in tests/e2e/test_workers_anywhere.py; the
+losses it reports beside one process's in tests/worker/test_loss_scaling.py.)"""
 
 from __future__ import annotations
 
