@@ -97,11 +97,10 @@ def train_and_check(
     min_acc: float,
     *,
     cli_dir: Path,
-    rows: int = LORA_ROWS,
 ) -> dict:  # type: ignore[type-arg]
     """Upload the files, submit the job and follow it with the `tuneserve` client commands; then
     check the job, the model and /predict."""
-    train_bytes, _ = sst2_slice("train.tsv", rows)
+    train_bytes, _ = sst2_slice("train.tsv", LORA_ROWS)
     dev_bytes, dev_rows = sst2_slice("dev.tsv", HELD_OUT)
     spec = {
         "task": "classification",

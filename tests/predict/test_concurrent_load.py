@@ -19,7 +19,6 @@ from app.predict.predictor import load_predictor
 from tests.conftest import RecordingQueue, auth, create_api_key
 from tests.predict.conftest import same_answers
 from tests.tinymodel import NEGATIVE, NEUTRAL, POSITIVE, sentiment_rows
-from tests.worker.conftest import TINY_MODEL_ID
 
 CLIENTS = 8
 
@@ -28,23 +27,14 @@ def train(settings: Any, db: Session, stored: dict[str, Any], task: str, **optio
     """A tiny model of `task` trained for real (2 epochs, max_length 32)."""
     from tests.ml.test_ner_training import ner_rows
     from tests.ml.test_qa import synthetic_rows
-    from tests.worker.test_lineage import _run, _task_job
+    from tests.worker.test_lineage import full_tiny_model
 
     rows = {
         "classification": lambda: sentiment_rows(40),
         "ner": lambda: ner_rows(40, seed=0),
         "qa": lambda: synthetic_rows(24, seed=1),
     }[task]()
-    job = _task_job(
-        db,
-        stored,
-        task=task,
-        base_model=TINY_MODEL_ID,
-        rows=rows,
-        method={"type": "full"},
-        **options,
-    )
-    return _run(settings, db, job)
+    return full_tiny_model(settings, db, stored, task, rows, **options)
 
 
 def unbatched(predictor: Any, row: Model, body: dict[str, Any]) -> list[Any]:

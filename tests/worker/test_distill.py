@@ -416,22 +416,9 @@ def _task_distill(
     **options: Any,
 ) -> tuple[Model, Model]:
     """A teacher (full fine-tune of the 2-layer tiny BERT) and its 1-layer student."""
-    from tests.worker.conftest import TINY_MODEL_ID
-    from tests.worker.test_lineage import _run, _task_job
+    from tests.worker.test_lineage import _run, _task_job, full_tiny_model
 
-    teacher = _run(
-        settings,
-        db,
-        _task_job(
-            db,
-            stored,
-            task=task,
-            base_model=TINY_MODEL_ID,
-            rows=rows,
-            method={"type": "full"},
-            **options,
-        ),
-    )
+    teacher = full_tiny_model(settings, db, stored, task, rows, **options)
     student = _run(
         settings,
         db,

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Job, JobEvent, Model
+from app.db.models import Job, JobEvent
 from app.ml.loading import load_model, read_model_metadata
 from app.ml.methods.distill import DistillMethod
 from app.ml.tasks import get_task
@@ -20,8 +20,7 @@ from app.predict.predictor import load_predictor
 from tests.ml.test_ner_training import ner_rows
 from tests.ml.test_qa import synthetic_rows
 from tests.tinymodel import sentiment_rows
-from tests.worker.conftest import TINY_MODEL_ID
-from tests.worker.test_lineage import _run, _task_job, task_rows
+from tests.worker.test_lineage import _run, _task_job, full_tiny_model, task_rows
 from worker.training.methods import distill
 
 # Labels the teacher's must replace: every text's opposite, every word O, every answer the
@@ -53,27 +52,6 @@ ROWS: dict[str, Callable[[], tuple[dict[str, list[Any]], dict[str, list[Any]]]]]
 LABELS = {"classification": "label", "ner": "tags", "qa": "answers"}
 
 
-def _teacher(
-    settings: Any,
-    db: Session,
-    stored: dict[str, Any],
-    task: str,
-    rows: dict[str, list[Any]],
-    **options: Any,
-) -> Model:
-    """A full fine-tune of the tiny model on `rows`: the teacher."""
-    job_id = _task_job(
-        db,
-        stored,
-        task=task,
-        base_model=TINY_MODEL_ID,
-        rows=rows,
-        method={"type": "full"},
-        **options,
-    )
-    return _run(settings, db, job_id)
-
-
 class _Fence:
     """What label_transfer_set needs of a job's fence: its log, and a cancel check."""
 
@@ -94,7 +72,7 @@ def test_a_student_trains_on_the_transfer_set_as_its_teacher_labels_it(
     spec = get_task(task)
     options = {"doc_stride": 8} if task == "qa" else {}
     train_rows, transfer_rows = ROWS[task]()
-    teacher = _teacher(train_settings, db, stored_rows, task, train_rows, **options)
+    teacher = full_tiny_model(train_settings, db, stored_rows, task, train_rows, **options)
     transfer_id = task_rows(db, stored_rows, task, transfer_rows, sha256="1" * 64)
     db.commit()
     method = {
@@ -173,7 +151,7 @@ def _failed_student(
     from worker.jobs import run_job
 
     train_rows, _ = _classification()
-    teacher = _teacher(settings, db, stored, "classification", train_rows)
+    teacher = full_tiny_model(settings, db, stored, "classification", train_rows)
     transfer = transfer_id or "ds_0000000000000000"
     job_id = _task_job(
         db,

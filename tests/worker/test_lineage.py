@@ -311,6 +311,17 @@ def _run(settings: Any, db: Session, job_id: str) -> Model:
     return db.scalars(select(Model).where(Model.job_id == job_id)).one()
 
 
+def full_tiny_model(
+    settings: Any, db: Session, stored: dict[str, Any], task: str, rows: Any, **options: Any
+) -> Model:
+    """A full fine-tune of the tiny model of `task` on `rows`, trained for real and registered."""
+    job_id = _task_job(
+        db, stored, task=task, base_model=TINY_MODEL_ID, rows=rows, method={"type": "full"},
+        **options,
+    )  # fmt: skip
+    return _run(settings, db, job_id)
+
+
 def test_ner_and_qa_children_keep_their_heads(
     train_settings, db: Session, stored_rows: dict[str, Any]
 ) -> None:
