@@ -13,6 +13,11 @@ requests arriving while the slots are busy form the next batch, which a model th
 when the last batch held several calls (the model is under load) does a thread wait up to
 `max_wait_ms` for more calls to join, and never beyond the token budget.
 
+A request on the event loop (`submit_async`, small requests: see app/predict/router.py) never
+runs a model call itself: its call always goes to the model threads, and its task resumes when the
+call's future is done. A call whose waiter gave up (its task cancelled) before a model thread took
+it is dropped unrun.
+
 Several model threads (`workers`, one torch thread each by default) use several cores without
 one model call's threads waiting on each other: under load each takes the next batch while the
 others run theirs. A runner marked not `concurrent` runs in one thread at a time (its calls wait
@@ -23,6 +28,7 @@ no wait, and the other model threads take the next ones.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -101,21 +107,38 @@ class Batcher:
             return []
         call = _Call(runner, adapter, rows, [row_length(r) for r in rows], 0.0)
         with self._cond:
-            if self._stopped:
-                raise RuntimeError("the model thread has stopped")
-            self._ensure_thread()
-            call.enqueued = time.perf_counter()
+            self._accept(call)
             # Nothing queued and a model slot free: run it here, sparing two thread wake-ups.
             inline = not self._pending and self._running < self.workers and self._free(runner)
             if inline:
                 self._claim(runner)
                 self._last_batch_calls = 1
+                call.future.set_running_or_notify_cancel()
             else:
                 self._pending.append(call)
                 self._cond.notify()
         if inline:
             self._run_claimed([call], here=True)
         return call.future.result()
+
+    async def submit_async(
+        self, runner: ModelRunner, rows: Sequence[FeatureRow], adapter: str | None
+    ) -> list[RowOutputs]:
+        """As `submit`, awaited on an event loop: the call always goes to a model thread."""
+        if not rows:
+            return []
+        call = _Call(runner, adapter, rows, [row_length(r) for r in rows], 0.0)
+        with self._cond:
+            self._accept(call)
+            self._pending.append(call)
+            self._cond.notify()
+        return await asyncio.wrap_future(call.future)
+
+    def _accept(self, call: _Call) -> None:
+        if self._stopped:
+            raise RuntimeError("the model thread has stopped")
+        self._ensure_thread()
+        call.enqueued = time.perf_counter()
 
     def _free(self, runner: ModelRunner) -> bool:
         return runner.concurrent or runner.group not in self._busy
@@ -174,6 +197,8 @@ class Batcher:
             while True:
                 if self._stopped:
                     return None
+                if any(c.future.cancelled() for c in self._pending):
+                    self._pending = [c for c in self._pending if not c.future.cancelled()]
                 head = next((c for c in self._pending if self._free(c.runner)), None)
                 if head is None or self._running >= self.workers:
                     self._cond.wait()
@@ -188,6 +213,10 @@ class Batcher:
                         continue  # look again: another thread may have taken it
                 taken = set(map(id, calls))
                 self._pending = [c for c in self._pending if id(c) not in taken]
+                # From here a waiter can no longer cancel; one that already did is left out.
+                calls = [c for c in calls if c.future.set_running_or_notify_cancel()]
+                if not calls:
+                    continue
                 self._last_batch_calls = len(calls)
                 self._claim(head.runner)
                 return calls

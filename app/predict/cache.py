@@ -51,6 +51,13 @@ class LRUCache(Generic[T]):
                 self._items.move_to_end(key)
             return value
 
+    def loaded(self, key: str) -> T | None:
+        """The cached value for `key` (counted as a hit), or None without loading it."""
+        value = self.get(key)
+        if value is not None:
+            self._count("hit")
+        return value
+
     def get_or_load(self, key: str, loader: Callable[[], T]) -> T:
         """The cached value for `key`, or `loader()`'s, cached. A failed load caches nothing."""
         value = self.get(key)

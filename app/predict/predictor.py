@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +24,11 @@ from app.ml.methods.base import ADAPTER
 from app.ml.quantize import INT8_DYNAMIC, load_int8_dynamic
 from app.ml.runtimes import ONNX, ONNX_INT8, runtime_of
 from app.ml.tasks import TaskSpec, get_task
+from app.ml.tasks.base import Encoded
 from app.predict.batcher import Batcher
-from app.predict.runtime import Forward, ModelRunner, run_rows, torch_forward
+from app.predict.runtime import Forward, ModelRunner, RowOutputs, run_rows, torch_forward
 from app.predict.shared import AdapterRouting, ReadWriteLock, SharedBases, tensor_bytes
-from app.predict.tokenizers import TOKENIZERS, serialized
+from app.predict.tokenizers import TOKENIZERS, SerializedTokenizer, serialized
 from app.predict.traced import traced_forward
 
 if TYPE_CHECKING:
@@ -79,12 +81,8 @@ class Predictor:
         With a batcher, the rows join other requests' in the model threads; without one, the
         caller runs the forwards itself (and must serialize calls).
         """
-        with self._state:
-            self._users += 1
-        try:
-            encoded = self.task.encode_inputs(
-                self.tokenizer, request, max_length=self.max_length, options=self.options
-            )
+        with self._in_use():
+            encoded = self._encode(request)
             if batcher is not None:
                 outputs = batcher.submit(self.runner, encoded.rows, self.adapter)
             else:
@@ -97,9 +95,39 @@ class Predictor:
                     max_tokens=DEFAULT_BATCH_TOKENS,
                     max_rows=self.batch_size,
                 )
-            return self.task.postprocess(
-                request, encoded, outputs, label_names=self.label_names, options=self.options
-            )
+            return self._postprocess(request, encoded, outputs)
+
+    async def predict_async(self, request: BaseModel, *, batcher: Batcher) -> list[Any]:
+        """As `predict` with a batcher, on the event loop: the task's preprocess and postprocess
+        run in the caller's thread (keep the request small), the forward in a model thread."""
+        with self._in_use():
+            encoded = self._encode(request)
+            outputs = await batcher.submit_async(self.runner, encoded.rows, self.adapter)
+            return self._postprocess(request, encoded, outputs)
+
+    def tokenizer_busy(self) -> bool:
+        """Whether another thread is in a call of this model's tokenizer right now."""
+        tokenizer = self.tokenizer
+        return isinstance(tokenizer, SerializedTokenizer) and tokenizer.busy()
+
+    def _encode(self, request: BaseModel) -> Encoded:
+        return self.task.encode_inputs(
+            self.tokenizer, request, max_length=self.max_length, options=self.options
+        )
+
+    def _postprocess(
+        self, request: BaseModel, encoded: Encoded, outputs: list[RowOutputs]
+    ) -> list[Any]:
+        return self.task.postprocess(
+            request, encoded, outputs, label_names=self.label_names, options=self.options
+        )
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        with self._state:
+            self._users += 1
+        try:
+            yield
         finally:
             with self._state:
                 self._users -= 1

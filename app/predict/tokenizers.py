@@ -72,6 +72,10 @@ class SerializedTokenizer:
         with self._lock:
             return self._wrapped(*args, **kwargs)
 
+    def busy(self) -> bool:
+        """Whether a call is running now (a caller on the event loop would wait for it)."""
+        return self._lock.locked()
+
     def __getattr__(self, name: str) -> Any:
         if name in _NOT_HANDED_OUT:
             raise AttributeError(

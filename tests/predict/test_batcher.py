@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -378,5 +379,92 @@ def test_a_lone_call_runs_in_its_own_thread_and_queued_calls_in_a_model_thread(
             first.result(timeout=30)
             second.result(timeout=30)
         assert threads[1].startswith("caller") and threads[2].startswith("model-thread")
+    finally:
+        batcher.stop()
+
+
+def test_calls_awaited_on_an_event_loop_run_in_model_threads_with_their_own_answers(
+    tiny_dir: Path,
+) -> None:
+    """submit_async never runs a model call in the loop's thread, even with a slot free, and its
+    calls batch with calls submitted from threads."""
+    model, tokenizer = load(tiny_dir, "classification")
+    threads: list[str] = []
+    forward = Recording(model)
+
+    def where(batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
+        threads.append(threading.current_thread().name)
+        return forward(batch, adapters)
+
+    runner = runner_for(model, tokenizer, forward)
+    runner.forward = where
+    batcher = Batcher(max_batch_tokens=4096, max_wait_ms=2.0, workers=2)
+    requests = [texts(seed, random.Random(seed).randint(1, 5)) for seed in range(40)]
+    try:
+        alone = [batcher.submit(runner, rows(tokenizer, r), None) for r in requests]
+        threads.clear()
+
+        async def main() -> tuple[list[Any], list[Any]]:
+            loop = asyncio.get_running_loop()
+            with ThreadPoolExecutor(4) as pool:
+                from_threads = [
+                    loop.run_in_executor(pool, batcher.submit, runner, rows(tokenizer, r), None)
+                    for r in requests[::2]
+                ]
+                from_loop = [
+                    batcher.submit_async(runner, rows(tokenizer, r), None) for r in requests[1::2]
+                ]
+                return list(await asyncio.gather(*from_threads)), list(
+                    await asyncio.gather(*from_loop)
+                )
+
+        from_threads, from_loop = asyncio.run(main())
+    finally:
+        batcher.stop()
+    got = [None] * len(requests)
+    got[::2], got[1::2] = from_threads, from_loop
+    for want, have in zip(alone, got, strict=True):
+        assert have is not None and len(have) == len(want)
+        for w, h in zip(want, have, strict=True):
+            np.testing.assert_allclose(h["logits"], w["logits"], atol=1e-5)
+    # The thread callers may run theirs inline; the loop's thread never runs one.
+    assert threading.current_thread().name not in threads
+    assert all(t.startswith(("model-thread", "ThreadPoolExecutor")) for t in threads), threads
+    assert any(t.startswith("model-thread") for t in threads)
+
+
+def test_a_call_whose_waiter_gave_up_before_it_ran_is_dropped(tiny_dir: Path) -> None:
+    model, tokenizer = load(tiny_dir, "classification")
+    forward = Recording(model)
+    runner = runner_for(model, tokenizer, forward)
+    batcher = Batcher(max_batch_tokens=4096, max_wait_ms=0, workers=1)
+    try:
+
+        async def main() -> None:
+            forward.hold.clear()
+            first = asyncio.ensure_future(
+                batcher.submit_async(runner, rows(tokenizer, ["good film"]), None)
+            )
+            assert await asyncio.to_thread(forward.entered.wait, 30)  # the one slot is busy
+            given_up = asyncio.ensure_future(
+                batcher.submit_async(runner, rows(tokenizer, ["bad", "dull", "nice"]), None)
+            )
+            kept = asyncio.ensure_future(
+                batcher.submit_async(runner, rows(tokenizer, ["warm"]), None)
+            )
+            await asyncio.to_thread(wait_for_pending, batcher, 2)
+            given_up.cancel()
+            # Once the task has ended, its call's future is cancelled too.
+            with pytest.raises(asyncio.CancelledError):
+                await given_up
+            forward.hold.set()
+            assert len(await asyncio.wait_for(first, 30)) == 1
+            assert len(await asyncio.wait_for(kept, 30)) == 1
+
+        asyncio.run(main())
+        # `first`, then `kept` alone: the three rows of the cancelled call never ran.
+        assert [rows_ for rows_, _ in forward.shapes] == [1, 1], forward.shapes
+        # The model thread goes on.
+        assert Caller(batcher, tokenizer, runner)(["good"]).shape == (1, 2)
     finally:
         batcher.stop()

@@ -65,9 +65,25 @@ def load_test(settings: Any, row: Model, bodies: list[dict[str, Any]]) -> None:
     # A wider window than the default 2 ms, so that requests sent together meet in a batch even
     # when the other test worker keeps both cores busy (the answers are checked all the same).
     settings.batch_max_wait_ms = 25
+    # Half the requests (the smaller) are encoded on the event loop, the others in worker threads;
+    # both kinds share the model threads' batches.
+    sizes = sorted(sum(_chars(x) for x in body["inputs"]) for body in bodies)
+    settings.predict_loop_max_chars = sizes[len(sizes) // 2]
     application = create_app(settings, queue=RecordingQueue())
     batcher: Batcher = application.state.batcher
     assert batcher is not None
+    paths = {"loop": 0, "thread": 0}
+    submit, submit_async = batcher.submit, batcher.submit_async
+
+    def from_thread(*args: Any) -> Any:
+        paths["thread"] += 1
+        return submit(*args)
+
+    async def from_loop(*args: Any) -> Any:
+        paths["loop"] += 1
+        return await submit_async(*args)
+
+    batcher.submit, batcher.submit_async = from_thread, from_loop  # type: ignore[method-assign]
     # Record how many requests' calls each batch joined (the real batcher, watched). The first
     # batch waits until other requests queue behind it (they wait for the model it holds), so that
     # the next batch is shared however the test workers' threads are scheduled on a busy machine.
@@ -101,6 +117,16 @@ def load_test(settings: Any, row: Model, bodies: list[dict[str, Any]]) -> None:
         same_answers(response.json()["predictions"], expected[i])
     # The load was concurrent: some model calls served several requests at once.
     assert max(joined) > 1, joined
+    # Both ways in (a request is encoded in a thread while its model is still to load, too).
+    assert paths["loop"] >= len(work) // 3 and paths["thread"] >= len(work) // 3, paths
+
+
+def _chars(item: Any) -> int:
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, dict):
+        return sum(_chars(v) for v in item.values())
+    return sum(_chars(v) for v in item) if isinstance(item, list) else 0
 
 
 def words(rng: random.Random, pool: list[str], low: int, high: int) -> str:
