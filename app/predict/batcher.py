@@ -105,9 +105,8 @@ class Batcher:
         """Every row's outputs (unpadded, in order), the rows run with other calls' rows."""
         if not rows:
             return []
-        call = _Call(runner, adapter, rows, [row_length(r) for r in rows], 0.0)
         with self._cond:
-            self._accept(call)
+            call = self._accept(runner, rows, adapter)
             # Nothing queued and a model slot free: run it here, sparing two thread wake-ups.
             inline = not self._pending and self._running < self.workers and self._free(runner)
             if inline:
@@ -127,18 +126,21 @@ class Batcher:
         """As `submit`, awaited on an event loop: the call always goes to a model thread."""
         if not rows:
             return []
-        call = _Call(runner, adapter, rows, [row_length(r) for r in rows], 0.0)
         with self._cond:
-            self._accept(call)
+            call = self._accept(runner, rows, adapter)
             self._pending.append(call)
             self._cond.notify()
         return await asyncio.wrap_future(call.future)
 
-    def _accept(self, call: _Call) -> None:
+    def _accept(
+        self, runner: ModelRunner, rows: Sequence[FeatureRow], adapter: str | None
+    ) -> _Call:
+        """A new call of these rows (under the lock), the model threads started."""
         if self._stopped:
             raise RuntimeError("the model thread has stopped")
         self._ensure_thread()
-        call.enqueued = time.perf_counter()
+        lengths = [row_length(r) for r in rows]
+        return _Call(runner, adapter, rows, lengths, enqueued=time.perf_counter())
 
     def _free(self, runner: ModelRunner) -> bool:
         return runner.concurrent or runner.group not in self._busy

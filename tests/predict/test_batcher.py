@@ -349,16 +349,23 @@ def test_a_shared_base_runs_in_one_thread_at_a_time(tiny_dir: Path) -> None:
         batcher.stop()
 
 
-def test_a_lone_call_runs_in_its_own_thread_and_queued_calls_in_a_model_thread(
-    tiny_dir: Path,
-) -> None:
-    model, tokenizer = load(tiny_dir, "classification")
-    threads: list[str] = []
+def thread_recording(model: Any) -> tuple[Recording, list[str], Any]:
+    """A Recording forward, and a forward through it that notes the thread of each call."""
     forward = Recording(model)
+    threads: list[str] = []
 
     def where(batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
         threads.append(threading.current_thread().name)
         return forward(batch, adapters)
+
+    return forward, threads, where
+
+
+def test_a_lone_call_runs_in_its_own_thread_and_queued_calls_in_a_model_thread(
+    tiny_dir: Path,
+) -> None:
+    model, tokenizer = load(tiny_dir, "classification")
+    forward, threads, where = thread_recording(model)
 
     batcher = Batcher(max_wait_ms=0, workers=1)
     try:
@@ -389,12 +396,7 @@ def test_calls_awaited_on_an_event_loop_run_in_model_threads_with_their_own_answ
     """submit_async never runs a model call in the loop's thread, even with a slot free, and its
     calls batch with calls submitted from threads."""
     model, tokenizer = load(tiny_dir, "classification")
-    threads: list[str] = []
-    forward = Recording(model)
-
-    def where(batch: dict[str, torch.Tensor], adapters: list[str | None]) -> Any:
-        threads.append(threading.current_thread().name)
-        return forward(batch, adapters)
+    forward, threads, where = thread_recording(model)
 
     runner = runner_for(model, tokenizer, forward)
     runner.forward = where
