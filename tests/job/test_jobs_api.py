@@ -405,7 +405,7 @@ def test_adalora_and_prefix_tuning_are_accepted_with_resolved_defaults(client, t
     assert prefix.status_code == 201, prefix.text
     assert prefix.json()["method"] == {
         "type": "prefix_tuning",
-        "num_virtual_tokens": 20,
+        "num_virtual_tokens": 50,
         "prefix_projection": False,
         "encoder_hidden_size": None,
     }
