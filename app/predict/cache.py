@@ -60,9 +60,8 @@ class LRUCache(Generic[T]):
 
     def get_or_load(self, key: str, loader: Callable[[], T]) -> T:
         """The cached value for `key`, or `loader()`'s, cached. A failed load caches nothing."""
-        value = self.get(key)
+        value = self.loaded(key)
         if value is not None:
-            self._count("hit")
             return value
         with self._lock:
             key_lock = self._loading.setdefault(key, threading.Lock())

@@ -16,6 +16,7 @@ from app.db.models import Model
 from app.ml.tasks import get_task
 from app.predict.batcher import Batcher
 from app.predict.predictor import load_predictor
+from app.predict.router import _text_chars
 from tests.conftest import RecordingQueue, auth, create_api_key
 from tests.predict.conftest import same_answers
 from tests.tinymodel import NEGATIVE, NEUTRAL, POSITIVE, sentiment_rows
@@ -67,7 +68,8 @@ def load_test(settings: Any, row: Model, bodies: list[dict[str, Any]]) -> None:
     settings.batch_max_wait_ms = 25
     # Half the requests (the smaller) are encoded on the event loop, the others in worker threads;
     # both kinds share the model threads' batches.
-    sizes = sorted(sum(_chars(x) for x in body["inputs"]) for body in bodies)
+    # Sized as the route sizes them.
+    sizes = sorted(_text_chars(body["inputs"]) for body in bodies)
     settings.predict_loop_max_chars = sizes[len(sizes) // 2]
     application = create_app(settings, queue=RecordingQueue())
     batcher: Batcher = application.state.batcher
@@ -119,14 +121,6 @@ def load_test(settings: Any, row: Model, bodies: list[dict[str, Any]]) -> None:
     assert max(joined) > 1, joined
     # Both ways in (a request is encoded in a thread while its model is still to load, too).
     assert paths["loop"] >= len(work) // 3 and paths["thread"] >= len(work) // 3, paths
-
-
-def _chars(item: Any) -> int:
-    if isinstance(item, str):
-        return len(item)
-    if isinstance(item, dict):
-        return sum(_chars(v) for v in item.values())
-    return sum(_chars(v) for v in item) if isinstance(item, list) else 0
 
 
 def words(rng: random.Random, pool: list[str], low: int, high: int) -> str:
