@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.ml.pooling import POOLING_KEY, configured_pooling, mean_pooled_class
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -49,6 +51,19 @@ def auto_model_class(task: TaskSpec) -> Any:
     return cls
 
 
+def model_class(task: TaskSpec, path: str | Path, *, pooling: str | None = None) -> Any:
+    """The class that builds the task's model from `path`: the task's Auto class, or for one vector
+    per input pooled as the mean of its tokens (`pooling`, else the directory's config.json; see
+    app/ml/pooling.py) the architecture's mean-pooled classifier."""
+    cls = auto_model_class(task)
+    if task.per_token_outputs or (pooling or configured_pooling(path)) != "mean":
+        return cls
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path), **SAFE_LOAD)
+    return mean_pooled_class(cls._model_mapping[type(config)])
+
+
 def label_kwargs(label_names: Sequence[str]) -> dict[str, Any]:
     """Config overrides that give the head one output per label, with names in config.json."""
     if not label_names:
@@ -69,19 +84,34 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def load_model_for_training(
-    task: TaskSpec, path: str | Path, *, label_names: Sequence[str]
+    task: TaskSpec, path: str | Path, *, label_names: Sequence[str], pooling: str | None = None
 ) -> tuple[PreTrainedModel, list[str]]:
-    """A base model with a fresh task head, in fp32; also the names of the newly made weights."""
+    """A base model with a fresh task head, in fp32; also the names of the newly made weights.
+    `pooling` "mean" builds a head over the mean of the token vectors (app/ml/pooling.py), "cls"
+    the architecture's own head, either recorded in the model's config; None: what the
+    directory's config records."""
     import torch
 
-    model, info = auto_model_class(task).from_pretrained(
+    cls = model_class(task, path, pooling=pooling)
+    config: dict[str, Any] = {}
+    if pooling == "mean" and not task.per_token_outputs:
+        from transformers import AutoConfig
+
+        made = AutoConfig.from_pretrained(str(path), **label_kwargs(label_names), **SAFE_LOAD)
+        setattr(made, POOLING_KEY, "mean")
+        config = {"config": made}
+    else:
+        config = label_kwargs(label_names)
+    model, info = cls.from_pretrained(
         str(path),
         use_safetensors=True,
         dtype=torch.float32,
         output_loading_info=True,
-        **label_kwargs(label_names),
+        **config,
         **SAFE_LOAD,
     )
+    if pooling is not None and not task.per_token_outputs:
+        setattr(model.config, POOLING_KEY, pooling)  # saved in config.json: how to load it
     if info.get("mismatched_keys"):
         log.info("re-initialised mismatched weights: %s", info["mismatched_keys"])
     return model, sorted(set(info.get("missing_keys", ())))
@@ -93,7 +123,7 @@ def load_model(
     """A model for inference (fp32, eval mode); label_names overrides the head for adapter bases."""
     import torch
 
-    model: PreTrainedModel = auto_model_class(task).from_pretrained(
+    model: PreTrainedModel = model_class(task, path).from_pretrained(
         str(path),
         use_safetensors=True,
         dtype=torch.float32,

@@ -7,7 +7,9 @@ SPOOL_MEMORY_BYTES, then an unlinked temporary file) before the answer starts, s
 is a typed error rather than a cut stream, and the store's cache may evict the tree meanwhile.
 
 What an artifact needs beyond its stored files is one entry of REFUSED or REWRITTEN, keyed by
-`Model.artifact`; any other artifact (full, merged, an ONNX export) is archived as stored.
+`Model.artifact`; any other artifact (full, merged, an ONNX export) is archived as stored, but for
+a classifier over the mean of its token vectors, which gets a README.md on loading it
+(app/registry/pooled_card.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from app.db.models import Model
 from app.ml.loading import read_model_metadata
 from app.ml.quantize import INT8_DYNAMIC
 from app.registry.adapter_card import adapter_files
+from app.registry.pooled_card import pooled_files
 from app.registry.service import get_model
 
 NOT_DOWNLOADABLE = "not_downloadable"
@@ -159,6 +162,7 @@ def archive_model(session: Session, *, settings: Settings, tenant: str, model_id
         files = _stored_files(root)
         rewrite = REWRITTEN.get(model.artifact)
         extra = rewrite(session, model, root, meta) if rewrite is not None else {}
+        extra = pooled_files(model, root, meta) | extra
     except (OSError, ValueError, NotInStore) as exc:
         raise Unavailable(
             f"model '{model.id}' has no readable files on this server", model=model.id

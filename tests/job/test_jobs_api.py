@@ -192,7 +192,12 @@ def test_task_options_are_validated_by_the_task(client, train_id):  # type: igno
 def test_head_only_and_top_layers_are_validated(client, train_id):  # type: ignore[no-untyped-def]
     ok = submit(client, train_dataset=train_id, method={"type": "head_only"})
     assert ok.status_code == 201, ok.text
-    assert ok.json()["hyperparameters"]["learning_rate"] == 3e-3
+    assert ok.json()["hyperparameters"]["learning_rate"] == 1e-2
+    assert ok.json()["method"]["pooling"] == "auto"
+    cls = submit(client, train_dataset=train_id, method={"type": "head_only", "pooling": "cls"})
+    assert cls.status_code == 201 and cls.json()["method"]["pooling"] == "cls"
+    other = submit(client, train_dataset=train_id, method={"type": "head_only", "pooling": "max"})
+    assert other.status_code == 422 and "method.pooling" in other.json()["error"]["message"]
     top = submit(client, train_dataset=train_id, method={"type": "full", "train_top_layers": 2})
     assert top.status_code == 201 and top.json()["method"]["train_top_layers"] == 2
     # all-MiniLM-L6-v2 has 6 layers.

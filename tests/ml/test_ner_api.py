@@ -203,6 +203,10 @@ def test_task_default_hyperparameters(client):  # type: ignore[no-untyped-def]
     assert (hp["batch_size"], hp["learning_rate"]) == (8, 2e-3)
     hp = submit(client, **both, method={"type": "head_only"}).json()["hyperparameters"]
     assert (hp["batch_size"], hp["learning_rate"]) == (8, 3e-2)
+    # One vector per input is classification's: a tagger's head reads every token.
+    mean = submit(client, **both, method={"type": "head_only", "pooling": "mean"})
+    assert mean.status_code == 422
+    assert mean.json()["error"]["details"]["field"] == "method.pooling"
     # What the client gives wins.
     given = {"batch_size": 32, "learning_rate": 5e-5}
     hp = submit(client, **both, hyperparameters=given).json()["hyperparameters"]
