@@ -114,6 +114,16 @@ def test_quantized_accuracy_quick_run_ends_with_one_line_of_json() -> None:
     assert figures["int8_samples_per_s"] > 0 and figures["fp32_samples_per_s"] > 0
 
 
+def test_qa_probe_ceiling_quick_run_ends_with_one_line_of_json() -> None:
+    proc = run("--quick", script=REPO_ROOT / "benchmarks" / "qa_probe_ceiling.py")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["questions"] == {"trained": 40, "scored": 40}
+    assert [p["layers"] for p in figures["probes"]] == [[6], [0, 1, 2, 3, 4, 5, 6]]
+    assert all(0 <= p["f1"] <= 1 for p in figures["probes"]) and 0 <= figures["baseline_f1"] <= 1
+    assert figures["beats_baseline"] == (figures["best_probe_f1"] > figures["baseline_f1"])
+
+
 def test_hostile_uploads_quick_run_ends_with_one_line_of_json() -> None:
     # It starts its own service; every hostile file is answered, none costs the API 200 MB.
     proc = run("--quick", script=REPO_ROOT / "benchmarks" / "hostile_uploads.py")
