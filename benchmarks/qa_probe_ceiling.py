@@ -26,23 +26,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.method_defaults import squad_files  # noqa: E402
+from benchmarks.qa_squad import questions  # noqa: E402
 
 MAX_LENGTH = 384
 MAX_ANSWER_TOKENS = 30
 PROBES = ([6], [5, 6], [4, 5, 6], [0, 1, 2, 3, 4, 5, 6])
-
-
-def questions(path: Path) -> list[tuple[str, str, list[str], int]]:
-    """(question, context, gold answers, the first answer's start) of a SQuAD file."""
-    rows = []
-    for article in json.loads(path.read_text())["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                golds = [a["text"] for a in qa["answers"]]
-                rows.append(
-                    (qa["question"], paragraph["context"], golds, qa["answers"][0]["answer_start"])
-                )
-    return rows
 
 
 def encode(model: Any, tokenizer: Any, rows: list[Any]) -> dict[str, Any]:
@@ -53,8 +41,8 @@ def encode(model: Any, tokenizer: Any, rows: list[Any]) -> dict[str, Any]:
     for i in range(0, len(rows), 16):
         chunk = rows[i : i + 16]
         enc = tokenizer(
-            [r[0] for r in chunk],
-            [r[1] for r in chunk],
+            [r["question"] for r in chunk],
+            [r["context"] for r in chunk],
             truncation="only_second",
             max_length=MAX_LENGTH,
             padding="max_length",
@@ -69,7 +57,7 @@ def encode(model: Any, tokenizer: Any, rows: list[Any]) -> dict[str, Any]:
         masks.append(context)
         offsets.append(offset)
         for j, row in enumerate(chunk):
-            first, last = row[3], row[3] + len(row[2][0])
+            first, last = row["start"], row["start"] + len(row["golds"][0])
             inside = [
                 k
                 for k in range(MAX_LENGTH)
@@ -125,8 +113,8 @@ def probe(
             spans = (start[:, None] + end[None, :]).masked_fill(~allowed, -1e9)
             s, e = divmod(int(spans.argmax()), MAX_LENGTH)
             offset = test["offsets"][i]
-            answers.append(row[1][int(offset[s, 0]) : int(offset[e, 1])])
-    return float(squad_scores(answers, [r[2] for r in rows])["f1"])
+            answers.append(row["context"][int(offset[s, 0]) : int(offset[e, 1])])
+    return float(squad_scores(answers, [r["golds"] for r in rows])["f1"])
 
 
 def main() -> int:
@@ -159,7 +147,8 @@ def main() -> int:
         train_rows, test_rows, args.epochs, args.rates = train_rows[:40], test_rows[:40], 1, [1e-2]
     baseline = float(
         squad_scores(
-            [baseline_answer(q, c) for q, c, _, _ in test_rows], [r[2] for r in test_rows]
+            [baseline_answer(r["question"], r["context"]) for r in test_rows],
+            [r["golds"] for r in test_rows],
         )["f1"]
     )
     print(

@@ -54,7 +54,12 @@ def questions(path: Path) -> list[dict[str, Any]]:
             for qa in paragraph["qas"]:
                 golds = [a["text"] for a in qa["answers"]]
                 out.append(
-                    {"question": qa["question"], "context": paragraph["context"], "golds": golds}
+                    {
+                        "question": qa["question"],
+                        "context": paragraph["context"],
+                        "golds": golds,
+                        "start": qa["answers"][0]["answer_start"] if qa["answers"] else -1,
+                    }
                 )
     return out
 
