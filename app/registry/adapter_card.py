@@ -138,17 +138,24 @@ def adapter_readme(
         "copies of these two files are rewritten, so tuneserve.json's sha256 of them are the "
         "stored files'.",
         "",
-        "## Loading it with transformers and peft",
-        "",
-        "```python",
-        "from peft import PeftModel",
-        f"from transformers import {auto}, AutoTokenizer",
-        "",
-        base.code,
-        f"model = PeftModel.from_pretrained(base, {json.dumps(here)}).eval()",
-        f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(here)})",
-        "```",
-        "",
+    ]
+    if meta.get("pooling") == "mean":
+        lines += _mean_pooled_base(model)
+    else:
+        lines += [
+            "## Loading it with transformers and peft",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            f"from transformers import {auto}, AutoTokenizer",
+            "",
+            base.code,
+            f"model = PeftModel.from_pretrained(base, {json.dumps(here)}).eval()",
+            f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(here)})",
+            "```",
+            "",
+        ]
+    lines += [
         "Paths are relative to the folder the archive was extracted in. Tuneserve fed the model "
         f"at most {max_length} tokens per input (`truncation=True, max_length={max_length}`).",
     ]
@@ -175,3 +182,22 @@ def adapter_files(
         ADAPTER_CONFIG: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
         README: adapter_readme(model, meta, config, base).encode(),
     }
+
+
+def _mean_pooled_base(model: Model) -> list[str]:
+    """The loading section of an adapter whose base's head reads the mean of the token vectors
+    (app/ml/pooling.py): no stock class loads that base, so the card says what does."""
+    job = json.dumps(
+        {"task": model.task, "base_model": f"model:{model.id}", "method": {"type": "export"}}
+    )
+    return [
+        "## Loading it elsewhere",
+        "",
+        'Its base\'s head reads the **mean of the token vectors** (`"tuneserve_pooling": '
+        '"mean"` in the base\'s config.json), not the first token: '
+        "`AutoModelForSequenceClassification` would load the base as a head over the first "
+        "token, and this adapter on it would answer otherwise. Tuneserve serves it as trained. "
+        f"To run it without Tuneserve, export it (a job `{job}`): the adapter is merged into its "
+        "base and the ONNX graph runs in ONNX Runtime alone, with /predict's scores.",
+        "",
+    ]

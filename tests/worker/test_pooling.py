@@ -345,3 +345,53 @@ def test_a_download_says_how_to_load_it_without_tuneserve(
     plain = _train(train_settings, db, add_job, method={"type": "head_only", "pooling": "cls"})
     other = extract(client.get(f"/v1/models/{plain.id}/download"), plain.id, tmp_path / "cls")
     assert not (other / "README.md").exists()
+
+
+def test_an_adapter_on_a_mean_probe_downloads_with_what_loads_it(
+    train_settings: Any,
+    mean_base: Path,
+    db: Session,
+    add_job: Callable[..., str],
+    add_dataset: Callable[..., str],
+    client: Any,
+    tmp_path: Path,
+) -> None:
+    from tests.registry.test_download import extract
+
+    train_settings.local_models_dir = mean_base
+    probe = _train(train_settings, db, add_job, method={"type": "head_only"}, learning_rate=3e-2)
+    child = _train(
+        train_settings,
+        db,
+        add_job,
+        base_model=f"model:{probe.id}",
+        train=add_dataset(sentiment_rows(20, seed=6)),
+        method={"type": "lora", "r": 2},
+        epochs=1,
+    )
+    meta = json.loads((train_settings.data_dir / child.storage_path / "tuneserve.json").read_text())
+    assert meta["pooling"] == "mean"
+    folder = extract(client.get(f"/v1/models/{child.id}/download"), child.id, tmp_path)
+    readme = (folder / "README.md").read_text()
+    # No stock-class code that would answer otherwise; the export it names instead.
+    assert "```python" not in readme and "mean of the token vectors" in readme
+    job = json.loads(readme.split("(a job `", 1)[1].split("`)", 1)[0])
+    resp = client.post("/v1/jobs", json=job)
+    assert resp.status_code == 201, resp.text
+    assert run_job(train_settings, resp.json()["id"]) == JobStatus.SUCCEEDED
+    exported = client.get(f"/v1/jobs/{resp.json()['id']}").json()["model_id"]
+    texts = ["great fun", "dull and cold"]
+
+    def scores(model_id: str) -> list[dict[str, float]]:
+        answer = client.post(
+            "/v1/predict/classification", json={"model": model_id, "inputs": texts, "top_k": 2}
+        )
+        assert answer.status_code == 200, answer.text
+        return [{p["label"]: p["score"] for p in row} for row in answer.json()["predictions"]]
+
+    for got, want in zip(scores(exported), scores(child.id), strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
+    # A plain base's adapter keeps its peft code.
+    plain = _train(train_settings, db, add_job, method={"type": "lora", "r": 2}, epochs=1)
+    card = extract(client.get(f"/v1/models/{plain.id}/download"), plain.id, tmp_path / "plain")
+    assert "```python" in (card / "README.md").read_text()

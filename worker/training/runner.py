@@ -17,6 +17,7 @@ from app.ml import device as devices
 from app.ml.lineage import base_metadata
 from app.ml.loading import quiet_transformers
 from app.ml.methods import get_method
+from app.ml.pooling import POOLING_KEY
 from app.ml.tasks import TaskSpec, get_task
 from app.registry.lineage import continued_labels, resolve_job_base
 from worker.training import baseline as baselines
@@ -163,6 +164,9 @@ def _metadata(
         "base_model": base_metadata(inputs.base),
         # The task head's weights, for a model continued from this one.
         "head_weights": plan.new_weights,
+        # What the head reads (app/ml/pooling.py): "mean", "cls", or None where the config names
+        # none (the architecture's own head). An adapter's download card reads it.
+        "pooling": getattr(plan.starting.model.config, POOLING_KEY, None),
         "method": {**inputs.spec.method.model_dump(mode="json"), **plan.method_applied},
         "hyperparameters": plan.recorded,
         "task_options": inputs.spec.task_options,
