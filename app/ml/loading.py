@@ -92,22 +92,12 @@ def load_model_for_training(
     directory's config records."""
     import torch
 
-    cls = model_class(task, path, pooling=pooling)
-    config: dict[str, Any] = {}
-    if pooling == "mean" and not task.per_token_outputs:
-        from transformers import AutoConfig
-
-        made = AutoConfig.from_pretrained(str(path), **label_kwargs(label_names), **SAFE_LOAD)
-        setattr(made, POOLING_KEY, "mean")
-        config = {"config": made}
-    else:
-        config = label_kwargs(label_names)
-    model, info = cls.from_pretrained(
+    model, info = model_class(task, path, pooling=pooling).from_pretrained(
         str(path),
         use_safetensors=True,
         dtype=torch.float32,
         output_loading_info=True,
-        **config,
+        **label_kwargs(label_names),
         **SAFE_LOAD,
     )
     if pooling is not None and not task.per_token_outputs:

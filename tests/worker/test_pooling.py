@@ -124,6 +124,23 @@ def _train(settings: Any, db: Session, add_job: Callable[..., str], **kw: Any) -
     return db.scalars(select(Model).where(Model.job_id == job_id)).one()
 
 
+def _served_scores(client: Any, model_id: str, texts: list[str], **options: Any) -> list[Any]:
+    """/predict's scores of each text, by label."""
+    answer = client.post(
+        "/v1/predict/classification", json={"model": model_id, "inputs": texts, **options}
+    )
+    assert answer.status_code == 200, answer.text
+    return [{p["label"]: p["score"] for p in row} for row in answer.json()["predictions"]]
+
+
+def _run_through_api(settings: Any, client: Any, spec: dict[str, Any]) -> str:
+    """Submit a job, run it in the worker's code, and return its model's id."""
+    resp = client.post("/v1/jobs", json=spec)
+    assert resp.status_code == 201, resp.text
+    assert run_job(settings, resp.json()["id"]) == JobStatus.SUCCEEDED
+    return str(client.get(f"/v1/jobs/{resp.json()['id']}").json()["model_id"])
+
+
 def _weights(settings: Any, row: Model) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -281,23 +298,11 @@ def test_exported_and_quantized_probes_answer_as_it_does(
         epochs=3,
         learning_rate=3e-2,
     )
-    resp = client.post(
-        "/v1/jobs",
-        json={"task": "classification", "base_model": f"model:{probe.id}", "method": method},
-    )
-    assert resp.status_code == 201, resp.text
-    assert run_job(train_settings, resp.json()["id"]) == JobStatus.SUCCEEDED
-    copy = client.get(f"/v1/jobs/{resp.json()['id']}").json()["model_id"]
-
-    def scores(model_id: str) -> list[dict[str, float]]:
-        answer = client.post(
-            "/v1/predict/classification",
-            json={"model": model_id, "inputs": ["great fun", "dull and cold", "the plot"]},
-        )
-        assert answer.status_code == 200, answer.text
-        return [{p["label"]: p["score"] for p in row} for row in answer.json()["predictions"]]
-
-    for got, want in zip(scores(copy), scores(probe.id), strict=True):
+    spec = {"task": "classification", "base_model": f"model:{probe.id}", "method": method}
+    copy = _run_through_api(train_settings, client, spec)
+    texts = ["great fun", "dull and cold", "the plot"]
+    served = [_served_scores(client, m, texts) for m in (copy, probe.id)]
+    for got, want in zip(*served, strict=True):
         assert got == pytest.approx(want, abs=tolerance)
 
 
@@ -319,11 +324,7 @@ def test_a_download_says_how_to_load_it_without_tuneserve(
     assert "mean of the token vectors" in readme and str(train_settings.data_dir) not in readme
 
     texts = ["a great superb film", "awful boring plot", "the movie was very dull and cold"]
-    answer = client.post(
-        "/v1/predict/classification", json={"model": probe.id, "inputs": texts, "top_k": 2}
-    )
-    assert answer.status_code == 200, answer.text
-    want = [{p["label"]: p["score"] for p in row} for row in answer.json()["predictions"]]
+    want = _served_scores(client, probe.id, texts, top_k=2)
     monkeypatch.chdir(tmp_path)
     scope: dict[str, Any] = {}
     exec(python_block(readme), scope)  # noqa: S102  (our own README's code, run as a user would)
@@ -376,20 +377,10 @@ def test_an_adapter_on_a_mean_probe_downloads_with_what_loads_it(
     # No stock-class code that would answer otherwise; the export it names instead.
     assert "```python" not in readme and "mean of the token vectors" in readme
     job = json.loads(readme.split("(a job `", 1)[1].split("`)", 1)[0])
-    resp = client.post("/v1/jobs", json=job)
-    assert resp.status_code == 201, resp.text
-    assert run_job(train_settings, resp.json()["id"]) == JobStatus.SUCCEEDED
-    exported = client.get(f"/v1/jobs/{resp.json()['id']}").json()["model_id"]
+    exported = _run_through_api(train_settings, client, job)
     texts = ["great fun", "dull and cold"]
-
-    def scores(model_id: str) -> list[dict[str, float]]:
-        answer = client.post(
-            "/v1/predict/classification", json={"model": model_id, "inputs": texts, "top_k": 2}
-        )
-        assert answer.status_code == 200, answer.text
-        return [{p["label"]: p["score"] for p in row} for row in answer.json()["predictions"]]
-
-    for got, want in zip(scores(exported), scores(child.id), strict=True):
+    served = [_served_scores(client, m, texts, top_k=2) for m in (exported, child.id)]
+    for got, want in zip(*served, strict=True):
         assert got == pytest.approx(want, abs=1e-4)
     # A plain base's adapter keeps its peft code.
     plain = _train(train_settings, db, add_job, method={"type": "lora", "r": 2}, epochs=1)
