@@ -70,14 +70,16 @@ class Service:
             start_new_session=True,  # its own group, so a test can kill a worker with its pool
         )
 
-    def start_worker(self, data_dir: Path | None = None) -> None:
+    def start_worker(
+        self, data_dir: Path | None = None, *, extra_env: dict[str, str] | None = None
+    ) -> None:
         """Start (or restart) the worker; `data_dir`: its own, as on another machine."""
         env = (
             self.env_for("worker")
             if data_dir is None
             else self.env | {"TUNESERVE_DATA_DIR": str(data_dir)}
         )
-        self.start("worker", self.worker_argv, env)
+        self.start("worker", self.worker_argv, env | (extra_env or {}))
 
     def env_for(self, name: str) -> dict[str, str]:
         """A process's environment: with separate data directories, its own under data_dir."""
