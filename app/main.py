@@ -285,7 +285,10 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     app.add_middleware(UnhandledErrors)
     # Around even that: every error of the OpenAI routes, the 500 too, in OpenAI's shape.
     app.add_middleware(OpenAIErrors)
+    # /v1/predict first: a request is matched against the routes in order, and predict requests
+    # are most of them (answered sooner, at less CPU, than after every other router's routes).
     for router in (
+        build_predict_router(),
         keys_router,
         datasets_router,
         base_models_router,
@@ -293,7 +296,6 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         sweeps_router,
         models_router,
         alias_router,
-        build_predict_router(),
     ):
         app.include_router(router, prefix="/v1")
 
